@@ -1,0 +1,74 @@
+import { ConfigError, loadOptions, optionSpecs } from "../config/options.js";
+
+const USAGE = `usage: glimpse <command> [flags]
+
+commands:
+  serve     run the gRPC service (and its embedded PostgreSQL when DATABASE_URL is unset)
+  config    print every option with its environment variable and default
+
+flags of serve (each also read from its environment variable):
+${optionSpecs
+  .filter((s) => "flag" in s)
+  .map((s) => `  ${("flag" in s ? s.flag : "").padEnd(16)} ${s.env}`)
+  .join("\n")}
+`;
+
+/** `glimpse serve`: start, then stop gracefully on SIGTERM/SIGINT (a second signal forces). */
+async function serve(argv: string[]): Promise<void> {
+  const options = loadOptions(process.env, argv);
+  // Imported only once the options are valid, so a bad value fails before anything loads.
+  const { startApp } = await import("../app.js");
+  const app = await startApp(options);
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      app.logger.warn("second signal: exiting without waiting", { signal });
+      process.exit(1);
+    }
+    app.logger.info("signal received", { signal });
+    app.stop().then(
+      () => process.exit(0),
+      (error) => {
+        app.logger.error("shutdown failed", { error });
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+}
+
+function printConfig(): void {
+  for (const spec of optionSpecs) {
+    console.log(`${spec.env}=${spec.default ?? ""}\t# ${spec.doc}`);
+  }
+}
+
+async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  switch (command) {
+    case "serve":
+      return serve(rest);
+    case "config":
+      return printConfig();
+    case undefined:
+    case "help":
+    case "--help":
+      process.stdout.write(USAGE);
+      return;
+    default:
+      process.stderr.write(`glimpse: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+      process.exit(2);
+  }
+}
+
+main().catch((err) => {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`glimpse: ${err.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`glimpse: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  if (err instanceof Error && err.cause) process.stderr.write(`caused by: ${String((err.cause as Error).stack ?? err.cause)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,49 @@
+import type { LogLevel } from "../config/options.js";
+
+const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
+
+/** Structured fields attached to a log line. */
+export type LogFields = Record<string, unknown>;
+
+/** A JSON-lines logger: one object per line with time, level, message and fields. */
+export interface Logger {
+  debug(msg: string, fields?: LogFields): void;
+  info(msg: string, fields?: LogFields): void;
+  warn(msg: string, fields?: LogFields): void;
+  error(msg: string, fields?: LogFields): void;
+  /** A logger that adds `fields` to every line it writes. */
+  child(fields: LogFields): Logger;
+}
+
+/** Turns errors into plain objects, since JSON.stringify drops their message and stack. */
+function serialise(value: unknown): unknown {
+  if (value instanceof Error) {
+    const out: Record<string, unknown> = { name: value.name, message: value.message, stack: value.stack };
+    if (value.cause !== undefined) out.cause = serialise(value.cause);
+    return out;
+  }
+  if (typeof value === "bigint") return value.toString();
+  return value;
+}
+
+/** Creates a logger writing to `write` (stdout by default) at or above `level`. */
+export function createLogger(
+  level: LogLevel,
+  write: (line: string) => void = (line) => process.stdout.write(line),
+  base: LogFields = {},
+): Logger {
+  const threshold = rank[level];
+  const emit = (lvl: Exclude<LogLevel, "silent">, msg: string, fields?: LogFields) => {
+    if (rank[lvl] < threshold) return;
+    const record: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...base };
+    if (fields) for (const [k, v] of Object.entries(fields)) record[k] = serialise(v);
+    write(JSON.stringify(record) + "\n");
+  };
+  return {
+    debug: (msg, fields) => emit("debug", msg, fields),
+    info: (msg, fields) => emit("info", msg, fields),
+    warn: (msg, fields) => emit("warn", msg, fields),
+    error: (msg, fields) => emit("error", msg, fields),
+    child: (fields) => createLogger(level, write, { ...base, ...fields }),
+  };
+}

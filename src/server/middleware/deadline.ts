@@ -1,0 +1,49 @@
+import { ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
+import type { CallContext, ServerMiddleware } from "nice-grpc-common";
+
+/**
+ * grpc-js strips the `grpc-timeout` header before handlers see the metadata and nice-grpc
+ * does not expose the call's deadline. This interceptor copies the parsed deadline into an
+ * internal metadata key (overwriting anything a client sent under that name), so the
+ * deadline middleware can hand it to services.
+ */
+const DEADLINE_KEY = "x-glimpse-internal-deadline";
+
+export const deadlineInterceptor: ServerInterceptor = (_method, call) =>
+  new ServerInterceptingCall(call, {
+    start(next) {
+      next({
+        onReceiveMetadata(metadata, forward) {
+          metadata.remove(DEADLINE_KEY);
+          const deadline = call.getDeadline();
+          const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+          if (Number.isFinite(ms)) metadata.set(DEADLINE_KEY, String(ms));
+          forward(metadata);
+        },
+      });
+    },
+  });
+
+/** What the deadline middleware adds to every call context. */
+export interface DeadlineContext {
+  /** When the caller stops waiting; `undefined` when the caller set no deadline. */
+  deadline: Date | undefined;
+}
+
+/**
+ * Exposes the caller's deadline, so services can pass what is left of it to Postgres and to
+ * providers. The call's AbortSignal already fires when the deadline passes (grpc-js cancels
+ * the call), so anything that honours the signal stops in time.
+ */
+export const deadlineMiddleware: ServerMiddleware<DeadlineContext> = async function* (call, context: CallContext) {
+  const raw = context.metadata.get(DEADLINE_KEY);
+  context.metadata.delete(DEADLINE_KEY);
+  const deadline = raw === undefined ? undefined : new Date(Number(raw));
+  return yield* call.next(call.request, { ...context, deadline });
+};
+
+/** Milliseconds left before `deadline`, or `fallbackMs` when there is none. Never negative. */
+export function timeLeftMs(deadline: Date | undefined, fallbackMs: number, now = Date.now()): number {
+  if (!deadline) return fallbackMs;
+  return Math.max(0, Math.min(fallbackMs, deadline.getTime() - now));
+}

@@ -1,0 +1,93 @@
+import { Status, ServerError, type CallContext, type ServerMiddleware } from "nice-grpc-common";
+
+/** Where the server is in its life: calls are refused before `serving` and after `draining`. */
+export type Phase = "starting" | "serving" | "draining";
+
+/** What the lifecycle middleware adds to every call context. */
+export interface LifecycleContext {
+  /**
+   * Marks the call as one that never ends by itself (a watch, a long stream): shutdown aborts
+   * it at once instead of waiting out the grace period for it.
+   */
+  abortOnTerminate(): void;
+}
+
+/** The abort reason of calls cut short by shutdown; they end UNAVAILABLE so clients retry elsewhere. */
+export class ServerShutdown extends Error {
+  constructor() {
+    super("server shutting down");
+    this.name = "ServerShutdown";
+  }
+}
+
+/** Always answered, whatever the phase: orchestrators probe them during start and drain. */
+const ALWAYS_OPEN = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/**
+ * Tracks the server's phase and its in-flight calls. The middleware refuses work until the
+ * store is ready and once draining has begun, and lets shutdown abort every call still running
+ * when the grace period ends.
+ */
+export class Lifecycle {
+  phase: Phase = "starting";
+  private readonly calls = new Set<AbortController>();
+  private readonly endless = new Set<AbortController>();
+  private idle: (() => void) | undefined;
+
+  readonly middleware: ServerMiddleware<LifecycleContext> = (call, context: CallContext) =>
+    this.run(call, context);
+
+  private async *run(call: Parameters<ServerMiddleware<LifecycleContext>>[0], context: CallContext) {
+    const open = ALWAYS_OPEN.some((prefix) => call.method.path.startsWith(prefix));
+    if (!open && this.phase !== "serving") {
+      const why = this.phase === "starting" ? "glimpse is starting" : "glimpse is shutting down";
+      throw new ServerError(Status.UNAVAILABLE, `${why}; retry shortly`);
+    }
+    const controller = new AbortController();
+    const onCallAbort = () => controller.abort(context.signal.reason);
+    context.signal.addEventListener("abort", onCallAbort, { once: true });
+    if (context.signal.aborted) controller.abort(context.signal.reason);
+    this.calls.add(controller);
+    try {
+      return yield* call.next(call.request, {
+        ...context,
+        signal: controller.signal,
+        abortOnTerminate: () => {
+          if (this.phase === "draining") controller.abort();
+          else this.endless.add(controller);
+        },
+      });
+    } finally {
+      context.signal.removeEventListener("abort", onCallAbort);
+      this.calls.delete(controller);
+      this.endless.delete(controller);
+      if (this.calls.size === 0) this.idle?.();
+    }
+  }
+
+  /** Number of calls currently running. */
+  get inFlight(): number {
+    return this.calls.size;
+  }
+
+  /**
+   * Stops taking calls, aborts endless ones, waits up to `graceMs` for the rest, then aborts
+   * whatever is left. Resolves once every call has returned.
+   */
+  async drain(graceMs: number): Promise<{ aborted: number }> {
+    this.phase = "draining";
+    for (const c of this.endless) c.abort(new ServerShutdown());
+    if (this.calls.size === 0) return { aborted: 0 };
+    const idle = new Promise<void>((resolve) => (this.idle = resolve));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), graceMs)));
+    const late = await Promise.race([idle.then(() => false), timedOut]);
+    clearTimeout(timer);
+    if (!late) return { aborted: 0 };
+    const aborted = this.calls.size;
+    for (const c of this.calls) c.abort(new ServerShutdown());
+    // Handlers that honour their signal return at once; do not hang on one that does not.
+    await Promise.race([idle, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
+    return { aborted };
+  }
+}

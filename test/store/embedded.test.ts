@@ -1,0 +1,108 @@
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { once } from "node:events";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startEmbeddedPostgres } from "../../src/store/embedded.js";
+import { testLogger } from "../helpers/log.js";
+
+async function query(url: string): Promise<number> {
+  const sql = postgres(url, { max: 1 });
+  try {
+    const [row] = await sql`select 41 + 1 as answer`;
+    return row.answer;
+  } finally {
+    await sql.end();
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("embedded PostgreSQL", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "glimpse-embedded-"));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("initialises once, keeps data across restarts and listens on loopback only", async () => {
+    const first = await startEmbeddedPostgres(dir, testLogger());
+    expect(new URL(first.url).hostname).toBe("127.0.0.1");
+    const sql = postgres(first.url, { max: 1 });
+    await sql`create table kept (v text)`;
+    await sql`insert into kept values ('still here')`;
+    const [{ setting }] = await sql`select setting from pg_settings where name = 'listen_addresses'`;
+    expect(setting).toBe("127.0.0.1");
+    await sql.end();
+    await first.stop();
+
+    const second = await startEmbeddedPostgres(dir, testLogger());
+    const sql2 = postgres(second.url, { max: 1 });
+    expect(await sql2`select v from kept`).toEqual([{ v: "still here" }]);
+    await sql2.end();
+    await second.stop();
+  });
+
+  it("recovers after the owning process was killed, stopping the orphaned server", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/embedded-hold.ts", dir], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.setEncoding("utf8");
+    child.stdout.on("data", (chunk) => (out += chunk));
+    while (!out.includes("READY")) await once(child.stdout, "data");
+    const orphan = Number((await readFile(path.join(dir, "postgres", "postmaster.pid"), "utf8")).split("\n")[0]);
+    child.kill("SIGKILL");
+    await once(child, "exit");
+    expect(alive(orphan)).toBe(true);
+
+    const server = await startEmbeddedPostgres(dir, testLogger());
+    expect(alive(orphan)).toBe(false);
+    expect(await query(server.url)).toBe(42);
+    await server.stop();
+  });
+
+  it("starts over a stale postmaster.pid whose pid now belongs to another program", async () => {
+    const stranger = spawn("sleep", ["30"]);
+    try {
+      const pidFile = path.join(dir, "postgres", "postmaster.pid");
+      await writeFile(pidFile, `${stranger.pid}\n${path.join(dir, "postgres")}\n`);
+      const server = await startEmbeddedPostgres(dir, testLogger());
+      expect(await query(server.url)).toBe(42);
+      await server.stop();
+      expect(alive(stranger.pid!)).toBe(true);
+    } finally {
+      stranger.kill();
+    }
+  });
+
+  it("refuses a data directory that a live glimpse process is using", async () => {
+    const server = await startEmbeddedPostgres(dir, testLogger());
+    try {
+      // This test process is the owner; a second owner in another process must be refused.
+      const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/embedded-hold.ts", dir], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let err = "";
+      child.stderr.setEncoding("utf8");
+      child.stderr.on("data", (c) => (err += c));
+      const [code] = await once(child, "exit");
+      expect(code).not.toBe(0);
+      expect(err).toMatch(/in use by glimpse process \d+/);
+      expect(await query(server.url)).toBe(42);
+    } finally {
+      await server.stop();
+    }
+  });
+});
