@@ -1,4 +1,10 @@
-import { Status, ServerError, type CallContext, type ServerMiddleware } from "nice-grpc-common";
+import {
+  Status,
+  ServerError,
+  type CallContext,
+  type ServerMiddleware,
+  type ServerMiddlewareCall,
+} from "nice-grpc-common";
 
 /** Where the server is in its life: calls are refused before `serving` and after `draining`. */
 export type Phase = "starting" | "serving" | "draining";
@@ -37,7 +43,10 @@ export class Lifecycle {
   readonly middleware: ServerMiddleware<LifecycleContext> = (call, context: CallContext) =>
     this.run(call, context);
 
-  private async *run(call: Parameters<ServerMiddleware<LifecycleContext>>[0], context: CallContext) {
+  private async *run<Req, Res>(
+    call: ServerMiddlewareCall<Req, Res, LifecycleContext>,
+    context: CallContext,
+  ): AsyncGenerator<Res, Res | void, undefined> {
     const open = ALWAYS_OPEN.some((prefix) => call.method.path.startsWith(prefix));
     if (!open && this.phase !== "serving") {
       const why = this.phase === "starting" ? "glimpse is starting" : "glimpse is shutting down";
