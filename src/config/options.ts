@@ -21,6 +21,12 @@ export interface Options {
   logLevel: LogLevel;
   /** How long shutdown lets in-flight calls run before aborting them, in milliseconds. */
   shutdownGraceMs: number;
+  /** Base of the absolute image URLs glimpse hands out (the HTTP bridge's address). */
+  publicUrl: string;
+  /** Largest accepted upload, in bytes. */
+  maxUploadBytes: number;
+  /** Largest accepted image, in pixels (width x height x frames); larger is a decompression bomb. */
+  maxImagePixels: number;
 }
 
 /** One documented option: where it comes from and how its text becomes a value. */
@@ -88,6 +94,19 @@ function directory(raw: string | undefined, env: string): string {
   return path.resolve(text);
 }
 
+function publicUrl(raw: string | undefined, env: string): string {
+  // Empty here means "derive from the HTTP port"; loadOptions fills it in.
+  if (raw === undefined || raw.trim() === "") return "";
+  let url: URL;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    throw new Error(`${env} must be an absolute http(s) URL such as https://images.example.com`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`${env} must be an http(s) URL`);
+  return url.toString().replace(/\/+$/, "");
+}
+
 /** The option table: the single source for parsing, validation and the README's table. */
 export const optionSpecs = [
   {
@@ -152,6 +171,28 @@ export const optionSpecs = [
     doc: "On SIGTERM/SIGINT, milliseconds in-flight calls may take before they are aborted.",
     parse: integer(0, 600_000),
   } satisfies OptionSpec<"shutdownGraceMs">,
+  {
+    key: "publicUrl",
+    env: "GLIMPSE_PUBLIC_URL",
+    flag: "--public-url",
+    default: undefined,
+    doc: "Base of the image URLs glimpse returns (default http://127.0.0.1:<GLIMPSE_HTTP_PORT>).",
+    parse: publicUrl,
+  } satisfies OptionSpec<"publicUrl">,
+  {
+    key: "maxUploadBytes",
+    env: "GLIMPSE_MAX_UPLOAD_BYTES",
+    default: String(25 * 1024 * 1024),
+    doc: "Largest accepted upload in bytes (default 25 MiB).",
+    parse: integer(1024, 1024 * 1024 * 1024),
+  } satisfies OptionSpec<"maxUploadBytes">,
+  {
+    key: "maxImagePixels",
+    env: "GLIMPSE_MAX_IMAGE_PIXELS",
+    default: "100000000",
+    doc: "Largest accepted image in pixels, all frames together (default 100 megapixels).",
+    parse: integer(1, 2_000_000_000),
+  } satisfies OptionSpec<"maxImagePixels">,
 ] as const;
 
 /** Splits `--flag value` and `--flag=value` arguments into a flag -> text map. */
@@ -198,5 +239,7 @@ export function loadOptions(
     }
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  return { ...(options as unknown as Options), ...overrides };
+  const result = { ...(options as unknown as Options), ...overrides };
+  if (result.publicUrl === "") result.publicUrl = `http://127.0.0.1:${result.httpPort}`;
+  return result;
 }

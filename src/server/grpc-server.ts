@@ -8,6 +8,7 @@ import { deadlineInterceptor, deadlineMiddleware } from "./middleware/deadline.j
 import { errorMiddleware } from "./middleware/errors.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
 import { loggingMiddleware } from "./middleware/logging.js";
+import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
 
 /** Adds one service to the server; built by the composition root for each service. */
 export type ServiceRegistration = {
@@ -25,6 +26,8 @@ export interface GrpcServerConfig {
   descriptorSet: Uint8Array;
   /** Largest request message accepted, in bytes. */
   maxReceiveMessageBytes?: number;
+  /** Decides which account each call acts as. */
+  resolveCaller: CallerResolver;
 }
 
 /** A listening gRPC server with its health state and shutdown. */
@@ -44,7 +47,8 @@ export interface GrpcServer {
 
 /**
  * Builds the nice-grpc server with the middleware chain (outermost first): logging with a
- * request id, lifecycle (readiness, draining, abort on shutdown), deadline, error mapping.
+ * request id, lifecycle (readiness, draining, abort on shutdown), deadline, error mapping, and
+ * the caller (which account the call acts as).
  * It listens at once with health NOT_SERVING, so probes can watch start-up.
  */
 export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcServer> {
@@ -65,7 +69,8 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     .use(loggingMiddleware(config.logger))
     .use(lifecycle.middleware)
     .use(deadlineMiddleware)
-    .use(errorMiddleware) as Server<AppCallContext>;
+    .use(errorMiddleware)
+    .use(callerMiddleware(config.resolveCaller)) as Server<AppCallContext>;
 
   server.add(HealthDefinition, HealthServiceImpl(health));
   server.add(

@@ -12,8 +12,9 @@ function pack(typeName: string, value: Uint8Array): Any {
 }
 
 /** The google.rpc.Status a domain error stands for, with BadRequest and RetryInfo details. */
-export function statusOf(code: GrpcStatus, message: string, err: DomainError): Status {
+export function statusOf(code: GrpcStatus, message: string, err?: DomainError): Status {
   const details: Any[] = [];
+  if (!err) return { code, message, details };
   if (err.violations.length > 0) {
     const badRequest = BadRequest.fromPartial({
       fieldViolations: err.violations.map((v) => ({ field: v.field, description: v.description })),

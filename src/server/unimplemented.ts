@@ -6,22 +6,30 @@ interface ServiceDefinitionLike {
   methods: Record<string, { name: string; responseStream: boolean }>;
 }
 
+type Handler = (request: unknown, context: unknown) => unknown;
+
 /**
- * Completes a partial service implementation: every method it lacks answers UNIMPLEMENTED
- * naming the RPC. Issues implement RPCs one group at a time; this keeps the rest honest.
+ * A full service implementation whose methods call, per request, the handler of the same name
+ * in `current()`. RPCs without a handler answer UNIMPLEMENTED naming the RPC: issues implement
+ * RPCs one group at a time, and this keeps the rest honest.
  */
-export function withUnimplemented<Impl extends object>(definition: ServiceDefinitionLike, partial: Partial<Impl>): Impl {
-  const impl: Record<string, unknown> = { ...partial };
+export function delegating<Impl extends object>(
+  definition: ServiceDefinitionLike,
+  current: () => Partial<Impl> | undefined,
+): Impl {
+  const impl: Record<string, unknown> = {};
   for (const [key, method] of Object.entries(definition.methods)) {
-    if (impl[key] !== undefined) continue;
     const message = `${definition.fullName}/${method.name} is not implemented yet`;
+    const find = (): Handler => {
+      const handler = (current() as Record<string, Handler> | undefined)?.[key];
+      if (!handler) throw new ServerError(Status.UNIMPLEMENTED, message);
+      return handler;
+    };
     impl[key] = method.responseStream
-      ? async function* () {
-          throw new ServerError(Status.UNIMPLEMENTED, message);
+      ? async function* (request: unknown, context: unknown) {
+          yield* find()(request, context) as AsyncIterable<unknown>;
         }
-      : async () => {
-          throw new ServerError(Status.UNIMPLEMENTED, message);
-        };
+      : async (request: unknown, context: unknown) => find()(request, context);
   }
   return impl as Impl;
 }

@@ -9,30 +9,29 @@ import {
 import { ImageServiceDefinition, type ImageServiceImplementation } from "../../gen/glimpse/image/v1/image_service.js";
 import type { AppCallContext } from "../context.js";
 import type { ServiceRegistration } from "../grpc-server.js";
-import { withUnimplemented } from "../unimplemented.js";
+import { delegating } from "../unimplemented.js";
 
-/** Handlers that replace the defaults, per service; tests use them to inject slow calls. */
-export interface HandlerOverrides {
-  image?: Partial<ImageServiceImplementation<AppCallContext>>;
-  generation?: Partial<GenerationServiceImplementation<AppCallContext>>;
-  account?: Partial<AccountServiceImplementation<AppCallContext>>;
+type Ctx = AppCallContext;
+
+/** The RPC handlers of the three services; a missing handler answers UNIMPLEMENTED. */
+export interface HandlerSet {
+  image?: Partial<ImageServiceImplementation<Ctx>>;
+  generation?: Partial<GenerationServiceImplementation<Ctx>>;
+  account?: Partial<AccountServiceImplementation<Ctx>>;
 }
 
 /**
- * The three glimpse services as the gRPC server registers them. RPCs without a handler yet
- * answer UNIMPLEMENTED.
+ * The three glimpse services as the gRPC server registers them. The server listens before the
+ * store is ready, so handlers are looked up per call from `current()`, which the composition
+ * root fills in once the services exist (calls before that are refused as "starting").
  */
-export function serviceRegistrations(overrides: HandlerOverrides): ServiceRegistration[] {
-  const image = withUnimplemented<ImageServiceImplementation<AppCallContext>>(ImageServiceDefinition, {
-    ...overrides.image,
-  });
-  const generation = withUnimplemented<GenerationServiceImplementation<AppCallContext>>(
+export function serviceRegistrations(current: () => HandlerSet): ServiceRegistration[] {
+  const image = delegating<ImageServiceImplementation<Ctx>>(ImageServiceDefinition, () => current().image);
+  const generation = delegating<GenerationServiceImplementation<Ctx>>(
     GenerationServiceDefinition,
-    { ...overrides.generation },
+    () => current().generation,
   );
-  const account = withUnimplemented<AccountServiceImplementation<AppCallContext>>(AccountServiceDefinition, {
-    ...overrides.account,
-  });
+  const account = delegating<AccountServiceImplementation<Ctx>>(AccountServiceDefinition, () => current().account);
   return [
     { fullName: ImageServiceDefinition.fullName, register: (s) => s.add(ImageServiceDefinition, image) },
     { fullName: GenerationServiceDefinition.fullName, register: (s) => s.add(GenerationServiceDefinition, generation) },

@@ -39,41 +39,55 @@ const UNREACHABLE = new Set([
   "57P03", // cannot_connect_now
 ]);
 
+/** The status a caller sees for an error, and the domain error whose details it carries. */
+export interface CallerStatus {
+  code: Status;
+  message: string;
+  domain?: DomainError;
+}
+
+type ErrorContext = CallContext & RequestContext & { deadline?: Date };
+
 /**
  * Maps any thrown value to the status a caller sees. Domain errors keep their code, message and
- * details; aborts become CANCELLED (or DEADLINE_EXCEEDED once the deadline passed); a lost
- * database becomes UNAVAILABLE; anything else is INTERNAL with a generic message while the
- * cause goes to the log.
+ * details; aborts become CANCELLED (DEADLINE_EXCEEDED once the deadline passed, UNAVAILABLE when
+ * shutdown cut the call); a lost database becomes UNAVAILABLE; anything else is INTERNAL with a
+ * generic message while the cause goes to the log.
  */
-export function toServerError(
-  err: unknown,
-  context: CallContext & RequestContext & { deadline?: Date },
-): ServerError {
-  if (err instanceof ServerError) return err;
+export function toStatus(err: unknown, context: ErrorContext): CallerStatus {
+  if (err instanceof ServerError) return { code: err.code, message: err.details };
   if (err instanceof DomainError) {
     const code = codes[err.code];
     if (code === Status.INTERNAL) context.log.error("internal error", { error: err });
-    if (err.violations.length > 0 || err.retryAfterMs !== undefined) {
-      context.trailer.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, err.message, err));
-    }
-    return new ServerError(code, err.message);
+    return { code, message: err.message, domain: err };
   }
   if (isAbortError(err) || context.signal.aborted) {
     if (context.signal.reason instanceof ServerShutdown) {
-      return new ServerError(Status.UNAVAILABLE, "the server shut down before the call finished; retry");
+      return { code: Status.UNAVAILABLE, message: "the server shut down before the call finished; retry" };
     }
     if (context.deadline && context.deadline.getTime() <= Date.now()) {
-      return new ServerError(Status.DEADLINE_EXCEEDED, "deadline exceeded");
+      return { code: Status.DEADLINE_EXCEEDED, message: "deadline exceeded" };
     }
-    return new ServerError(Status.CANCELLED, "the call was cancelled");
+    return { code: Status.CANCELLED, message: "the call was cancelled" };
   }
   const sysCode = (err as { code?: unknown } | null)?.code;
   if (typeof sysCode === "string" && UNREACHABLE.has(sysCode)) {
     context.log.error("store unavailable", { error: err });
-    return new ServerError(Status.UNAVAILABLE, "the store is unavailable; retry later");
+    return { code: Status.UNAVAILABLE, message: "the store is unavailable; retry later" };
   }
   context.log.error("unhandled error", { error: err });
-  return new ServerError(Status.INTERNAL, `internal error (request id ${context.requestId})`);
+  return { code: Status.INTERNAL, message: `internal error (request id ${context.requestId})` };
+}
+
+/** {@link toStatus} as a ServerError, with typed details in the `grpc-status-details-bin` trailer. */
+export function toServerError(err: unknown, context: ErrorContext): ServerError {
+  if (err instanceof ServerError) return err;
+  const status = toStatus(err, context);
+  const domain = status.domain;
+  if (domain && (domain.violations.length > 0 || domain.retryAfterMs !== undefined)) {
+    context.trailer.set(STATUS_DETAILS_KEY, encodeStatusDetails(status.code, status.message, domain));
+  }
+  return new ServerError(status.code, status.message);
 }
 
 /** Middleware form of {@link toServerError}; attach it inside the logging middleware. */

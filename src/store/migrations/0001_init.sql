@@ -35,9 +35,13 @@ create table images (
   model_version_id bigint,
   username text not null default '',
   meta jsonb,
+  -- {"classes": {name: count}, "boxes": [{class_name, x, y, width, height, confidence?}]}
   annotations jsonb not null default '{}',
+  -- 0 private (owner and admins only), 1 public
   visibility smallint not null default 0,
+  -- 0 not indexed, 1 pending, 2 indexed, 3 failed
   index_status smallint not null default 0,
+  index_error text not null default '',
   like_count integer not null default 0,
   heart_count integer not null default 0,
   laugh_count integer not null default 0,
@@ -46,16 +50,21 @@ create table images (
   reaction_count integer generated always as
     (like_count + heart_count + laugh_count + cry_count + dislike_count) stored,
   comment_count integer not null default 0,
+  -- Last change of a counter: ranked page walks skip images re-ranked after the walk began,
+  -- so no image is returned twice.
+  stats_changed_at timestamptz not null default now(),
   created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
   unique (owner_id, sha256)
 );
 
 create index images_tag_terms on images using gin (tag_terms);
-create index images_created on images (created_at, id);
-create index images_reactions on images (reaction_count, id);
-create index images_comments on images (comment_count, id);
+create index images_created on images (created_at);
+create index images_reactions on images (reaction_count desc, id desc);
+create index images_comments on images (comment_count desc, id desc);
 create index images_sha256 on images (sha256);
-create index images_username on images (username) where username <> '';
+create index images_username on images (lower(username)) where username <> '';
+create index images_classes on images using gin ((annotations -> 'classes'));
 create index images_post on images (post_id) where post_id is not null;
 create index images_model on images (model_id) where model_id is not null;
 create index images_model_version on images (model_version_id) where model_version_id is not null;
@@ -75,7 +84,23 @@ create table comments (
   account_id uuid not null references accounts (id),
   username text not null default '',
   body text not null,
+  -- AIP-155 idempotency key of the AddComment call that made it
+  request_id uuid,
   created_at timestamptz not null default now()
 );
 
 create index comments_image on comments (image_id, id);
+create unique index comments_request on comments (account_id, request_id) where request_id is not null;
+
+-- AIP-155 idempotency of uploads: a retried request_id returns the first result.
+create table upload_requests (
+  account_id uuid not null references accounts (id) on delete cascade,
+  request_id uuid not null,
+  image_id bigint not null references images (id) on delete cascade,
+  deduplicated boolean not null,
+  created_at timestamptz not null default now(),
+  primary key (account_id, request_id)
+);
+
+-- Each process takes a worker number for its snowflake ids (modulo 1024).
+create sequence snowflake_workers;

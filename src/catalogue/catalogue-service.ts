@@ -1,0 +1,291 @@
+import type { BlobStore } from "../blobs/blob-store.js";
+import type { Clock } from "../clock.js";
+import { DomainError, notFound, Violations } from "../errors.js";
+import {
+  lockContent,
+  type ImagesRepository,
+  type Tx,
+} from "../store/images-repository.js";
+import type { AnalyseLimits, ImageFacts } from "./analyse.js";
+import type { SnowflakeGenerator } from "./snowflake.js";
+import { tagTerms } from "./tags.js";
+import type {
+  Caller,
+  Comment,
+  ImageRecord,
+  ImageStats,
+  ReactionKind,
+  UpdatableField,
+} from "./types.js";
+import { checkBoxesInside, cleanImageFields, requestIdOf, type ImageFieldsInput } from "./validate.js";
+
+/** An upload as the transport hands it over. */
+export interface UploadInput extends ImageFieldsInput {
+  content: Uint8Array;
+  /** Embed for search; default true. */
+  index?: boolean;
+  waitForIndex?: boolean;
+  requestId?: string;
+}
+
+/** A stored image and whether the upload matched bytes the account already had. */
+export interface UploadResult {
+  image: ImageRecord;
+  deduplicated: boolean;
+}
+
+/** What the catalogue service is built from. */
+export interface CatalogueDeps {
+  images: ImagesRepository;
+  transaction: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>;
+  blobs: BlobStore;
+  clock: Clock;
+  ids: SnowflakeGenerator;
+  limits: AnalyseLimits;
+  analyse: (bytes: Uint8Array, limits: AnalyseLimits, field: string) => Promise<ImageFacts>;
+}
+
+const COMMENT_MAX = 2000;
+
+/** Upload, read, change and delete catalogue images, their reactions and comments. */
+export class CatalogueService {
+  constructor(private readonly deps: CatalogueDeps) {}
+
+  /**
+   * Stores an image: validates every field, analyses the bytes (format, size, bomb check,
+   * hashes), then in one transaction stores the blob and the row. Bytes the account already
+   * uploaded return the existing image. Anything invalid stores nothing.
+   */
+  async upload(caller: Caller, input: UploadInput): Promise<UploadResult> {
+    const { images, transaction, blobs, clock, ids } = this.deps;
+    const v = new Violations();
+    const fields = cleanImageFields(input, "", v);
+    const requestId = requestIdOf(input.requestId ?? "", "request_id", v);
+    v.check(input.content.length > 0, "content", "is required: the image file's bytes");
+    v.throwIfAny();
+    const index = input.index ?? true;
+    if (index && input.waitForIndex) {
+      throw new DomainError(
+        "FAILED_PRECONDITION",
+        "wait_for_index needs semantic indexing, which this server does not run yet; upload without it",
+      );
+    }
+
+    if (requestId) {
+      const earlier = await images.findUploadRequest(caller.accountId, requestId);
+      if (earlier) return this.replay(caller, earlier);
+    }
+
+    const facts = await this.deps.analyse(input.content, this.deps.limits, "content");
+    const annotations = fields.annotations ?? { classes: {}, boxes: [] };
+    checkBoxesInside(annotations, facts.width, facts.height, "annotations", v);
+    v.throwIfAny();
+
+    let wroteBlob = false;
+    try {
+      return await transaction(async (tx) => {
+        if (requestId) {
+          await images.lockRequest(caller.accountId, requestId, tx);
+          const earlier = await images.findUploadRequest(caller.accountId, requestId, tx);
+          if (earlier) return this.replay(caller, earlier, tx);
+        }
+        await lockContent(facts.sha256, tx);
+        const existing = await images.findByContent(caller.accountId, facts.sha256, tx);
+        if (existing) {
+          if (requestId) await images.recordUploadRequest(caller.accountId, requestId, existing.id, true, tx);
+          return { image: existing, deduplicated: true };
+        }
+        if (!(await blobs.has(facts.sha256))) {
+          await blobs.put(input.content, facts.sha256);
+          wroteBlob = true;
+        }
+        const now = clock.now();
+        const tags = fields.tags ?? [];
+        const image = await images.insert(
+          {
+            id: ids.next(),
+            ownerId: caller.accountId,
+            sha256: facts.sha256,
+            fileName: fields.fileName ?? "",
+            mediaType: facts.mediaType,
+            width: facts.width,
+            height: facts.height,
+            byteSize: facts.byteSize,
+            blurhash: facts.blurhash,
+            phash: facts.phash,
+            tags,
+            nsfwLevel: fields.nsfwLevel ?? "none",
+            postId: fields.postId ?? null,
+            modelId: fields.modelId ?? null,
+            modelVersionId: fields.modelVersionId ?? null,
+            username: fields.username ?? "",
+            meta: fields.meta ?? null,
+            annotations,
+            visibility: fields.visibility ?? "private",
+            indexStatus: index ? "pending" : "not_indexed",
+            createdAt: now,
+          },
+          tagTerms(tags),
+          tx,
+        );
+        if (requestId) await images.recordUploadRequest(caller.accountId, requestId, image.id, false, tx);
+        return { image, deduplicated: false };
+      });
+    } catch (err) {
+      // The row never committed: a blob this call created must not outlive it.
+      if (wroteBlob && (await images.countByContent(facts.sha256).catch(() => 1)) === 0) {
+        await blobs.delete(facts.sha256).catch(() => undefined);
+      }
+      throw err;
+    }
+  }
+
+  private async replay(caller: Caller, earlier: { imageId: bigint; deduplicated: boolean }, tx?: Tx) {
+    const image = await this.deps.images.get(earlier.imageId, caller, tx);
+    if (!image) throw notFound("image", earlier.imageId);
+    return { image, deduplicated: earlier.deduplicated };
+  }
+
+  /** The image, if the caller may read it; NOT_FOUND otherwise (existence is not revealed). */
+  async get(caller: Caller, id: bigint): Promise<ImageRecord> {
+    const image = await this.deps.images.get(id, caller);
+    if (!image) throw notFound("image", id);
+    return image;
+  }
+
+  /** The image with its bytes. */
+  async getWithContent(caller: Caller, id: bigint): Promise<{ image: ImageRecord; content: Buffer }> {
+    const image = await this.get(caller, id);
+    return { image, content: await this.deps.blobs.get(image.sha256) };
+  }
+
+  /** Loads an image the caller may change: NOT_FOUND if unreadable, PERMISSION_DENIED if only readable. */
+  private async writable(caller: Caller, id: bigint, tx: Tx): Promise<ImageRecord> {
+    const image = await this.deps.images.get(id, caller, tx);
+    if (!image) throw notFound("image", id);
+    if (!caller.isAdmin && image.ownerId !== caller.accountId) {
+      throw new DomainError("PERMISSION_DENIED", `image ${id} belongs to another account`);
+    }
+    return image;
+  }
+
+  /** Changes the fields named in `mask` (already mapped to domain names) to the values in `input`. */
+  async update(caller: Caller, id: bigint, mask: UpdatableField[], input: ImageFieldsInput): Promise<ImageRecord> {
+    const v = new Violations();
+    const cleaned = cleanImageFields(input, "image.", v);
+    v.throwIfAny();
+    const changes: Partial<Pick<ImageRecord, UpdatableField>> = {};
+    for (const field of mask) {
+      switch (field) {
+        case "fileName":
+          changes.fileName = cleaned.fileName ?? "";
+          break;
+        case "tags":
+          changes.tags = cleaned.tags ?? [];
+          break;
+        case "username":
+          changes.username = cleaned.username ?? "";
+          break;
+        case "postId":
+          changes.postId = cleaned.postId ?? null;
+          break;
+        case "modelId":
+          changes.modelId = cleaned.modelId ?? null;
+          break;
+        case "modelVersionId":
+          changes.modelVersionId = cleaned.modelVersionId ?? null;
+          break;
+        case "nsfwLevel":
+          changes.nsfwLevel = cleaned.nsfwLevel ?? "none";
+          break;
+        case "meta":
+          changes.meta = cleaned.meta ?? null;
+          break;
+        case "annotations":
+          changes.annotations = cleaned.annotations ?? { classes: {}, boxes: [] };
+          break;
+        case "visibility":
+          changes.visibility = cleaned.visibility ?? "private";
+          break;
+      }
+    }
+    return this.deps.transaction(async (tx) => {
+      const image = await this.writable(caller, id, tx);
+      if (changes.annotations) {
+        checkBoxesInside(changes.annotations, image.width, image.height, "image.annotations", v);
+        v.throwIfAny();
+      }
+      const terms = changes.tags ? tagTerms(changes.tags) : undefined;
+      const updated = await this.deps.images.update(id, changes, terms, this.deps.clock.now(), tx);
+      if (!updated) throw notFound("image", id);
+      return updated;
+    });
+  }
+
+  /** Deletes an image with its reactions and comments; its blob goes with the last reference. */
+  async delete(caller: Caller, id: bigint): Promise<void> {
+    const { images, blobs } = this.deps;
+    await this.deps.transaction(async (tx) => {
+      const image = await this.writable(caller, id, tx);
+      await lockContent(image.sha256, tx);
+      await images.delete(id, tx);
+      // Still under the content lock: no upload can re-reference the blob until we commit.
+      if ((await images.countByContent(image.sha256, tx)) === 0) await blobs.delete(image.sha256);
+    });
+  }
+
+  /** Adds or removes the caller's reaction of one kind; counts stay exact under concurrency. */
+  async react(
+    caller: Caller,
+    imageId: bigint,
+    kind: ReactionKind,
+    add: boolean,
+  ): Promise<{ stats: ImageStats; changed: boolean }> {
+    const { images, clock } = this.deps;
+    return this.deps.transaction(async (tx) => {
+      if (!(await images.get(imageId, caller, tx))) throw notFound("image", imageId);
+      const changed = await images.react(imageId, caller.accountId, kind, add, clock.now(), tx);
+      const after = await images.get(imageId, caller, tx);
+      return { stats: after!.stats, changed };
+    });
+  }
+
+  /** Adds a comment (idempotent per request id) and keeps the image's comment count in step. */
+  async addComment(caller: Caller, imageId: bigint, text: string, requestIdText = ""): Promise<Comment> {
+    const { images, clock, ids } = this.deps;
+    const v = new Violations();
+    const body = text.trim();
+    v.check(body.length >= 1, "text", "is required: 1..2000 characters");
+    v.check(body.length <= COMMENT_MAX, "text", `must be at most ${COMMENT_MAX} characters, got ${body.length}`);
+    const requestId = requestIdOf(requestIdText, "request_id", v);
+    v.throwIfAny();
+    return this.deps.transaction(async (tx) => {
+      if (!(await images.get(imageId, caller, tx))) throw notFound("image", imageId);
+      if (requestId) {
+        await images.lockRequest(caller.accountId, requestId, tx);
+        const earlier = await images.findCommentRequest(caller.accountId, requestId, tx);
+        if (earlier) return earlier;
+      }
+      const username = await images.accountUsername(caller.accountId, tx);
+      const comment: Comment = {
+        id: ids.next(),
+        imageId,
+        accountId: caller.accountId,
+        username,
+        text: body,
+        createdAt: clock.now(),
+      };
+      await images.addComment(comment, requestId, tx);
+      return comment;
+    });
+  }
+
+  /** A page of an image's comments, oldest first; `after` is the last comment id seen. */
+  async listComments(caller: Caller, imageId: bigint, after: bigint, pageSize: number): Promise<Comment[]> {
+    const v = new Violations();
+    v.check(pageSize >= 0 && pageSize <= 200, "page_size", "must be between 0 and 200");
+    v.throwIfAny();
+    if (!(await this.deps.images.get(imageId, caller))) throw notFound("image", imageId);
+    return this.deps.images.listComments(imageId, after, pageSize === 0 ? 50 : pageSize);
+  }
+}
