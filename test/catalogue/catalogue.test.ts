@@ -509,7 +509,14 @@ describe("paging stability", () => {
     let extra = 0;
     const arrive = async () => {
       await Promise.all(
-        [0, 1].map(async () => client.uploadImage({ content: await distinctPng(3000 + extra++), tags: ["walk"], index: false })),
+        [0, 1].map(async () =>
+          client.uploadImage({
+            content: await distinctPng(3000 + extra++),
+            tags: ["walk"],
+            visibility: Visibility.VISIBILITY_PUBLIC,
+            index: false,
+          }),
+        ),
       );
     };
     for (const sort of [ImageSort.IMAGE_SORT_NEWEST, ImageSort.IMAGE_SORT_OLDEST]) {
