@@ -184,18 +184,31 @@ function orderAndSeek(sql: Db, query: ListQuery): { seek: Fragment; order: Fragm
 export class ImagesRepository {
   constructor(private readonly sql: Sql) {}
 
-  /** One page of images matching a filter, in the sort's order. */
-  async list(query: ListQuery): Promise<ImageRecord[]> {
+  private listQuery(query: ListQuery): Fragment {
     const sql = this.sql;
     const where = filterConditions(sql, query.filter, query.caller, query.now);
     const { seek, order } = orderAndSeek(sql, query);
     const stable = query.rankedAsOf ? sql`stats_changed_at <= ${query.rankedAsOf}` : sql`true`;
-    const rows = await sql<ImageRow[]>`
+    return sql`
       select * from images
       where ${where} and ${seek} and ${stable}
       ${order}
       limit ${query.limit} offset ${query.offset ?? 0}`;
+  }
+
+  /** One page of images matching a filter, in the sort's order. */
+  async list(query: ListQuery): Promise<ImageRecord[]> {
+    const rows = (await this.listQuery(query)) as unknown as ImageRow[];
     return rows.map(toImage);
+  }
+
+  /** The plan PostgreSQL chooses for a page query (EXPLAIN, JSON), for tests and benchmarks. */
+  async explainList(query: ListQuery, analyze = false): Promise<unknown> {
+    const sql = this.sql;
+    const rows = analyze
+      ? await sql`explain (analyze, buffers, format json) ${this.listQuery(query)}`
+      : await sql`explain (format json) ${this.listQuery(query)}`;
+    return rows[0]["QUERY PLAN"];
   }
 
   /** How many images match a filter. */
