@@ -345,12 +345,6 @@ export class ImagesRepository {
     return true;
   }
 
-  /** Locks an image row for the rest of the transaction; false when it does not exist. */
-  async lock(imageId: bigint, db: Db): Promise<boolean> {
-    const rows = await db`select 1 from images where id = ${imageId.toString()} for update`;
-    return rows.length === 1;
-  }
-
   /** Stores a comment and bumps the image's comment count in the same transaction. */
   async addComment(comment: Comment, requestId: string | null, db: Db): Promise<void> {
     await db`

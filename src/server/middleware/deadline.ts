@@ -42,8 +42,3 @@ export const deadlineMiddleware: ServerMiddleware<DeadlineContext> = async funct
   return yield* call.next(call.request, { ...context, deadline });
 };
 
-/** Milliseconds left before `deadline`, or `fallbackMs` when there is none. Never negative. */
-export function timeLeftMs(deadline: Date | undefined, fallbackMs: number, now = Date.now()): number {
-  if (!deadline) return fallbackMs;
-  return Math.max(0, Math.min(fallbackMs, deadline.getTime() - now));
-}
