@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -10,6 +9,7 @@ import { startApp, type App } from "../src/app.js";
 import { loadOptions, type Options } from "../src/config/options.js";
 import { ImageServiceDefinition, type ImageServiceClient } from "../src/gen/glimpse/image/v1/image_service.js";
 import { createLogger } from "../src/logging/logger.js";
+import { createScratchDatabase, type ScratchDatabase } from "../src/store/scratch-database.js";
 
 /** The repository root (bench/ sits directly under it). */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -266,35 +266,11 @@ export async function runBenchmark(name: string, body: (cleanup: Cleanup) => Pro
 // Temp database, temp data dir, the real app and a client
 
 /** A database of the benchmark's own, on the admin URL's server. */
-export interface TempDatabase {
-  url: string;
-  name: string;
-  drop(): Promise<void>;
-}
+export type TempDatabase = ScratchDatabase;
 
 /** Creates a uniquely named database; `drop` removes it (forcing out any connection left). */
-export async function createTempDatabase(prefix = "glimpse_bench"): Promise<TempDatabase> {
-  const name = `${prefix}_${Date.now().toString(36)}_${randomBytes(4).toString("hex")}`;
-  const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
-  try {
-    await admin`create database ${admin(name)}`;
-  } finally {
-    await admin.end();
-  }
-  const url = new URL(ADMIN_DATABASE_URL);
-  url.pathname = `/${name}`;
-  return {
-    url: url.toString(),
-    name,
-    async drop() {
-      const sql = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
-      try {
-        await sql`drop database if exists ${sql(name)} with (force)`;
-      } finally {
-        await sql.end();
-      }
-    },
-  };
+export function createTempDatabase(prefix = "glimpse_bench"): Promise<TempDatabase> {
+  return createScratchDatabase(ADMIN_DATABASE_URL, prefix);
 }
 
 /** Creates a temp directory under the OS temp dir, removed by `cleanup`. */

@@ -213,18 +213,6 @@ export function hammingDistance(a: bigint, b: bigint): number {
   return count;
 }
 
-/** Reinterprets an unsigned 64-bit value as two's-complement, to fit a Postgres bigint. */
-export function toSignedInt64(u: bigint): bigint {
-  if (u < 0n || u >= 1n << 64n) throw new RangeError(`${u} is not an unsigned 64-bit value`);
-  return BigInt.asIntN(64, u);
-}
-
-/** Inverse of `toSignedInt64`: the unsigned 64-bit value a Postgres bigint stores. */
-export function fromSignedInt64(s: bigint): bigint {
-  if (s < -(1n << 63n) || s >= 1n << 63n) throw new RangeError(`${s} is not a signed 64-bit value`);
-  return BigInt.asUintN(64, s);
-}
-
 /** INVALID_ARGUMENT on `field`, keeping the decoder's own error as a cause for the log only. */
 function rejected(field: string, description: string, cause?: unknown): DomainError {
   return new DomainError("INVALID_ARGUMENT", `${field}: ${description}`, {

@@ -46,6 +46,21 @@ export interface CatalogueDeps {
 }
 
 const COMMENT_MAX = 2000;
+const COMMENT_PAGE_DEFAULT = 50;
+
+/** What each updatable field becomes when the mask names it but the request leaves it unset. */
+const CLEARED: Record<UpdatableField, unknown> = {
+  fileName: "",
+  tags: [],
+  username: "",
+  postId: null,
+  modelId: null,
+  modelVersionId: null,
+  nsfwLevel: "none",
+  meta: null,
+  annotations: { classes: {}, boxes: [] },
+  visibility: "private",
+};
 
 /** Upload, read, change and delete catalogue images, their reactions and comments. */
 export class CatalogueService {
@@ -174,41 +189,10 @@ export class CatalogueService {
     const v = new Violations();
     const cleaned = cleanImageFields(input, "image.", v);
     v.throwIfAny();
-    const changes: Partial<Pick<ImageRecord, UpdatableField>> = {};
-    for (const field of mask) {
-      switch (field) {
-        case "fileName":
-          changes.fileName = cleaned.fileName ?? "";
-          break;
-        case "tags":
-          changes.tags = cleaned.tags ?? [];
-          break;
-        case "username":
-          changes.username = cleaned.username ?? "";
-          break;
-        case "postId":
-          changes.postId = cleaned.postId ?? null;
-          break;
-        case "modelId":
-          changes.modelId = cleaned.modelId ?? null;
-          break;
-        case "modelVersionId":
-          changes.modelVersionId = cleaned.modelVersionId ?? null;
-          break;
-        case "nsfwLevel":
-          changes.nsfwLevel = cleaned.nsfwLevel ?? "none";
-          break;
-        case "meta":
-          changes.meta = cleaned.meta ?? null;
-          break;
-        case "annotations":
-          changes.annotations = cleaned.annotations ?? { classes: {}, boxes: [] };
-          break;
-        case "visibility":
-          changes.visibility = cleaned.visibility ?? "private";
-          break;
-      }
-    }
+    // A field named in the mask but absent from the input is cleared to its empty value.
+    const changes: Partial<Pick<ImageRecord, UpdatableField>> = Object.fromEntries(
+      mask.map((field) => [field, cleaned[field] ?? CLEARED[field]]),
+    );
     return this.deps.transaction(async (tx) => {
       const image = await this.writable(caller, id, tx);
       if (changes.annotations) {
@@ -280,12 +264,23 @@ export class CatalogueService {
     });
   }
 
-  /** A page of an image's comments, oldest first; `after` is the last comment id seen. */
-  async listComments(caller: Caller, imageId: bigint, after: bigint, pageSize: number): Promise<Comment[]> {
+  /**
+   * A page of an image's comments, oldest first, after comment id `after`; `next` is the id to
+   * continue after, undefined on the last page.
+   */
+  async listComments(
+    caller: Caller,
+    imageId: bigint,
+    after: bigint,
+    pageSize: number,
+  ): Promise<{ comments: Comment[]; next: bigint | undefined }> {
     const v = new Violations();
     v.check(pageSize >= 0 && pageSize <= 200, "page_size", "must be between 0 and 200");
     v.throwIfAny();
     if (!(await this.deps.images.get(imageId, caller))) throw notFound("image", imageId);
-    return this.deps.images.listComments(imageId, after, pageSize === 0 ? 50 : pageSize);
+    const size = pageSize === 0 ? COMMENT_PAGE_DEFAULT : pageSize;
+    const rows = await this.deps.images.listComments(imageId, after, size + 1);
+    const comments = rows.slice(0, size);
+    return { comments, next: rows.length > size ? comments[comments.length - 1].id : undefined };
   }
 }

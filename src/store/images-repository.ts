@@ -16,6 +16,7 @@ import type {
 } from "../catalogue/types.js";
 import { INDEX_STATUSES, NSFW_LEVELS } from "../catalogue/types.js";
 import type { Sql } from "./db.js";
+import { fromSignedInt64, toSignedInt64 } from "./int64.js";
 
 /** A query target: the pool or a transaction. */
 type Db = Sql | postgres.TransactionSql<{ bigint: bigint }>;
@@ -99,7 +100,7 @@ function toImage(row: ImageRow): ImageRecord {
     height: row.height,
     byteSize: Number(row.byte_size),
     blurhash: row.blurhash,
-    phash: BigInt.asUintN(64, row.phash),
+    phash: fromSignedInt64(row.phash),
     tags: row.tags,
     nsfwLevel: NSFW_LEVELS[row.nsfw_level],
     postId: row.post_id,
@@ -253,7 +254,7 @@ export class ImagesRepository {
       ) values (
         ${image.id.toString()}, ${image.ownerId}, ${image.sha256}, ${image.fileName}, ${image.mediaType},
         ${image.width}, ${image.height}, ${image.byteSize}, ${image.blurhash},
-        ${BigInt.asIntN(64, image.phash).toString()}, ${image.tags}::text[], ${tagTerms}::text[],
+        ${toSignedInt64(image.phash).toString()}, ${image.tags}::text[], ${tagTerms}::text[],
         ${nsfwCode(image.nsfwLevel)}, ${image.postId?.toString() ?? null}, ${image.modelId?.toString() ?? null},
         ${image.modelVersionId?.toString() ?? null}, ${image.username},
         ${image.meta === null ? null : db.json(image.meta as postgres.JSONValue)},
@@ -291,10 +292,9 @@ export class ImagesRepository {
     return row ? toImage(row) : undefined;
   }
 
-  /** Deletes the row (reactions, comments and idempotency records cascade); returns its sha256. */
-  async delete(id: bigint, db: Db): Promise<string | undefined> {
-    const [row] = await db<{ sha256: string }[]>`delete from images where id = ${id.toString()} returning sha256`;
-    return row?.sha256;
+  /** Deletes the row; reactions, comments and idempotency records cascade. */
+  async delete(id: bigint, db: Db): Promise<void> {
+    await db`delete from images where id = ${id.toString()}`;
   }
 
   /** The image a previous upload with this request id produced, if any. */

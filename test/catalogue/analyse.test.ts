@@ -1,20 +1,17 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { crc32, deflateSync } from "node:zlib";
 import { decode as decodeBlurhash } from "blurhash";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
-import {
-  analyseImage,
-  DEFAULT_LIMITS,
-  fromSignedInt64,
-  hammingDistance,
-  toSignedInt64,
-} from "../../src/catalogue/analyse.js";
+import { analyseImage, DEFAULT_LIMITS, hammingDistance } from "../../src/catalogue/analyse.js";
+import { fromSignedInt64, toSignedInt64 } from "../../src/store/int64.js";
 import { DomainError } from "../../src/errors.js";
 
-const COCO = "/work/shared/data/coco-mini";
+// The shared data sets sit beside the repository (../shared), as CI lays them out.
+const COCO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../shared/data/coco-mini");
 const cocoFiles = ["val2017", "train2017"].flatMap((dir) => {
   const full = path.join(COCO, dir);
   return existsSync(full) ? readdirSync(full).filter((f) => f.endsWith(".jpg")).map((f) => path.join(full, f)) : [];

@@ -3,7 +3,7 @@ import type { ListingService, ListPage } from "../../catalogue/listing.js";
 import type { UpdatableField } from "../../catalogue/types.js";
 import { invalidArgument } from "../../errors.js";
 import { Status as RpcStatus } from "../../gen/google/rpc/status.js";
-import { ImageView, IndexStatus, NsfwLevel, Visibility } from "../../gen/glimpse/image/v1/image.js";
+import { ImageView, IndexStatus, NsfwLevel, ReactionKind, Visibility } from "../../gen/glimpse/image/v1/image.js";
 import { ImageFilter, Period } from "../../gen/glimpse/image/v1/image_filter.js";
 import {
   ImageSort,
@@ -118,6 +118,15 @@ export function nextPageUrl(request: ListImagesRequest, page: ListPage): string 
 /** The catalogue RPCs of glimpse.image.v1.ImageService. */
 export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImplementation<Ctx>> {
   const { catalogue, listing, publicUrl } = deps;
+
+  /** AddReaction and RemoveReaction: the same call with `add` true or false. */
+  async function react(request: { imageId: string; kind: ReactionKind }, context: Ctx, add: boolean) {
+    const kind = reactionKinds.in(request.kind);
+    if (!kind) throw invalidArgument({ field: "kind", description: "is required" });
+    const { stats, changed } = await catalogue.react(context.caller, idIn(request.imageId, "image_id"), kind, add);
+    return { stats: statsOut(stats), changed };
+  }
+
   return {
     async uploadImage(request, context) {
       const { image, deduplicated } = await catalogue.upload(context.caller, uploadIn(request));
@@ -224,19 +233,8 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
       return {};
     },
 
-    async addReaction(request, context) {
-      const kind = reactionKinds.in(request.kind);
-      if (!kind) throw invalidArgument({ field: "kind", description: "is required" });
-      const { stats, changed } = await catalogue.react(context.caller, idIn(request.imageId, "image_id"), kind, true);
-      return { stats: statsOut(stats), changed };
-    },
-
-    async removeReaction(request, context) {
-      const kind = reactionKinds.in(request.kind);
-      if (!kind) throw invalidArgument({ field: "kind", description: "is required" });
-      const { stats, changed } = await catalogue.react(context.caller, idIn(request.imageId, "image_id"), kind, false);
-      return { stats: statsOut(stats), changed };
-    },
+    addReaction: (request, context) => react(request, context, true),
+    removeReaction: (request, context) => react(request, context, false),
 
     async addComment(request, context) {
       const comment = await catalogue.addComment(
@@ -257,12 +255,15 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
         }
         after = BigInt(text.slice(1));
       }
-      const size = request.pageSize || 50;
-      const comments = await catalogue.listComments(context.caller, idIn(request.imageId, "image_id"), after, request.pageSize);
-      const last = comments.length === size ? comments[comments.length - 1] : undefined;
+      const { comments, next } = await catalogue.listComments(
+        context.caller,
+        idIn(request.imageId, "image_id"),
+        after,
+        request.pageSize,
+      );
       return {
         comments: comments.map(commentOut),
-        nextPageToken: last ? Buffer.from(`c${last.id}`).toString("base64url") : "",
+        nextPageToken: next === undefined ? "" : Buffer.from(`c${next}`).toString("base64url"),
       };
     },
   };
