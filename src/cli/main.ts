@@ -1,4 +1,5 @@
 import { ConfigError, loadOptions, optionSpecs } from "../config/options.js";
+import { modelMain } from "./model.js";
 import { serveUntilSignalled } from "./serve.js";
 
 const USAGE = `usage: glimpse <command> [flags]
@@ -6,6 +7,7 @@ const USAGE = `usage: glimpse <command> [flags]
 commands:
   serve     run the gRPC service (and its embedded PostgreSQL when DATABASE_URL is unset)
   config    print every option with its environment variable and default
+  model     pull <id> | list: download an embedding model into the model cache, or list the known ones
 
 flags of serve (each also read from its environment variable):
 ${optionSpecs
@@ -32,6 +34,8 @@ async function main(): Promise<void> {
       return serve(rest);
     case "config":
       return printConfig();
+    case "model":
+      return modelMain(rest);
     case undefined:
     case "help":
     case "--help":
