@@ -26,6 +26,18 @@ export interface UploadInput extends ImageFieldsInput {
   index?: boolean;
   waitForIndex?: boolean;
   requestId?: string;
+  /** Ends a wait for indexing (the call was cancelled or its deadline passed). */
+  signal?: AbortSignal;
+}
+
+/** The search side's hooks into uploads. */
+export interface IndexingHooks {
+  /** Throws FAILED_PRECONDITION (saying why) when images cannot be indexed now. */
+  ensureAvailable(): void;
+  /** New pending images exist. */
+  notify(): void;
+  /** Resolves once the image is indexed or failed; rejects when the signal aborts. */
+  waitFor(imageId: bigint, signal?: AbortSignal): Promise<void>;
 }
 
 /** A stored image and whether the upload matched bytes the account already had. */
@@ -43,6 +55,8 @@ export interface CatalogueDeps {
   ids: SnowflakeGenerator;
   limits: AnalyseLimits;
   analyse: (bytes: Uint8Array, limits: AnalyseLimits, field: string) => Promise<ImageFacts>;
+  /** Absent when the server runs without search: wait_for_index is then refused. */
+  indexing?: IndexingHooks;
 }
 
 const COMMENT_MAX = 2000;
@@ -72,6 +86,23 @@ export class CatalogueService {
    * uploaded return the existing image. Anything invalid stores nothing.
    */
   async upload(caller: Caller, input: UploadInput): Promise<UploadResult> {
+    const result = await this.store(caller, input);
+    const indexing = this.deps.indexing;
+    if (!indexing || result.image.indexStatus !== "pending") return result;
+    indexing.notify();
+    if (!input.waitForIndex) return result;
+    await indexing.waitFor(result.image.id, input.signal).catch((err) => {
+      if (input.signal?.aborted) {
+        throw new DomainError("DEADLINE_EXCEEDED", `image ${result.image.id} is stored but was not indexed in time`, {
+          cause: err,
+        });
+      }
+      throw err;
+    });
+    return { ...result, image: await this.get(caller, result.image.id) };
+  }
+
+  private async store(caller: Caller, input: UploadInput): Promise<UploadResult> {
     const { images, transaction, blobs, clock, ids } = this.deps;
     const v = new Violations();
     const fields = cleanImageFields(input, "", v);
@@ -80,10 +111,11 @@ export class CatalogueService {
     v.throwIfAny();
     const index = input.index ?? true;
     if (index && input.waitForIndex) {
-      throw new DomainError(
-        "FAILED_PRECONDITION",
-        "wait_for_index needs semantic indexing, which this server does not run yet; upload without it",
-      );
+      if (!this.deps.indexing) {
+        throw new DomainError("FAILED_PRECONDITION", "wait_for_index needs semantic indexing, which this server does not run");
+      }
+      // Refused before anything is stored.
+      this.deps.indexing.ensureAvailable();
     }
 
     if (requestId) {

@@ -19,8 +19,8 @@ import type { Sql } from "./db.js";
 import { fromSignedInt64, toSignedInt64 } from "./int64.js";
 
 /** A query target: the pool or a transaction. */
-type Db = Sql | postgres.TransactionSql<{ bigint: bigint }>;
-type Fragment = postgres.PendingQuery<postgres.Row[]>;
+export type Db = Sql | postgres.TransactionSql<{ bigint: bigint }>;
+export type Fragment = postgres.PendingQuery<postgres.Row[]>;
 
 const VISIBILITY: Visibility[] = ["private", "public"];
 
@@ -56,7 +56,7 @@ export interface ListQuery {
   rankedAsOf?: Date;
 }
 
-interface ImageRow {
+export interface ImageRow {
   id: bigint;
   owner_id: string;
   sha256: string;
@@ -89,7 +89,7 @@ interface ImageRow {
   updated_at: Date;
 }
 
-function toImage(row: ImageRow): ImageRecord {
+export function toImage(row: ImageRow): ImageRecord {
   return {
     id: row.id,
     ownerId: row.owner_id,

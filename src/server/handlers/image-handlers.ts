@@ -129,7 +129,7 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
 
   return {
     async uploadImage(request, context) {
-      const { image, deduplicated } = await catalogue.upload(context.caller, uploadIn(request));
+      const { image, deduplicated } = await catalogue.upload(context.caller, { ...uploadIn(request), signal: context.signal });
       return { image: imageOut(image, publicUrl, { deduplicated }) };
     },
 
@@ -139,7 +139,7 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
         const requestId = item.request?.requestId ?? "";
         try {
           if (!item.request) throw invalidArgument({ field: "request", description: "is required" });
-          const { image, deduplicated } = await catalogue.upload(context.caller, uploadIn(item.request, "request."));
+          const { image, deduplicated } = await catalogue.upload(context.caller, { ...uploadIn(item.request, "request."), signal: context.signal });
           yield { index, requestId, result: { $case: "image", value: imageOut(image, publicUrl, { deduplicated }) } };
         } catch (err) {
           if (context.signal.aborted) throw err;

@@ -1,0 +1,147 @@
+import { readFile, stat } from "node:fs/promises";
+import path from "node:path";
+import { DomainError } from "../errors.js";
+import type { Logger } from "../logging/logger.js";
+import { Embedder, type BatchingOptions } from "./embedder.js";
+import { isModelInstalled, modelDirectory, pullModel } from "./pull.js";
+import { findModel } from "./registry.js";
+import { EmbeddingRuntime, type RuntimeOptions } from "./runtime.js";
+import { ClipTokenizer } from "./tokenizer.js";
+
+/** How the embedding model is found, fetched and run. */
+export interface ModelManagerOptions {
+  /** A registry id (e.g. clip-vit-b32) or a path to a model directory. */
+  model: string;
+  cacheDir: string;
+  autoPull: boolean;
+  baseUrl: string;
+  runtime: Omit<RuntimeOptions, "logger">;
+  batching: BatchingOptions;
+  logger: Logger;
+}
+
+/** Where the model stands; `reason` says why it is not ready and what to do. */
+export type ModelState =
+  | { state: "loading" }
+  | { state: "pulling"; progress: string }
+  | { state: "ready"; embedder: Embedder }
+  | { state: "unavailable"; reason: string };
+
+/**
+ * Owns the embedding model's life: resolves the configured model (registry id or directory),
+ * pulls it in the background when it is missing and auto-pull is on, opens it, and then hands
+ * out the Embedder. Until then callers get FAILED_PRECONDITION saying why and how to fix it;
+ * the rest of the service runs regardless.
+ */
+export class ModelManager {
+  private current: ModelState = { state: "loading" };
+  private readonly abort = new AbortController();
+  private readonly waiters: ((embedder: Embedder) => void)[] = [];
+  private started?: Promise<void>;
+
+  constructor(private readonly options: ModelManagerOptions) {}
+
+  get state(): ModelState {
+    return this.current;
+  }
+
+  /** Starts resolving the model in the background; never throws. */
+  start(): void {
+    this.started ??= this.load().catch((err: Error) => {
+      this.options.logger.error("embedding model unavailable", { error: err });
+      this.current = { state: "unavailable", reason: err.message };
+    });
+  }
+
+  /** The embedder, or FAILED_PRECONDITION explaining why there is none yet. */
+  embedder(): Embedder {
+    const s = this.current;
+    if (s.state === "ready") return s.embedder;
+    const how =
+      `put the model files (vocab.json, merges.txt, text_model.onnx, vision_model.onnx) in a directory ` +
+      `and set GLIMPSE_MODEL to it, or run \`glimpse model pull ${this.options.model}\` on a machine with internet access`;
+    if (s.state === "loading") throw new DomainError("FAILED_PRECONDITION", "the embedding model is still loading; retry shortly");
+    if (s.state === "pulling") {
+      throw new DomainError("FAILED_PRECONDITION", `the embedding model is being downloaded (${s.progress}); retry later`);
+    }
+    throw new DomainError("FAILED_PRECONDITION", `semantic search is unavailable: ${s.reason}; ${how}`);
+  }
+
+  /** Resolves once the model is ready (never, if it cannot be loaded). */
+  ready(): Promise<Embedder> {
+    if (this.current.state === "ready") return Promise.resolve(this.current.embedder);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    this.abort.abort();
+    await this.started;
+    if (this.current.state === "ready") await this.current.embedder.close();
+    this.current = { state: "unavailable", reason: "the service is shutting down" };
+  }
+
+  private async load(): Promise<void> {
+    const { model, logger } = this.options;
+    const { dir, id } = await this.resolve(model);
+    if (this.abort.signal.aborted) return;
+    const runtime = await EmbeddingRuntime.open(dir, { ...this.options.runtime, logger });
+    const tokenizer = await ClipTokenizer.fromDirectory(dir);
+    const embedder = new Embedder(id, runtime, tokenizer, this.options.batching);
+    if (this.abort.signal.aborted) {
+      await embedder.close();
+      return;
+    }
+    this.current = { state: "ready", embedder };
+    logger.info("embedding model ready", { model: id, dimension: runtime.dimension, dir });
+    for (const resolve of this.waiters.splice(0)) resolve(embedder);
+  }
+
+  /** The model's directory and id, pulling a registry model first when allowed. */
+  private async resolve(model: string): Promise<{ dir: string; id: string }> {
+    const entry = findModel(model);
+    if (!entry) {
+      const dir = path.resolve(model);
+      const info = await stat(dir).catch(() => undefined);
+      if (!info?.isDirectory()) {
+        throw new Error(`GLIMPSE_MODEL ${JSON.stringify(model)} is neither a known model id nor a directory`);
+      }
+      return { dir, id: await directoryModelId(dir) };
+    }
+    const { cacheDir, autoPull, baseUrl, logger } = this.options;
+    if (await isModelInstalled(cacheDir, entry)) return { dir: modelDirectory(cacheDir, entry.id), id: entry.id };
+    if (!autoPull) {
+      throw new Error(`model ${entry.id} is not installed in ${cacheDir} and GLIMPSE_MODEL_AUTO_PULL is off`);
+    }
+    logger.info("pulling embedding model", { model: entry.id, from: baseUrl });
+    this.current = { state: "pulling", progress: "starting" };
+    let lastLogged = -1;
+    const dir = await pullModel(entry, {
+      cacheDir,
+      baseUrl,
+      logger,
+      signal: this.abort.signal,
+      onProgress: (p) => {
+        const pct = p.totalBytes ? Math.floor((100 * p.receivedBytes) / p.totalBytes) : undefined;
+        this.current = { state: "pulling", progress: `${p.file} ${pct ?? "?"}%` };
+        if (pct !== undefined && Math.floor(pct / 10) !== lastLogged) {
+          lastLogged = Math.floor(pct / 10);
+          logger.info("model download", { model: entry.id, file: p.file, percent: pct });
+        }
+      },
+    }).catch((err: Error) => {
+      throw new Error(`model ${entry.id} is not installed and could not be downloaded (${err.message})`);
+    });
+    return { dir, id: entry.id };
+  }
+}
+
+/** A directory model's id: its manifest's, else `dir:<folder name>`. */
+async function directoryModelId(dir: string): Promise<string> {
+  try {
+    const manifest = JSON.parse(await readFile(path.join(dir, "glimpse-model.json"), "utf8")) as { id?: unknown };
+    if (typeof manifest.id === "string" && manifest.id !== "") return manifest.id;
+  } catch {
+    // no manifest: fall through
+  }
+  return `dir:${path.basename(dir)}`;
+}

@@ -1,0 +1,146 @@
+import type { BlobStore } from "../blobs/blob-store.js";
+import type { Embedder } from "../embedding/embedder.js";
+import type { Logger } from "../logging/logger.js";
+import { DomainError } from "../errors.js";
+import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
+
+export interface IndexerDeps {
+  embeddings: EmbeddingsRepository;
+  blobs: BlobStore;
+  logger: Logger;
+  /** Images embedded per round; the batcher groups them into model runs. */
+  batchSize: number;
+  /** Called after each stored round, so the index applies it before waiters are told. */
+  afterStore: () => Promise<void>;
+  /** How often to look for pending images nobody announced (other replicas' uploads). */
+  pollMs?: number;
+}
+
+/**
+ * Embeds pending images in the background: takes them oldest first, a round at a time,
+ * reuses the vector of identical bytes already embedded by this model, stores vectors and
+ * statuses in one transaction (the index follows through `index_log`), and marks images that
+ * cannot be embedded as failed with the reason. Uploads waiting for their image are told when
+ * it is done.
+ */
+export class Indexer {
+  private embedder: Embedder | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly waiters = new Map<bigint, (() => void)[]>();
+
+  constructor(private readonly deps: IndexerDeps) {}
+
+  /** Starts working with this model's embedder (when it becomes ready). */
+  start(embedder: Embedder): void {
+    this.embedder = embedder;
+    this.timer = setInterval(() => this.notify(), this.deps.pollMs ?? 5000);
+    this.timer.unref();
+    this.notify();
+  }
+
+  /** Something may be pending: run a round soon. */
+  notify(): void {
+    if (this.closed || !this.embedder) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.drain()
+      .catch((error) => this.deps.logger.error("indexing round failed", { error }))
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.notify();
+        }
+      });
+  }
+
+  /**
+   * Resolves once the image is no longer pending (indexed or failed), or rejects when the
+   * signal aborts. The caller re-reads the image for its status.
+   */
+  waitFor(imageId: bigint, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const list = this.waiters.get(imageId);
+        if (list) {
+          const i = list.indexOf(done);
+          if (i >= 0) list.splice(i, 1);
+          if (list.length === 0) this.waiters.delete(imageId);
+        }
+        reject(signal!.reason);
+      };
+      if (signal?.aborted) return reject(signal.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const list = this.waiters.get(imageId) ?? [];
+      list.push(done);
+      this.waiters.set(imageId, list);
+      // It may already be done (indexed before we registered, or not pending at all).
+      this.deps.embeddings
+        .isPending(imageId)
+        .then((pending) => (pending ? this.notify() : this.release([imageId])))
+        .catch(() => this.notify());
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    await this.running;
+  }
+
+  private async drain(): Promise<void> {
+    const { embeddings, blobs, batchSize, logger } = this.deps;
+    const embedder = this.embedder!;
+    for (;;) {
+      if (this.closed) return;
+      const pending = await embeddings.pending(batchSize);
+      if (pending.length === 0) return;
+      const done: { imageId: bigint; vector: Float32Array }[] = [];
+      const failed: { imageId: bigint; error: string }[] = [];
+      let transient = 0;
+      await Promise.all(
+        pending.map(async (image) => {
+          try {
+            const reused = await embeddings.vectorForContent(image.sha256, embedder.modelId);
+            const vector = reused ?? (await embedder.embedImage(await blobs.get(image.sha256)));
+            done.push({ imageId: image.id, vector });
+          } catch (err) {
+            // A busy or restarting model is not the image's fault: leave it pending.
+            if (isTransient(err)) transient++;
+            else failed.push({ imageId: image.id, error: (err as Error).message });
+          }
+        }),
+      );
+      await embeddings.storeIndexed(embedder.modelId, done);
+      if (failed.length > 0) {
+        logger.warn("images could not be indexed", { count: failed.length, first: failed[0].error });
+        await embeddings.markFailed(failed);
+      }
+      await this.deps.afterStore();
+      this.release([...done.map((d) => d.imageId), ...failed.map((f) => f.imageId)]);
+      if (transient > 0) return; // the poll timer tries again
+    }
+  }
+
+  private release(ids: bigint[]): void {
+    for (const id of ids) {
+      const list = this.waiters.get(id);
+      if (!list) continue;
+      this.waiters.delete(id);
+      for (const done of list) done();
+    }
+  }
+}
+
+function isTransient(err: unknown): boolean {
+  return err instanceof DomainError && (err.code === "RESOURCE_EXHAUSTED" || err.code === "UNAVAILABLE");
+}

@@ -1,0 +1,440 @@
+import type { AnalyseLimits, ImageFacts } from "../catalogue/analyse.js";
+import { hammingDistance } from "../catalogue/analyse.js";
+import type { CatalogueService } from "../catalogue/catalogue-service.js";
+import { parseFilter, type ImageFilterInput } from "../catalogue/listing.js";
+import type { Caller, ImageFilter, ImageRecord } from "../catalogue/types.js";
+import type { Clock } from "../clock.js";
+import type { Embedder } from "../embedding/embedder.js";
+import { DomainError, Violations } from "../errors.js";
+import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
+import type { Neighbour, VectorIndex } from "../vector/vector-index.js";
+import type { IndexKeeper } from "./index-keeper.js";
+
+/** Result fields a caller can ask for (seed 3's `fields`). */
+export const SEARCH_FIELDS = [
+  "id",
+  "name",
+  "annotations",
+  "labels",
+  "split",
+  "tags",
+  "owner",
+  "embedding",
+  "created",
+  "url",
+  "image",
+] as const;
+export type SearchField = (typeof SEARCH_FIELDS)[number];
+
+export const DEFAULT_SEARCH_LIMIT = 50;
+export const MAX_SEARCH_LIMIT = 250;
+export const MAX_STREAM_LIMIT = 10_000;
+export const MAX_SEARCH_DEPTH = 10_000;
+export const MAX_EF = 4096;
+const MAX_PROMPT = 2000;
+
+/** What to rank by. */
+export type SearchQueryInput =
+  | { kind: "prompt"; text: string }
+  | { kind: "like_image_id"; id: bigint }
+  | { kind: "like_image_content"; content: Uint8Array }
+  | { kind: "none" };
+
+/** A search request in domain terms; zero means unset for the numeric fields. */
+export interface SearchInput {
+  query: SearchQueryInput;
+  threshold: number;
+  offset: number;
+  limit: number;
+  filter: ImageFilterInput;
+  fields: string[];
+  ef: number;
+  hybrid: boolean;
+}
+
+/** One ranked result: the vector score, and the image when a selected field needs it. */
+export interface SearchHit {
+  id: bigint;
+  /** (1 + cosine) / 2, in [0, 1]. */
+  score: number;
+  image?: ImageRecord;
+  embedding?: Float32Array;
+}
+
+/** How the planner answered: useful in logs and benchmarks. */
+export type SearchPlan = "hnsw" | "hnsw_filtered" | "exact";
+
+export interface SearchOutcome {
+  offset: number;
+  total: number;
+  totalIsLowerBound: boolean;
+  hits: SearchHit[];
+  modelId: string;
+  plan: SearchPlan;
+  fields: ReadonlySet<SearchField>;
+}
+
+/** The embedder and the index, once both are ready. */
+export interface SearchEngine {
+  embedder: Embedder;
+  keeper: IndexKeeper;
+}
+
+export interface SearchDeps {
+  embeddings: EmbeddingsRepository;
+  catalogue: CatalogueService;
+  clock: Clock;
+  /** The engine, or a DomainError (FAILED_PRECONDITION) saying why there is none yet. */
+  engine: () => SearchEngine;
+  analyse: (bytes: Uint8Array, limits: AnalyseLimits, field: string) => Promise<ImageFacts>;
+  limits: AnalyseLimits;
+  /** Default HNSW breadth. */
+  ef: number;
+  /** Filters matching at most this many images are scanned exactly. */
+  exactMax: number;
+}
+
+/** A validated search. */
+interface Plan {
+  query: SearchQueryInput;
+  threshold: number;
+  offset: number;
+  limit: number;
+  filter: ImageFilter;
+  filtered: boolean;
+  fields: Set<SearchField>;
+  ef: number;
+  hybrid: boolean;
+}
+
+export interface FindDuplicatesInput {
+  imageId: bigint;
+  maxHammingDistance?: number;
+  minScore?: number;
+  limit: number;
+}
+
+export interface DuplicateHit {
+  image: ImageRecord;
+  hammingDistance: number;
+  score: number | undefined;
+}
+
+export const toScore = (cosine: number) => Math.min(1, Math.max(0, (1 + cosine) / 2));
+
+/**
+ * Semantic search over the caller's readable, indexed images.
+ *
+ * The planner: a search with no restriction at all (an admin, no filter) walks HNSW. Anything
+ * else first asks Postgres which indexed images pass; when at most `exactMax` do, their vectors
+ * are scanned exactly by the WASM kernel (recall 1 by construction, and cheap: 20k x 512 is a
+ * few megabytes of reads); when more do, HNSW walks with those images as an allow-list and
+ * `ef` raised in inverse proportion to the share that passes, so narrow filters still find k.
+ */
+export class SearchService {
+  constructor(private readonly deps: SearchDeps) {}
+
+  /** SearchImages (and, with `stream`, the wider limits of StreamSearchImages). */
+  async search(
+    caller: Caller,
+    input: SearchInput,
+    signal?: AbortSignal,
+    { stream = false, hydrate = true }: { stream?: boolean; hydrate?: boolean } = {},
+  ): Promise<SearchOutcome> {
+    const plan = this.validate(input, stream);
+    const engine = this.deps.engine();
+    const { index } = engine.keeper;
+    let exclude: bigint | undefined;
+    let vector: Float32Array;
+    const q = plan.query;
+    if (q.kind === "prompt") {
+      vector = await engine.embedder.embedText(q.text, signal);
+    } else if (q.kind === "like_image_id") {
+      const image = await this.deps.catalogue.get(caller, q.id);
+      const stored = index.vector(image.id);
+      if (!stored) {
+        throw new DomainError(
+          "FAILED_PRECONDITION",
+          `image ${image.id} is not indexed (index_status ${image.indexStatus}` +
+            `${image.indexError ? `: ${image.indexError}` : ""}), so it cannot be searched by`,
+        );
+      }
+      vector = stored;
+      exclude = image.id;
+    } else if (q.kind === "like_image_content") {
+      await this.deps.analyse(q.content, this.deps.limits, "like_image_content");
+      vector = await engine.embedder.embedImage(q.content, signal);
+    } else {
+      throw new Error("unreachable: validated query");
+    }
+    signal?.throwIfAborted();
+
+    const depth = plan.offset + plan.limit + (exclude === undefined ? 0 : 1);
+    const ranked = await this.rank(caller, plan, engine, vector, depth);
+    let neighbours = ranked.neighbours.filter((n) => n.id !== exclude);
+    let total = ranked.total;
+    if (exclude !== undefined && (ranked.candidates?.includes(exclude) ?? true)) total -= 1;
+    let lowerBound = false;
+    if (plan.threshold > 0) {
+      const passes = (n: Neighbour) => n.id !== exclude && toScore(n.cosine) >= plan.threshold;
+      neighbours = neighbours.filter(passes);
+      if (ranked.everyScore) {
+        total = ranked.everyScore.filter(passes).length;
+      } else {
+        // Only the candidates the graph walk examined were scored: count those.
+        total = neighbours.length;
+        lowerBound = true;
+      }
+    }
+    if (plan.hybrid && q.kind === "prompt") {
+      neighbours = await this.fuseWithText(caller, plan, engine, vector, q.text, neighbours);
+    }
+
+    const window = neighbours.slice(plan.offset, plan.offset + plan.limit);
+    const hits = hydrate
+      ? await this.hydrate(caller, plan.fields, engine, window)
+      : window.map((n) => ({ id: n.id, score: toScore(n.cosine) }));
+    return {
+      offset: plan.offset,
+      total: Math.max(total, 0),
+      totalIsLowerBound: lowerBound,
+      hits,
+      modelId: engine.embedder.modelId,
+      plan: ranked.plan,
+      fields: plan.fields,
+    };
+  }
+
+  /** FindDuplicates: near-duplicates by perceptual hash and, when indexed, by embedding. */
+  async findDuplicates(caller: Caller, input: FindDuplicatesInput): Promise<DuplicateHit[]> {
+    const v = new Violations();
+    v.check(input.imageId > 0n, "image_id", "must be a positive image id");
+    const maxDistance = input.maxHammingDistance ?? 10;
+    v.check(Number.isInteger(maxDistance) && maxDistance >= 0 && maxDistance <= 64, "max_hamming_distance", "must be within 0..64");
+    const minScore = input.minScore ?? 0.95;
+    v.check(Number.isFinite(minScore) && minScore >= 0 && minScore <= 1, "min_score", "must be within [0, 1]");
+    v.check(Number.isInteger(input.limit) && input.limit >= 0 && input.limit <= 100, "limit", "must be within 0..100");
+    v.throwIfAny();
+    const limit = input.limit === 0 ? 20 : input.limit;
+
+    const image = await this.deps.catalogue.get(caller, input.imageId);
+    const found = new Map<bigint, DuplicateHit>();
+    for (const near of await this.deps.embeddings.nearPhash(image.phash, maxDistance, image.id, caller, limit)) {
+      found.set(near.image.id, { image: near.image, hammingDistance: near.distance, score: undefined });
+    }
+
+    let engine: SearchEngine | undefined;
+    try {
+      engine = this.deps.engine();
+    } catch {
+      engine = undefined; // no model: hash matches only
+    }
+    const own = engine?.keeper.index.vector(image.id);
+    if (engine && own) {
+      const index = engine.keeper.index;
+      // Readability is checked when hydrating; look a little deeper to make up for skipped ones.
+      const similar = index
+        .searchHnsw(own, limit * 4 + 1, Math.max(this.deps.ef, limit * 4 + 1))
+        .filter((n) => n.id !== image.id && toScore(n.cosine) >= minScore);
+      const missing = similar.filter((n) => !found.has(n.id)).map((n) => n.id);
+      for (const other of await this.deps.embeddings.images(missing, caller)) {
+        found.set(other.id, { image: other, hammingDistance: hammingDistance(image.phash, other.phash), score: undefined });
+      }
+      for (const hit of found.values()) {
+        const theirs = index.vector(hit.image.id);
+        if (theirs) hit.score = toScore(dot(own, theirs));
+      }
+    }
+    return [...found.values()]
+      .sort(
+        (a, b) =>
+          a.hammingDistance - b.hammingDistance ||
+          (b.score ?? -1) - (a.score ?? -1) ||
+          (a.image.id < b.image.id ? -1 : a.image.id > b.image.id ? 1 : 0),
+      )
+      .slice(0, limit);
+  }
+
+  private validate(input: SearchInput, stream: boolean): Plan {
+    const v = new Violations();
+    const q = input.query;
+    if (q.kind === "none") v.add("query", "give one of prompt, like_image_id or like_image_content");
+    if (q.kind === "prompt") {
+      const text = q.text.trim();
+      v.check(text.length > 0, "prompt", "must not be empty");
+      v.check([...q.text].length <= MAX_PROMPT, "prompt", `must be at most ${MAX_PROMPT} characters`);
+    }
+    if (q.kind === "like_image_id") v.check(q.id > 0n, "like_image_id", "must be a positive image id");
+    if (q.kind === "like_image_content") v.check(q.content.length > 0, "like_image_content", "must not be empty");
+    v.check(Number.isFinite(input.threshold) && input.threshold >= 0 && input.threshold <= 1, "threshold", "must be within [0, 1]");
+    v.check(Number.isInteger(input.offset) && input.offset >= 0, "offset", "must be 0 or more");
+    const maxLimit = stream ? MAX_STREAM_LIMIT : MAX_SEARCH_LIMIT;
+    v.check(Number.isInteger(input.limit) && input.limit >= 0 && input.limit <= maxLimit, "limit", `must be within 0..${maxLimit}`);
+    const limit = input.limit === 0 ? DEFAULT_SEARCH_LIMIT : input.limit;
+    v.check(input.offset + limit <= MAX_SEARCH_DEPTH, "offset", `offset + limit must be at most ${MAX_SEARCH_DEPTH}`);
+    v.check(Number.isInteger(input.ef) && input.ef >= 0 && input.ef <= MAX_EF, "ef", `must be 0 (server default) or within 1..${MAX_EF}`);
+    const fields = new Set<SearchField>();
+    for (const name of input.fields.length === 0 ? ["id", "created"] : input.fields) {
+      if ((SEARCH_FIELDS as readonly string[]).includes(name)) fields.add(name as SearchField);
+      else v.add("fields", `unknown field ${JSON.stringify(name)}; known: ${SEARCH_FIELDS.join(", ")}`);
+    }
+    const filter = parseFilter(input.filter, v);
+    v.throwIfAny();
+    return {
+      query: q.kind === "prompt" ? { kind: "prompt", text: q.text.trim() } : q,
+      threshold: input.threshold,
+      offset: input.offset,
+      limit,
+      filter,
+      filtered: !isEmptyFilter(filter),
+      fields,
+      ef: input.ef,
+      hybrid: input.hybrid,
+    };
+  }
+
+  /** Fetches the candidates the filter lets through (none needed without one) and ranks. */
+  private async rank(caller: Caller, plan: Plan, engine: SearchEngine, vector: Float32Array, depth: number): Promise<Ranking> {
+    const { embeddings, clock, exactMax } = this.deps;
+    const options = { ef: plan.ef || this.deps.ef, exactMax, everyScore: plan.threshold > 0 };
+    if (!plan.filtered && caller.isAdmin) return rankCandidates(engine.keeper.index, vector, depth, null, options);
+    const now = clock.now();
+    let candidates = await embeddings.candidateIds(plan.filter, caller, now, exactMax + 1);
+    if (candidates.length > exactMax) candidates = await embeddings.candidateIds(plan.filter, caller, now, null);
+    return rankCandidates(engine.keeper.index, vector, depth, candidates, options);
+  }
+
+  /**
+   * Reciprocal rank fusion of the vector ranking with a full-text ranking of the prompt over
+   * image text (tags, meta prompt and caption, file name). Scores stay vector scores.
+   */
+  private async fuseWithText(
+    caller: Caller,
+    plan: Plan,
+    engine: SearchEngine,
+    vector: Float32Array,
+    prompt: string,
+    neighbours: Neighbour[],
+  ): Promise<Neighbour[]> {
+    const depth = plan.offset + plan.limit;
+    const textIds = await this.deps.embeddings.textMatches(prompt, plan.filter, caller, this.deps.clock.now(), depth);
+    const K = 60;
+    const fused = new Map<bigint, { n: Neighbour; rrf: number }>();
+    neighbours.forEach((n, i) => fused.set(n.id, { n, rrf: 1 / (K + i + 1) }));
+    const unscored = textIds.filter((id) => !fused.has(id));
+    const scored = new Map(engine.keeper.index.scoreAll(vector, unscored).map((n) => [n.id, n]));
+    textIds.forEach((id, i) => {
+      const entry = fused.get(id);
+      if (entry) entry.rrf += 1 / (K + i + 1);
+      else {
+        const n = scored.get(id);
+        if (n && toScore(n.cosine) >= plan.threshold) fused.set(id, { n, rrf: 1 / (K + i + 1) });
+      }
+    });
+    return [...fused.values()].sort((a, b) => b.rrf - a.rrf || b.n.cosine - a.n.cosine).map((e) => e.n);
+  }
+
+  /** Fills the selected fields of hits from `search(..., { hydrate: false })`. */
+  hydrateHits(caller: Caller, fields: ReadonlySet<SearchField>, hits: SearchHit[]): Promise<SearchHit[]> {
+    return this.hydrate(caller, fields, this.deps.engine(), hits.map((h) => ({ id: h.id, cosine: 2 * h.score - 1 })));
+  }
+
+  /** Loads what the selected fields need; images deleted or hidden meanwhile drop out. */
+  private async hydrate(caller: Caller, fields: ReadonlySet<SearchField>, engine: SearchEngine, window: Neighbour[]) {
+    const needsImage = [...fields].some((f) => f !== "id" && f !== "embedding");
+    const images = new Map(
+      (await this.deps.embeddings.images(window.map((n) => n.id), caller)).map((image) => [image.id, image]),
+    );
+    const hits: SearchHit[] = [];
+    for (const n of window) {
+      const image = images.get(n.id);
+      if (!image) continue;
+      const hit: SearchHit = { id: n.id, score: toScore(n.cosine) };
+      if (needsImage) hit.image = image;
+      if (fields.has("embedding")) hit.embedding = engine.keeper.index.vector(n.id);
+      hits.push(hit);
+    }
+    return hits;
+  }
+}
+
+/** A ranking with what is known about the whole candidate set. */
+export interface Ranking {
+  plan: SearchPlan;
+  /** The best `depth` candidates, best first. */
+  neighbours: Neighbour[];
+  /** How many images passed the filter. */
+  total: number;
+  /** Every candidate's score, when all were scored (exact thresholds and totals). */
+  everyScore?: Neighbour[];
+  /** The candidate ids, when a filter applied. */
+  candidates?: BigInt64Array;
+}
+
+export interface RankOptions {
+  /** Base HNSW breadth. */
+  ef: number;
+  /** Candidate lists up to this long are scanned exactly. */
+  exactMax: number;
+  /** On the exact path, score every candidate (for exact counts above a threshold). */
+  everyScore?: boolean;
+}
+
+/**
+ * The query planner. `candidates` null means every indexed image may be returned: plain
+ * HNSW. A list of at most `exactMax` ids: exact scan of just those vectors (recall 1). A
+ * longer list: HNSW restricted to the list, with ef raised as the list's share of the index
+ * shrinks — when a share s passes, a graph walk meets roughly 1/s nodes per result it keeps.
+ */
+export function rankCandidates(
+  index: VectorIndex,
+  vector: Float32Array,
+  depth: number,
+  candidates: BigInt64Array | null,
+  options: RankOptions,
+): Ranking {
+  const baseEf = Math.max(options.ef, depth);
+  if (candidates === null) {
+    return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };
+  }
+  if (candidates.length <= options.exactMax) {
+    if (options.everyScore) {
+      const all = index.scoreAll(vector, candidates).sort(byCosine);
+      return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, candidates };
+    }
+    return { plan: "exact", neighbours: index.searchExact(vector, depth, candidates), total: candidates.length, candidates };
+  }
+  const share = candidates.length / Math.max(index.size, 1);
+  const ef = Math.min(MAX_EF, Math.max(depth, Math.ceil(baseEf / Math.max(share, 1e-3))));
+  const neighbours = index.searchHnsw(vector, depth, ef, index.allowedSlots(candidates));
+  return { plan: "hnsw_filtered", neighbours, total: candidates.length, candidates };
+}
+
+const byCosine = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+function dot(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
+
+/** True when the filter lets every image through. */
+function isEmptyFilter(f: ImageFilter): boolean {
+  return (
+    f.includeTags.length === 0 &&
+    f.excludeTags.length === 0 &&
+    f.username === null &&
+    f.postId === null &&
+    f.modelId === null &&
+    f.modelVersionId === null &&
+    f.nsfw === null &&
+    f.maxNsfwLevel === null &&
+    f.period === "all" &&
+    f.visibility === null &&
+    f.indexStatus === null &&
+    f.className === null &&
+    Object.keys(f.metaEquals).length === 0 &&
+    f.metaKeys.length === 0
+  );
+}
+

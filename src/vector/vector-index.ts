@@ -1,0 +1,387 @@
+import { createHash } from "node:crypto";
+import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import hnswlib from "hnswlib-node";
+import { VectorMatrix } from "./kernel.js";
+
+/** One nearest neighbour: an image id and its cosine similarity to the query. */
+export interface Neighbour {
+  id: bigint;
+  cosine: number;
+}
+
+/** Graph parameters; the defaults suit 512-wide CLIP vectors up to a few million images. */
+export interface VectorIndexOptions {
+  modelId: string;
+  dimension: number;
+  /** HNSW links per node. */
+  m?: number;
+  /** HNSW build breadth. */
+  efConstruction?: number;
+  initialCapacity?: number;
+}
+
+/** What a snapshot's `snapshot.json` records. */
+interface SnapshotManifest {
+  format: 1;
+  modelId: string;
+  dimension: number;
+  /** The last `index_log` sequence number the snapshot includes. */
+  lastSeq: string;
+  /** Slots in use (live or free) when written. */
+  slots: number;
+  files: Record<"graph" | "vectors" | "ids", { name: string; bytes: number; sha256: string }>;
+  writtenAt: string;
+}
+
+const MANIFEST = "snapshot.json";
+
+/**
+ * The in-process vector index: an HNSW graph (hnswlib, inner product) for approximate
+ * search, and beside it the same vectors in one contiguous float32 matrix for exact scans
+ * of candidate lists with the WASM kernel.
+ *
+ * Images are mapped to dense slots: a slot is both the HNSW label and the matrix row. A
+ * removed image's slot is marked deleted in the graph and reused by the next insert (hnswlib
+ * updates a deleted label in place), so memory stays bounded under churn. Ids are never
+ * assumed dense or small: the slot table is the only link between the two.
+ *
+ * Single-threaded by design (one JS thread owns it); derived state, rebuilt from Postgres.
+ */
+export class VectorIndex {
+  readonly modelId: string;
+  readonly dimension: number;
+  /** The last `index_log` sequence applied (maintained by the owner of the index). */
+  lastSeq = 0n;
+
+  private readonly graph: hnswlib.HierarchicalNSW;
+  private readonly matrix: VectorMatrix;
+  /** slot -> image id; 0n marks a free slot (snowflake ids are always positive). */
+  private slotIds: BigInt64Array;
+  private readonly slotOf = new Map<bigint, number>();
+  private readonly free: number[] = [];
+  private used = 0;
+
+  private constructor(options: Required<VectorIndexOptions>, graph: hnswlib.HierarchicalNSW, matrix: VectorMatrix) {
+    this.modelId = options.modelId;
+    this.dimension = options.dimension;
+    this.graph = graph;
+    this.matrix = matrix;
+    this.slotIds = new BigInt64Array(graph.getMaxElements());
+  }
+
+  static async create(options: VectorIndexOptions): Promise<VectorIndex> {
+    const full = withDefaults(options);
+    const graph = new hnswlib.HierarchicalNSW("ip", full.dimension);
+    graph.initIndex({ maxElements: full.initialCapacity, m: full.m, efConstruction: full.efConstruction });
+    const matrix = await VectorMatrix.create(full.dimension, full.initialCapacity);
+    return new VectorIndex(full, graph, matrix);
+  }
+
+  /** Number of images in the index. */
+  get size(): number {
+    return this.slotOf.size;
+  }
+
+  has(id: bigint): boolean {
+    return this.slotOf.has(id);
+  }
+
+  /** The stored vector of an image, or undefined when it is not indexed. */
+  vector(id: bigint): Float32Array | undefined {
+    const slot = this.slotOf.get(id);
+    return slot === undefined ? undefined : this.matrix.get(slot);
+  }
+
+  /** Inserts an image's vector, or replaces it. */
+  upsert(id: bigint, vector: Float32Array): void {
+    if (vector.length !== this.dimension) {
+      throw new RangeError(`vector of image ${id} has ${vector.length} values, the index holds ${this.dimension}`);
+    }
+    const points = Array.from(vector);
+    const existing = this.slotOf.get(id);
+    if (existing !== undefined) {
+      this.graph.addPoint(points, existing);
+      this.matrix.set(existing, vector);
+      return;
+    }
+    const slot = this.free.pop() ?? this.used++;
+    this.reserve(slot + 1);
+    // A reused slot is a deleted label: hnswlib un-deletes it and updates its vector in place.
+    this.graph.addPoint(points, slot);
+    this.matrix.set(slot, vector);
+    this.slotIds[slot] = id;
+    this.slotOf.set(id, slot);
+  }
+
+  /** Removes an image; false when it was not indexed. */
+  remove(id: bigint): boolean {
+    const slot = this.slotOf.get(id);
+    if (slot === undefined) return false;
+    this.graph.markDelete(slot);
+    this.slotIds[slot] = 0n;
+    this.slotOf.delete(id);
+    this.free.push(slot);
+    return true;
+  }
+
+  /**
+   * Approximate k nearest neighbours by HNSW. With `allowed`, only images whose slot is set
+   * in it are considered (hnswlib checks it while walking the graph, so k results still
+   * come back when the filter is narrow, as long as `ef` is wide enough).
+   */
+  searchHnsw(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Neighbour[] {
+    if (this.size === 0 || k <= 0) return [];
+    const count = Math.min(k, this.size);
+    this.graph.setEf(Math.max(ef, count));
+    const filter = allowed ? (label: number) => allowed[label] === 1 : undefined;
+    const result = this.graph.searchKnn(Array.from(query), count, filter);
+    const out: Neighbour[] = [];
+    for (let i = 0; i < result.neighbors.length; i++) {
+      const slot = result.neighbors[i];
+      // hnswlib's inner-product distance is 1 - dot.
+      out.push({ id: this.slotIds[slot], cosine: 1 - result.distances[i] });
+    }
+    return out.sort(byScore);
+  }
+
+  /** Exact top k among the given images (those not in the index are ignored). */
+  searchExact(query: Float32Array, k: number, ids: ArrayLike<bigint>): Neighbour[] {
+    const rows = this.slotsOf(ids);
+    if (rows.length === 0 || k <= 0) return [];
+    const top = this.matrix.topK(query, Math.min(k, rows.length), rows);
+    const out: Neighbour[] = new Array(top.rows.length);
+    for (let i = 0; i < top.rows.length; i++) out[i] = { id: this.slotIds[top.rows[i]], cosine: top.scores[i] };
+    return out;
+  }
+
+  /** Exact similarity of the query to every given image that is indexed. */
+  scoreAll(query: Float32Array, ids: ArrayLike<bigint>): Neighbour[] {
+    const rows = this.slotsOf(ids);
+    const scores = new Float32Array(rows.length);
+    if (rows.length > 0) this.matrix.dot(query, rows, scores);
+    const out: Neighbour[] = new Array(rows.length);
+    for (let i = 0; i < rows.length; i++) out[i] = { id: this.slotIds[rows[i]], cosine: scores[i] };
+    return out;
+  }
+
+  /** A slot bitmap of the given images, for `searchHnsw`'s filter. */
+  allowedSlots(ids: ArrayLike<bigint>): Uint8Array {
+    const bitmap = new Uint8Array(this.used);
+    for (let i = 0; i < ids.length; i++) {
+      const slot = this.slotOf.get(ids[i]);
+      if (slot !== undefined) bitmap[slot] = 1;
+    }
+    return bitmap;
+  }
+
+  /** Every indexed image id (in slot order). */
+  ids(): bigint[] {
+    return [...this.slotOf.keys()];
+  }
+
+  /** Frees the kernel memory; the index is unusable afterwards. */
+  dispose(): void {
+    this.matrix.dispose();
+  }
+
+  /**
+   * Writes a snapshot into `dir` atomically: the graph, the vectors and the slot table go
+   * to new files named after the log sequence, then `snapshot.json` naming them replaces the
+   * old one by rename. A crash at any point leaves the previous snapshot intact; files of
+   * older snapshots are removed afterwards.
+   */
+  async writeSnapshot(dir: string): Promise<void> {
+    await mkdir(dir, { recursive: true });
+    const stem = `snapshot-${this.lastSeq}-${Date.now().toString(36)}`;
+    const graphName = `${stem}.hnsw`;
+    const tmpGraph = path.join(dir, `${graphName}.tmp`);
+    await this.graph.writeIndex(tmpGraph);
+    await fsyncFile(tmpGraph);
+    await rename(tmpGraph, path.join(dir, graphName));
+
+    const vectors = new Float32Array(this.used * this.dimension);
+    for (let slot = 0; slot < this.used; slot++) {
+      if (this.slotIds[slot] !== 0n) vectors.set(this.matrix.get(slot), slot * this.dimension);
+    }
+    const ids = this.slotIds.slice(0, this.used);
+    const files = {
+      graph: { name: graphName, ...(await describe(path.join(dir, graphName))) },
+      vectors: await writeAtomic(dir, `${stem}.vec`, bytesOf(vectors)),
+      ids: await writeAtomic(dir, `${stem}.ids`, bytesOf(ids)),
+    };
+    const manifest: SnapshotManifest = {
+      format: 1,
+      modelId: this.modelId,
+      dimension: this.dimension,
+      lastSeq: this.lastSeq.toString(),
+      slots: this.used,
+      files,
+      writtenAt: new Date().toISOString(),
+    };
+    await writeAtomic(dir, MANIFEST, Buffer.from(JSON.stringify(manifest, null, 2)));
+    const keep = new Set([MANIFEST, ...Object.values(files).map((f) => f.name)]);
+    for (const name of await readdir(dir)) {
+      if (!keep.has(name) && name.startsWith("snapshot")) await rm(path.join(dir, name), { force: true });
+    }
+  }
+
+  /**
+   * Loads the snapshot in `dir`. Returns null when there is none; throws SnapshotError when
+   * it is unusable (corrupt, or written for another model or dimension), so the caller can
+   * log why and rebuild.
+   */
+  static async loadSnapshot(dir: string, options: VectorIndexOptions): Promise<VectorIndex | null> {
+    let text: string;
+    try {
+      text = await readFile(path.join(dir, MANIFEST), "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw err;
+    }
+    let manifest: SnapshotManifest;
+    try {
+      manifest = JSON.parse(text) as SnapshotManifest;
+    } catch {
+      throw new SnapshotError("snapshot.json is not valid JSON");
+    }
+    if (manifest.format !== 1) throw new SnapshotError(`unknown snapshot format ${manifest.format}`);
+    if (manifest.modelId !== options.modelId || manifest.dimension !== options.dimension) {
+      throw new SnapshotError(
+        `snapshot is for model ${manifest.modelId} (${manifest.dimension} dims), ` +
+          `the index is for ${options.modelId} (${options.dimension} dims)`,
+      );
+    }
+    // Verify every file before handing it to hnswlib, which trusts what it reads.
+    const contents: Partial<Record<keyof SnapshotManifest["files"], Buffer>> = {};
+    for (const key of ["graph", "vectors", "ids"] as const) {
+      const file = manifest.files[key];
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(path.join(dir, file.name));
+      } catch {
+        throw new SnapshotError(`snapshot file ${file.name} is missing`);
+      }
+      if (bytes.length !== file.bytes || sha256(bytes) !== file.sha256) {
+        throw new SnapshotError(`snapshot file ${file.name} does not match its checksum`);
+      }
+      contents[key] = bytes;
+    }
+    const slots = manifest.slots;
+    const dimension = options.dimension;
+    if (contents.vectors!.length !== slots * dimension * 4 || contents.ids!.length !== slots * 8) {
+      throw new SnapshotError("snapshot files disagree with the recorded slot count");
+    }
+
+    const full = withDefaults(options);
+    const graph = new hnswlib.HierarchicalNSW("ip", dimension);
+    await graph.readIndex(path.join(dir, manifest.files.graph.name));
+    const capacity = Math.max(graph.getMaxElements(), slots, 1);
+    const matrix = await VectorMatrix.create(dimension, capacity);
+    const index = new VectorIndex({ ...full, initialCapacity: capacity }, graph, matrix);
+    index.reserve(capacity);
+
+    const vectors = floatsOf(contents.vectors!);
+    const ids = bigintsOf(contents.ids!);
+    index.used = slots;
+    for (let slot = 0; slot < slots; slot++) {
+      const id = ids[slot];
+      if (id === 0n) {
+        index.free.push(slot);
+        continue;
+      }
+      index.slotIds[slot] = id;
+      index.slotOf.set(id, slot);
+      index.matrix.set(slot, vectors.subarray(slot * dimension, (slot + 1) * dimension));
+    }
+    index.free.reverse(); // lowest free slot reused first
+    index.lastSeq = BigInt(manifest.lastSeq);
+    return index;
+  }
+
+  /** Makes slots 0..rows-1 addressable in the graph, the matrix and the slot table. */
+  private reserve(rows: number): void {
+    const capacity = this.graph.getMaxElements();
+    if (rows > capacity) {
+      const next = Math.max(rows, capacity * 2);
+      this.graph.resizeIndex(next);
+    }
+    const needed = this.graph.getMaxElements();
+    this.matrix.ensureCapacity(needed);
+    if (this.slotIds.length < needed) {
+      const grown = new BigInt64Array(needed);
+      grown.set(this.slotIds);
+      this.slotIds = grown;
+    }
+  }
+
+  private slotsOf(ids: ArrayLike<bigint>): Int32Array {
+    const rows = new Int32Array(ids.length);
+    let n = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const slot = this.slotOf.get(ids[i]);
+      if (slot !== undefined) rows[n++] = slot;
+    }
+    return rows.subarray(0, n);
+  }
+}
+
+/** A snapshot that cannot be used; the index is rebuilt from the database instead. */
+export class SnapshotError extends Error {
+  override name = "SnapshotError";
+}
+
+const byScore = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+function withDefaults(options: VectorIndexOptions): Required<VectorIndexOptions> {
+  return { m: 16, efConstruction: 200, initialCapacity: 1024, ...options };
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+function bytesOf(array: Float32Array | BigInt64Array): Buffer {
+  return Buffer.from(array.buffer, array.byteOffset, array.byteLength);
+}
+
+/** The buffer's bytes as float32 (copied when misaligned). */
+function floatsOf(bytes: Buffer): Float32Array {
+  const copy = new Uint8Array(bytes.length);
+  copy.set(bytes);
+  return new Float32Array(copy.buffer);
+}
+
+function bigintsOf(bytes: Buffer): BigInt64Array {
+  const copy = new Uint8Array(bytes.length);
+  copy.set(bytes);
+  return new BigInt64Array(copy.buffer);
+}
+
+async function describe(file: string): Promise<{ bytes: number; sha256: string }> {
+  const bytes = await readFile(file);
+  return { bytes: (await stat(file)).size, sha256: sha256(bytes) };
+}
+
+async function fsyncFile(file: string): Promise<void> {
+  const handle = await open(file, "r+");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes `name` in `dir` by temp file, fsync and rename. */
+async function writeAtomic(dir: string, name: string, bytes: Uint8Array) {
+  const tmp = path.join(dir, `${name}.tmp`);
+  const handle = await open(tmp, "w");
+  try {
+    await handle.writeFile(bytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(tmp, path.join(dir, name));
+  return { name, bytes: bytes.byteLength, sha256: sha256(bytes) };
+}

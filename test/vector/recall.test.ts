@@ -1,0 +1,105 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { rankCandidates } from "../../src/search/search-service.js";
+import { VectorIndex } from "../../src/vector/vector-index.js";
+import { clusteredVectors, makeRandom } from "../../bench/vectors.js";
+
+const N = 20_000;
+const DIM = 64;
+const K = 10;
+const QUERIES = 40;
+/** As DESIGN suggests: exact scan below 2% of the corpus. */
+const EXACT_MAX = N * 0.02;
+
+/** Brute-force top k among `allowed` (all when null). */
+function bruteForce(vectors: Float32Array[], ids: bigint[], query: Float32Array, allowed: Set<bigint> | null) {
+  const scored: { id: bigint; s: number }[] = [];
+  for (let i = 0; i < vectors.length; i++) {
+    if (allowed && !allowed.has(ids[i])) continue;
+    let s = 0;
+    const v = vectors[i];
+    for (let d = 0; d < v.length; d++) s += v[d] * query[d];
+    scored.push({ id: ids[i], s });
+  }
+  return scored.sort((a, b) => b.s - a.s).slice(0, K).map((x) => x.id);
+}
+
+describe("vector search recall", () => {
+  let index: VectorIndex;
+  let vectors: Float32Array[];
+  let ids: bigint[];
+  let queries: Float32Array[];
+  const random = makeRandom(42);
+
+  beforeAll(async () => {
+    ({ vectors, queries } = clusteredVectors({ count: N, dimension: DIM, clusters: 40, queries: QUERIES, seed: 7 }));
+    // Sparse, large ids, as snowflakes are.
+    ids = vectors.map((_, i) => 7_000_000_000_000_000_000n + BigInt(i) * 4_194_304n + 17n);
+    index = await VectorIndex.create({ modelId: "test", dimension: DIM });
+    vectors.forEach((v, i) => index.upsert(ids[i], v));
+  }, 120_000);
+  afterAll(() => index?.dispose());
+
+  for (const share of [0.001, 0.01, 0.1, 0.5, 1]) {
+    it(`keeps recall@10 >= 0.95 at ${share * 100}% selectivity`, () => {
+      let hits = 0;
+      let total = 0;
+      let plan = "";
+      for (const query of queries) {
+        const allowedIds = share === 1 ? null : ids.filter(() => random() < share);
+        const allowed = allowedIds ? new Set(allowedIds) : null;
+        const truth = bruteForce(vectors, ids, query, allowed);
+        const ranking = rankCandidates(index, query, K, allowedIds ? BigInt64Array.from(allowedIds) : null, {
+          ef: 64,
+          exactMax: EXACT_MAX,
+        });
+        plan = ranking.plan;
+        const got = ranking.neighbours.map((n) => n.id);
+        if (allowed) for (const id of got) expect(allowed.has(id)).toBe(true);
+        hits += got.filter((id) => truth.includes(id)).length;
+        total += truth.length;
+        if (ranking.plan === "exact") expect(got).toEqual(truth);
+      }
+      const recall = hits / total;
+      expect(plan).toBe(share <= 0.01 ? "exact" : share === 1 ? "hnsw" : "hnsw_filtered");
+      expect(recall).toBeGreaterThanOrEqual(share <= 0.01 ? 1 : 0.95);
+    });
+  }
+
+  it("never returns a removed vector, and reuses its slot", () => {
+    const victim = ids[123];
+    const query = vectors[123];
+    expect(index.searchHnsw(query, 1, 64)[0].id).toBe(victim);
+    index.remove(victim);
+    expect(index.searchHnsw(query, 20, 64).map((n) => n.id)).not.toContain(victim);
+    expect(index.searchExact(query, 20, ids).map((n) => n.id)).not.toContain(victim);
+    const size = index.size;
+    index.upsert(1n, query);
+    expect(index.size).toBe(size + 1);
+    expect(index.searchHnsw(query, 1, 64)[0].id).toBe(1n);
+    index.remove(1n);
+    index.upsert(victim, query);
+  });
+
+  it("round-trips through a snapshot with identical results", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "glimpse-snapshot-"));
+    try {
+      index.lastSeq = 1234n;
+      await index.writeSnapshot(dir);
+      const loaded = await VectorIndex.loadSnapshot(dir, { modelId: "test", dimension: DIM });
+      expect(loaded).not.toBeNull();
+      expect(loaded!.lastSeq).toBe(1234n);
+      expect(loaded!.size).toBe(index.size);
+      for (const query of queries.slice(0, 5)) {
+        expect(loaded!.searchHnsw(query, K, 64)).toEqual(index.searchHnsw(query, K, 64));
+        expect(loaded!.searchExact(query, K, ids)).toEqual(index.searchExact(query, K, ids));
+      }
+      await expect(VectorIndex.loadSnapshot(dir, { modelId: "other", dimension: DIM })).rejects.toThrow(/model/);
+      loaded!.dispose();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
