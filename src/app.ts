@@ -12,11 +12,28 @@ import { SnowflakeGenerator } from "./catalogue/snowflake.js";
 import { systemClock, type Clock } from "./clock.js";
 import { imageHandlers } from "./server/handlers/image-handlers.js";
 import { serviceRegistrations, type HandlerSet } from "./server/handlers/index.js";
-import { defaultCaller, type CallerResolver } from "./server/middleware/caller.js";
+import { AccountService } from "./accounts/account-service.js";
+import { RateLimiter } from "./accounts/token-bucket.js";
+import { GenerationService } from "./generation/generation-service.js";
+import { abandonedAfterMs, buildProviders } from "./generation/providers/index.js";
+import { accountHandlers } from "./server/handlers/account-handlers.js";
+import { generationHandlers } from "./server/handlers/generation-handlers.js";
+import { apiKeyResolver } from "./server/middleware/auth.js";
+import { AccountsRepository } from "./store/accounts-repository.js";
+import { GenerationsRepository } from "./store/generations-repository.js";
+import { LedgerRepository } from "./store/ledger-repository.js";
 import { connect, ping, type Sql } from "./store/db.js";
 import { ImagesRepository, takeWorkerId, transaction } from "./store/images-repository.js";
 import { startEmbeddedPostgres, type EmbeddedServer } from "./store/embedded.js";
 import { migrate } from "./store/migrate.js";
+import { EmbeddingsRepository } from "./store/embeddings-repository.js";
+import { ModelManager } from "./embedding/model-manager.js";
+import type { ModelEntry } from "./embedding/registry.js";
+import { IndexKeeper } from "./search/index-keeper.js";
+import { Indexer } from "./search/indexer.js";
+import { SearchService, type SearchEngine } from "./search/search-service.js";
+import { searchHandlers } from "./server/handlers/search-handlers.js";
+import { DomainError } from "./errors.js";
 
 const DESCRIPTORS = path.join(path.dirname(fileURLToPath(import.meta.url)), "gen", "descriptors.binpb");
 
@@ -25,10 +42,10 @@ export interface AppDeps {
   logger?: Logger;
   /** Replaces individual RPC handlers, e.g. with one that blocks until a test releases it. */
   handlers?: HandlerSet;
-  /** The time source (tests move it to place uploads in the past). */
+  /** The embedding models known by id (tests pull their own from a local server). */
+  modelRegistry?: readonly ModelEntry[];
+  /** The time source (tests move it to place uploads in the past, and to refill rate limits). */
   clock?: Clock;
-  /** Which account a call acts as; until API keys exist, the default account. */
-  resolveCaller?: CallerResolver;
 }
 
 /** A running glimpse: its addresses and the one way to stop it. */
@@ -38,6 +55,8 @@ export interface App {
   sql: Sql;
   logger: Logger;
   blobs: BlobStore;
+  /** Resolves once the embedding model is loaded and the vector index is caught up (never, if the model is unavailable). */
+  searchReady: Promise<void>;
   /** Graceful stop: drain calls, stop transports, close the store (and the embedded server). */
   stop(): Promise<void>;
 }
@@ -59,6 +78,8 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
 
   const clock = deps.clock ?? systemClock;
   let handlers: HandlerSet = {};
+  // Authentication's view of the accounts, set once the store is ready (calls are refused before).
+  let servingAccounts: AccountService | undefined;
   let grpc: GrpcServer | undefined;
   try {
     grpc = await startGrpcServer({
@@ -69,7 +90,12 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
       descriptorSet: await readFile(DESCRIPTORS),
       // Room for the largest upload plus protobuf framing; the catalogue names the real limit.
       maxReceiveMessageBytes: Math.max(64 * 1024 * 1024, options.maxUploadBytes * 2),
-      resolveCaller: deps.resolveCaller ?? defaultCaller,
+      resolveCaller: apiKeyResolver({
+        accounts: () => servingAccounts,
+        limiter: new RateLimiter(clock),
+        anonymousRead: options.anonymousRead,
+        anonymousRateLimit: options.rateLimitPerMinute,
+      }),
     });
 
     let url = options.databaseUrl;
@@ -86,6 +112,8 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
     const blobs = new FileBlobStore(path.join(options.dataDir, "blobs"));
     const images = new ImagesRepository(sql);
     const ids = new SnowflakeGenerator(await takeWorkerId(sql), clock);
+    const search = startSearch(options, sql, blobs, logger, deps.modelRegistry);
+    closers.push(search.close);
     const catalogue = new CatalogueService({
       images,
       transaction: (fn) => transaction(sql, fn),
@@ -94,13 +122,55 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
       ids,
       limits: { maxBytes: options.maxUploadBytes, maxPixels: options.maxImagePixels },
       analyse: analyseImage,
+      indexing: search.hooks,
     });
     const listing = new ListingService(images, clock);
+    const searchService = new SearchService({
+      embeddings: search.embeddings,
+      catalogue,
+      clock,
+      engine: search.engine,
+      analyse: analyseImage,
+      limits: { maxBytes: options.maxUploadBytes, maxPixels: options.maxImagePixels },
+      ef: options.searchEf,
+      exactMax: options.searchExactMax,
+    });
+    const accounts = new AccountsRepository(sql);
+    const ledger = new LedgerRepository(sql);
+    const accountsService = new AccountService({
+      accounts,
+      ledger,
+      transaction: (fn) => transaction(sql, fn),
+      clock,
+      logger,
+      defaultRateLimit: options.rateLimitPerMinute,
+    });
+    if (options.adminKey !== undefined) await accountsService.ensureAdminKey(options.adminKey);
+    const generation = new GenerationService({
+      generations: new GenerationsRepository(sql),
+      ledger,
+      accounts,
+      transaction: (fn) => transaction(sql, fn),
+      catalogue,
+      providers: buildProviders(options),
+      clock,
+      logger,
+    });
+    const stopSweeping = generation.startSweeping(abandonedAfterMs(options));
+    closers.push(async () => stopSweeping());
+    servingAccounts = accountsService;
     const overrides = deps.handlers ?? {};
     handlers = {
-      image: { ...imageHandlers({ catalogue, listing, publicUrl: options.publicUrl }), ...overrides.image },
-      generation: { ...overrides.generation },
-      account: { ...overrides.account },
+      image: {
+        ...imageHandlers({ catalogue, listing, publicUrl: options.publicUrl }),
+        ...searchHandlers({ search: searchService, publicUrl: options.publicUrl }),
+        ...overrides.image,
+      },
+      generation: { ...generationHandlers(generation), ...overrides.generation },
+      account: {
+        ...accountHandlers({ accounts: accountsService, defaultRateLimit: options.rateLimitPerMinute }),
+        ...overrides.account,
+      },
     };
     grpc.markServing();
     logger.info("glimpse serving", {
@@ -116,6 +186,7 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
       sql,
       logger,
       blobs,
+      searchReady: search.ready,
       stop() {
         stopping ??= (async () => {
           logger.info("shutting down", { graceMs: options.shutdownGraceMs });
@@ -130,4 +201,80 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
     await closeStore();
     throw err;
   }
+}
+
+/**
+ * Starts semantic search beside the catalogue: the model loads (or is pulled) in the
+ * background, then the vector index opens and the indexer starts embedding pending images.
+ * Until then search answers FAILED_PRECONDITION and uploads stay pending.
+ */
+function startSearch(
+  options: Options,
+  sql: Sql,
+  blobs: BlobStore,
+  logger: Logger,
+  registry: readonly ModelEntry[] | undefined,
+) {
+  const embeddings = new EmbeddingsRepository(sql);
+  const models = new ModelManager({
+    model: options.model,
+    cacheDir: options.modelCacheDir,
+    autoPull: options.modelAutoPull,
+    baseUrl: options.modelBaseUrl,
+    runtime: { intraOpThreads: options.embedThreads, executionProvider: options.embedExecutionProvider },
+    registry,
+    batching: {
+      maxBatchSize: options.embedBatchSize,
+      maxWaitMs: options.embedBatchWaitMs,
+      maxQueue: options.embedQueueMax,
+    },
+    logger,
+  });
+  let engine: SearchEngine | undefined;
+  let stopped = false;
+  const indexer = new Indexer({
+    embeddings,
+    blobs,
+    logger,
+    batchSize: options.embedBatchSize,
+    afterStore: () => engine?.keeper.catchUp() ?? Promise.resolve(),
+  });
+  models.start();
+  const ready = models.ready().then(async (embedder) => {
+    const requeued = await embeddings.requeueOtherModels(embedder.modelId);
+    if (requeued > 0) logger.info("embedding model changed; re-indexing", { images: requeued, model: embedder.modelId });
+    const keeper = await IndexKeeper.open(embedder.modelId, embedder.dimension, {
+      sql,
+      embeddings,
+      snapshotRoot: path.join(options.dataDir, "index"),
+      policy: { everyChanges: options.snapshotEveryChanges, intervalMs: options.snapshotIntervalS * 1000 },
+      logger,
+    });
+    if (stopped) return keeper.close();
+    engine = { embedder, keeper };
+    indexer.start(embedder);
+  });
+  ready.catch((error) => logger.error("search could not start", { error }));
+
+  const currentEngine = (): SearchEngine => {
+    if (engine) return engine;
+    models.embedder(); // throws the reason while the model is not ready
+    throw new DomainError("FAILED_PRECONDITION", "the search index is still loading; retry shortly");
+  };
+  return {
+    embeddings,
+    engine: currentEngine,
+    ready,
+    hooks: {
+      ensureAvailable: () => void currentEngine(),
+      notify: () => indexer.notify(),
+      waitFor: (id: bigint, signal?: AbortSignal) => indexer.waitFor(id, signal),
+    },
+    async close() {
+      stopped = true;
+      await indexer.close();
+      await engine?.keeper.close();
+      await models.close();
+    },
+  };
 }

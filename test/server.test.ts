@@ -16,7 +16,7 @@ import {
 } from "../src/gen/glimpse/image/v1/image_service.js";
 import { decodeStatusDetails } from "../src/server/status-details.js";
 import { loadMigrations } from "../src/store/migrate.js";
-import { startTestApp, type TestApp } from "./helpers/app.js";
+import { startTestApp, testSecret, withKey, type TestApp } from "./helpers/app.js";
 import { createTestDatabase } from "./helpers/database.js";
 
 const run = promisify(execFile);
@@ -25,15 +25,22 @@ const run = promisify(execFile);
  * A unary call through a plain grpc-js client, which sends `grpc-timeout` for a deadline as
  * other languages' clients do (nice-grpc's client enforces deadlines only on its side).
  */
-function getImageWithDeadline(address: string, id: string, deadline: Date): Promise<{ code: number; id?: string }> {
+function getImageWithDeadline(
+  address: string,
+  key: string,
+  id: string,
+  deadline: Date,
+): Promise<{ code: number; id?: string }> {
   const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const metadata = new grpc.Metadata();
+  metadata.set("authorization", `Bearer ${key}`);
   return new Promise((resolve) => {
     client.makeUnaryRequest(
       "/glimpse.image.v1.ImageService/GetImage",
       (req: GetImageRequest) => Buffer.from(GetImageRequest.encode(req).finish()),
       (buf: Buffer) => GetImageResponse.decode(buf),
       GetImageRequest.fromPartial({ id }),
-      new grpc.Metadata(),
+      metadata,
       { deadline },
       (err, res) => {
         client.close();
@@ -72,6 +79,8 @@ describe("gRPC server", () => {
               return { image: Image.fromPartial({ id: request.id }) };
             },
           },
+          // No handler: stands for an RPC that is not built.
+          generation: { listModels: undefined },
         },
       },
     );
@@ -116,8 +125,8 @@ describe("gRPC server", () => {
     expect(JSON.parse(health.stdout)).toEqual({ status: "SERVING" });
   });
 
-  it("answers UNIMPLEMENTED, naming the RPC, for RPCs not built yet", async () => {
-    const client = createClient(GenerationServiceDefinition, t.channel);
+  it("answers UNIMPLEMENTED, naming the RPC, for RPCs without a handler", async () => {
+    const client = t.client(GenerationServiceDefinition);
     const err = await client.listModels({}).catch((e) => e);
     expect(err).toBeInstanceOf(ClientError);
     expect(err.code).toBe(Status.UNIMPLEMENTED);
@@ -125,7 +134,7 @@ describe("gRPC server", () => {
   });
 
   it("maps a domain INVALID_ARGUMENT to google.rpc.BadRequest field violations", async () => {
-    const client = createClient(ImageServiceDefinition, t.channel);
+    const client = t.client(ImageServiceDefinition);
     const capture = trailerCapture();
     const err = await client.getImage({ id: "0" }, { onTrailer: capture.onTrailer }).catch((e) => e);
     expect(err.code).toBe(Status.INVALID_ARGUMENT);
@@ -135,7 +144,7 @@ describe("gRPC server", () => {
   });
 
   it("carries RetryInfo on RESOURCE_EXHAUSTED", async () => {
-    const client = createClient(ImageServiceDefinition, t.channel);
+    const client = t.client(ImageServiceDefinition);
     const capture = trailerCapture();
     const err = await client.getImage({ id: "429" }, { onTrailer: capture.onTrailer }).catch((e) => e);
     expect(err.code).toBe(Status.RESOURCE_EXHAUSTED);
@@ -144,7 +153,7 @@ describe("gRPC server", () => {
   });
 
   it("turns unknown errors into INTERNAL without leaking the cause, with the request id", async () => {
-    const client = createClient(ImageServiceDefinition, t.channel);
+    const client = t.client(ImageServiceDefinition);
     let header: Metadata | undefined;
     const err = await client
       .getImage({ id: "13" }, { metadata: Metadata({ "x-request-id": "req-abc" }), onHeader: (h) => (header = h) })
@@ -156,9 +165,9 @@ describe("gRPC server", () => {
   });
 
   it("hands the caller's deadline to the handler", async () => {
-    const client = createClient(ImageServiceDefinition, t.channel);
+    const client = t.client(ImageServiceDefinition);
     const deadline = new Date(Date.now() + 30_000);
-    expect(await getImageWithDeadline(t.address, "1", deadline)).toEqual({ code: 0, id: "1" });
+    expect(await getImageWithDeadline(t.address, t.adminKey, "1", deadline)).toEqual({ code: 0, id: "1" });
     expect(seen.deadline).toBeInstanceOf(Date);
     expect(Math.abs(seen.deadline!.getTime() - deadline.getTime())).toBeLessThan(1000);
     await client.getImage({ id: "1" });
@@ -166,7 +175,7 @@ describe("gRPC server", () => {
   });
 
   it("answers DEADLINE_EXCEEDED when the handler outlives the deadline", async () => {
-    const result = await getImageWithDeadline(t.address, "7", new Date(Date.now() + 200));
+    const result = await getImageWithDeadline(t.address, t.adminKey, "7", new Date(Date.now() + 200));
     releaseSlow?.();
     expect(result.code).toBe(Status.DEADLINE_EXCEEDED);
   });
@@ -221,7 +230,7 @@ describe("start-up and shutdown", () => {
         },
       },
     );
-    const client = createClient(ImageServiceDefinition, t.channel);
+    const client = t.client(ImageServiceDefinition);
     const call = client.getImage({ id: "1" }).catch((e) => e);
     await running;
     const stopped = t.close();
@@ -233,8 +242,9 @@ describe("start-up and shutdown", () => {
 
   it("on SIGTERM lets an in-flight call finish, refuses new ones, and exits 0", async () => {
     const db = await createTestDatabase();
+    const key = testSecret();
     const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/slow-server.ts"], {
-      env: { ...process.env, DATABASE_URL: db.url, GLIMPSE_GRPC_PORT: "0", SLOW_MS: "800" },
+      env: { ...process.env, DATABASE_URL: db.url, GLIMPSE_GRPC_PORT: "0", SLOW_MS: "800", GLIMPSE_ADMIN_KEY: key },
       stdio: ["ignore", "pipe", "inherit"],
     });
     try {
@@ -245,13 +255,13 @@ describe("start-up and shutdown", () => {
       const port = JSON.parse(out.split("\n").find((l) => l.includes("glimpse serving"))!).grpcPort;
       const channel = createChannel(`127.0.0.1:${port}`);
       const client = createClient(ImageServiceDefinition, channel);
-      const inFlight = client.getImage({ id: "42" });
+      const inFlight = client.getImage({ id: "42" }, withKey(key));
       while (!out.includes("SLOW_CALL_STARTED")) await once(child.stdout, "data");
       child.kill("SIGTERM");
       const exited = once(child, "exit");
       expect((await inFlight).image?.id).toBe("42");
       const late = await createClient(ImageServiceDefinition, createChannel(`127.0.0.1:${port}`))
-        .getImage({ id: "43" })
+        .getImage({ id: "43" }, withKey(key))
         .catch((e) => e);
       expect(late).toBeInstanceOf(ClientError);
       expect(late.code).toBe(Status.UNAVAILABLE);

@@ -8,6 +8,7 @@ commands:
   serve     run the gRPC service (and its embedded PostgreSQL when DATABASE_URL is unset)
   config    print every option with its environment variable and default
   model     pull <id> | list: download an embedding model into the model cache, or list the known ones
+  keys      create [--admin] [--account <uuid> | --email <address>]: print a new API key
 
 flags of serve (each also read from its environment variable):
 ${optionSpecs
@@ -36,6 +37,9 @@ async function main(): Promise<void> {
       return printConfig();
     case "model":
       return modelMain(rest);
+    case "keys":
+      // Loaded on demand: it opens the store, which `config` and `help` never need.
+      return (await import("./keys.js")).keysMain(rest);
     case undefined:
     case "help":
     case "--help":

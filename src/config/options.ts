@@ -1,4 +1,6 @@
+import { statSync } from "node:fs";
 import path from "node:path";
+import { MODELS } from "../embedding/registry.js";
 
 /** Severity threshold for the structured log; `silent` turns logging off. */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
@@ -27,6 +29,50 @@ export interface Options {
   maxUploadBytes: number;
   /** Largest accepted image, in pixels (width x height x frames); larger is a decompression bomb. */
   maxImagePixels: number;
+  /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
+  model: string;
+  /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
+  modelCacheDir: string;
+  /** Whether the service downloads a missing registry model at start (in the background). */
+  modelAutoPull: boolean;
+  /** Host registry models are downloaded from (a Hugging Face-style `/<repo>/resolve/<rev>/<path>`). */
+  modelBaseUrl: string;
+  /** Threads each embedding model run may use (onnxruntime intra-op threads). */
+  embedThreads: number;
+  /** Where model runs execute: cpu, or cuda when onnxruntime has it. */
+  embedExecutionProvider: "cpu" | "cuda";
+  /** Most inputs the dynamic batcher puts in one model run. */
+  embedBatchSize: number;
+  /** How long the batcher holds the first input of a batch waiting for more, in milliseconds. */
+  embedBatchWaitMs: number;
+  /** Inputs allowed to wait for the model; beyond it, RESOURCE_EXHAUSTED. */
+  embedQueueMax: number;
+  /** Default HNSW search breadth (ef) when a request does not set one. */
+  searchEf: number;
+  /** Filters matching at most this many images are answered by an exact scan instead of HNSW. */
+  searchExactMax: number;
+  /** Index changes after which a snapshot is written. */
+  snapshotEveryChanges: number;
+  /** Seconds after which changes not yet in a snapshot are written to one. */
+  snapshotIntervalS: number;
+  /** An API key that is made sure to exist for the default admin account at start. */
+  adminKey: string | undefined;
+  /** Whether calls without a key may read public images (GetImage, GetImageContent, ListImages, ListComments). */
+  anonymousRead: boolean;
+  /** Requests per minute of keys created without their own limit (and of anonymous callers, per address). */
+  rateLimitPerMinute: number;
+  /** Root of the OpenAI API. */
+  openaiBaseUrl: string;
+  /** OpenAI API key; unset makes OpenAI models unavailable. */
+  openaiApiKey: string | undefined;
+  /** Root of the Gemini API. */
+  googleBaseUrl: string;
+  /** Gemini API key; unset makes Google models unavailable. */
+  googleApiKey: string | undefined;
+  /** Limit on one provider HTTP request, in milliseconds. */
+  providerTimeoutMs: number;
+  /** Further attempts after a provider's 429, 5xx, timeout or connection failure. */
+  providerRetries: number;
 }
 
 /** One documented option: where it comes from and how its text becomes a value. */
@@ -105,6 +151,67 @@ function publicUrl(raw: string | undefined, env: string): string {
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`${env} must be an http(s) URL`);
   return url.toString().replace(/\/+$/, "");
+}
+
+function boolean(raw: string | undefined, env: string): boolean {
+  const text = (raw ?? "").trim().toLowerCase();
+  if (["true", "1", "yes", "on"].includes(text)) return true;
+  if (["false", "0", "no", "off"].includes(text)) return false;
+  throw new Error(`${env} must be true or false, got ${JSON.stringify(raw)}`);
+}
+
+function optionalDirectory(raw: string | undefined, env: string): string {
+  // Empty here means "derive from the data directory"; loadOptions fills it in.
+  if (raw === undefined || raw.trim() === "") return "";
+  return directory(raw, env);
+}
+
+function baseUrl(raw: string | undefined, env: string): string {
+  let url: URL;
+  try {
+    url = new URL((raw ?? "").trim());
+  } catch {
+    throw new Error(`${env} must be an absolute http(s) URL such as https://huggingface.co`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`${env} must be an http(s) URL`);
+  return url.toString().replace(/\/+$/, "");
+}
+
+/** A registry id stays as it is; anything else must be an existing directory, made absolute. */
+function modelReference(raw: string | undefined, env: string): string {
+  const text = (raw ?? "").trim();
+  if (MODELS.some((m) => m.id === text)) return text;
+  const dir = path.resolve(text);
+  if (text === "" || !statSync(dir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new Error(
+      `${env} must be a model id (${MODELS.map((m) => m.id).join(", ")}) or an existing model directory, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return dir;
+}
+
+/** An http(s) API root, without a trailing slash. */
+function apiRoot(raw: string | undefined, env: string): string {
+  let url: URL;
+  try {
+    url = new URL((raw ?? "").trim());
+  } catch {
+    throw new Error(`${env} must be an absolute http(s) URL such as https://api.example.com`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`${env} must be an http(s) URL`);
+  return url.toString().replace(/\/+$/, "");
+}
+
+/** An optional secret: unset or empty is undefined; otherwise printable ASCII without spaces. */
+function optionalSecret(minLength: number) {
+  return (raw: string | undefined, env: string): string | undefined => {
+    const text = (raw ?? "").trim();
+    if (text === "") return undefined;
+    if (!/^[\x21-\x7e]+$/.test(text) || text.length < minLength || text.length > 200) {
+      throw new Error(`${env} must be ${minLength} to 200 printable characters without spaces`);
+    }
+    return text;
+  };
 }
 
 /** The option table: the single source for parsing, validation and the README's table. */
@@ -193,6 +300,162 @@ export const optionSpecs = [
     doc: "Largest accepted image in pixels, all frames together (default 100 megapixels).",
     parse: integer(1, 2_000_000_000),
   } satisfies OptionSpec<"maxImagePixels">,
+  {
+    key: "model",
+    env: "GLIMPSE_MODEL",
+    flag: "--model",
+    default: "clip-vit-b32",
+    doc: `Embedding model: a registry id (${MODELS.map((m) => m.id).join(", ")}) or the path of a model directory.`,
+    parse: modelReference,
+  } satisfies OptionSpec<"model">,
+  {
+    key: "modelCacheDir",
+    env: "GLIMPSE_MODEL_CACHE",
+    flag: "--model-cache",
+    default: undefined,
+    doc: "Directory registry models are downloaded to (default <GLIMPSE_DATA_DIR>/models).",
+    parse: optionalDirectory,
+  } satisfies OptionSpec<"modelCacheDir">,
+  {
+    key: "modelAutoPull",
+    env: "GLIMPSE_MODEL_AUTO_PULL",
+    default: "true",
+    doc: "Download a missing registry model at start, in the background (true or false).",
+    parse: boolean,
+  } satisfies OptionSpec<"modelAutoPull">,
+  {
+    key: "modelBaseUrl",
+    env: "GLIMPSE_MODEL_BASE_URL",
+    default: "https://huggingface.co",
+    doc: "Host registry models are downloaded from.",
+    parse: baseUrl,
+  } satisfies OptionSpec<"modelBaseUrl">,
+  {
+    key: "embedThreads",
+    env: "GLIMPSE_EMBED_THREADS",
+    default: "2",
+    doc: "Threads per embedding model run (onnxruntime intra-op threads).",
+    parse: integer(1, 256),
+  } satisfies OptionSpec<"embedThreads">,
+  {
+    key: "embedExecutionProvider",
+    env: "GLIMPSE_EMBED_EXECUTION_PROVIDER",
+    default: "cpu",
+    doc: "cpu, or cuda (used when onnxruntime's CUDA provider is installed; otherwise cpu with a warning).",
+    parse: oneOf(["cpu", "cuda"] as const),
+  } satisfies OptionSpec<"embedExecutionProvider">,
+  {
+    key: "embedBatchSize",
+    env: "GLIMPSE_EMBED_BATCH_SIZE",
+    default: "16",
+    doc: "Most images or texts the dynamic batcher puts in one model run.",
+    parse: integer(1, 256),
+  } satisfies OptionSpec<"embedBatchSize">,
+  {
+    key: "embedBatchWaitMs",
+    env: "GLIMPSE_EMBED_BATCH_WAIT_MS",
+    default: "5",
+    doc: "Milliseconds the first queued input waits for others before its batch runs.",
+    parse: integer(0, 10_000),
+  } satisfies OptionSpec<"embedBatchWaitMs">,
+  {
+    key: "embedQueueMax",
+    env: "GLIMPSE_EMBED_QUEUE_MAX",
+    default: "256",
+    doc: "Inputs allowed to wait for the model; more get RESOURCE_EXHAUSTED with a retry delay.",
+    parse: integer(1, 1_000_000),
+  } satisfies OptionSpec<"embedQueueMax">,
+  {
+    key: "searchEf",
+    env: "GLIMPSE_SEARCH_EF",
+    default: "64",
+    doc: "Default HNSW search breadth (ef); raised automatically for selective filters and deep pages.",
+    parse: integer(1, 4096),
+  } satisfies OptionSpec<"searchEf">,
+  {
+    key: "searchExactMax",
+    env: "GLIMPSE_SEARCH_EXACT_MAX",
+    default: "20000",
+    doc: "Searches whose filter matches at most this many images scan them exactly (recall 1) instead of using HNSW.",
+    parse: integer(0, 100_000_000),
+  } satisfies OptionSpec<"searchExactMax">,
+  {
+    key: "snapshotEveryChanges",
+    env: "GLIMPSE_SNAPSHOT_EVERY_CHANGES",
+    default: "10000",
+    doc: "Vector index changes after which an index snapshot is written.",
+    parse: integer(1, 100_000_000),
+  } satisfies OptionSpec<"snapshotEveryChanges">,
+  {
+    key: "snapshotIntervalS",
+    env: "GLIMPSE_SNAPSHOT_INTERVAL_S",
+    default: "300",
+    doc: "Seconds after which index changes not yet in a snapshot are written to one (also written at shutdown).",
+    parse: integer(1, 86_400),
+  } satisfies OptionSpec<"snapshotIntervalS">,
+  {
+    key: "adminKey",
+    env: "GLIMPSE_ADMIN_KEY",
+    default: undefined,
+    doc: "An API key (24 to 200 printable characters) stored at start for the default admin account, to bootstrap access.",
+    parse: optionalSecret(24),
+  } satisfies OptionSpec<"adminKey">,
+  {
+    key: "anonymousRead",
+    env: "GLIMPSE_ANONYMOUS_READ",
+    default: "false",
+    doc: "Let calls without an API key read public images (GetImage, GetImageContent, ListImages, ListComments).",
+    parse: boolean,
+  } satisfies OptionSpec<"anonymousRead">,
+  {
+    key: "rateLimitPerMinute",
+    env: "GLIMPSE_RATE_LIMIT_PER_MINUTE",
+    default: "60",
+    doc: "Requests per minute per API key unless the key has its own limit (also per address for anonymous reads).",
+    parse: integer(1, 100_000),
+  } satisfies OptionSpec<"rateLimitPerMinute">,
+  {
+    key: "openaiBaseUrl",
+    env: "GLIMPSE_OPENAI_BASE_URL",
+    default: "https://api.openai.com",
+    doc: "Root of the OpenAI API (images are requested at <root>/v1/images/generations).",
+    parse: apiRoot,
+  } satisfies OptionSpec<"openaiBaseUrl">,
+  {
+    key: "openaiApiKey",
+    env: "GLIMPSE_OPENAI_API_KEY",
+    default: undefined,
+    doc: "OpenAI API key. Unset: the openai: models are listed as unavailable.",
+    parse: optionalSecret(1),
+  } satisfies OptionSpec<"openaiApiKey">,
+  {
+    key: "googleBaseUrl",
+    env: "GLIMPSE_GOOGLE_BASE_URL",
+    default: "https://generativelanguage.googleapis.com",
+    doc: "Root of the Gemini API (images are requested at <root>/v1beta/models/<model>:generateContent).",
+    parse: apiRoot,
+  } satisfies OptionSpec<"googleBaseUrl">,
+  {
+    key: "googleApiKey",
+    env: "GLIMPSE_GOOGLE_API_KEY",
+    default: undefined,
+    doc: "Gemini API key. Unset: the google: models are listed as unavailable.",
+    parse: optionalSecret(1),
+  } satisfies OptionSpec<"googleApiKey">,
+  {
+    key: "providerTimeoutMs",
+    env: "GLIMPSE_PROVIDER_TIMEOUT_MS",
+    default: "120000",
+    doc: "Milliseconds one image provider request may take before it is retried or fails UNAVAILABLE.",
+    parse: integer(1000, 600_000),
+  } satisfies OptionSpec<"providerTimeoutMs">,
+  {
+    key: "providerRetries",
+    env: "GLIMPSE_PROVIDER_RETRIES",
+    default: "2",
+    doc: "Retries of an image provider request after a 429, 5xx, timeout or connection failure (0-10).",
+    parse: integer(0, 10),
+  } satisfies OptionSpec<"providerRetries">,
 ] as const;
 
 /** Splits `--flag value` and `--flag=value` arguments into a flag -> text map. */
@@ -241,5 +504,6 @@ export function loadOptions(
   if (problems.length > 0) throw new ConfigError(problems);
   const result = { ...(options as unknown as Options), ...overrides };
   if (result.publicUrl === "") result.publicUrl = `http://127.0.0.1:${result.httpPort}`;
+  if (result.modelCacheDir === "") result.modelCacheDir = path.join(result.dataDir, "models");
   return result;
 }

@@ -4,7 +4,7 @@ import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { Embedder, type BatchingOptions } from "./embedder.js";
 import { isModelInstalled, modelDirectory, pullModel } from "./pull.js";
-import { findModel } from "./registry.js";
+import { findModel, type ModelEntry } from "./registry.js";
 import { EmbeddingRuntime, type RuntimeOptions } from "./runtime.js";
 import { ClipTokenizer } from "./tokenizer.js";
 
@@ -18,6 +18,8 @@ export interface ModelManagerOptions {
   runtime: Omit<RuntimeOptions, "logger">;
   batching: BatchingOptions;
   logger: Logger;
+  /** The models known by id (default: the built-in registry). */
+  registry?: readonly ModelEntry[];
 }
 
 /** Where the model stands; `reason` says why it is not ready and what to do. */
@@ -98,7 +100,7 @@ export class ModelManager {
 
   /** The model's directory and id, pulling a registry model first when allowed. */
   private async resolve(model: string): Promise<{ dir: string; id: string }> {
-    const entry = findModel(model);
+    const entry = findModel(model, this.options.registry);
     if (!entry) {
       const dir = path.resolve(model);
       const info = await stat(dir).catch(() => undefined);

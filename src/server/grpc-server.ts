@@ -26,7 +26,7 @@ export interface GrpcServerConfig {
   descriptorSet: Uint8Array;
   /** Largest request message accepted, in bytes. */
   maxReceiveMessageBytes?: number;
-  /** Decides which account each call acts as. */
+  /** Decides which account each call acts as (API-key authentication, admin checks, rate limits). */
   resolveCaller: CallerResolver;
 }
 
@@ -48,7 +48,7 @@ export interface GrpcServer {
 /**
  * Builds the nice-grpc server with the middleware chain (outermost first): logging with a
  * request id, lifecycle (readiness, draining, abort on shutdown), deadline, error mapping, and
- * the caller (which account the call acts as).
+ * the caller (authentication: which account the call acts as, admin checks, rate limits).
  * It listens at once with health NOT_SERVING, so probes can watch start-up.
  */
 export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcServer> {

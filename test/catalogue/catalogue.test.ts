@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { createHash } from "node:crypto";
-import { ClientError, createClient, Metadata, Status, type Client } from "nice-grpc";
+import { ClientError, Metadata, Status, type Client } from "nice-grpc";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../src/clock.js";
@@ -9,16 +9,10 @@ import { Period } from "../../src/gen/glimpse/image/v1/image_filter.js";
 import { ImageServiceDefinition, ImageSort } from "../../src/gen/glimpse/image/v1/image_service.js";
 import { DEFAULT_ACCOUNT_ID } from "../../src/server/middleware/caller.js";
 import { decodeStatusDetails } from "../../src/server/status-details.js";
-import { startTestApp, type TestApp } from "../helpers/app.js";
+import { startTestApp, withKey, type TestApp } from "../helpers/app.js";
 import { distinctPng, solidImage } from "../helpers/images.js";
 
 type ImageClient = Client<typeof ImageServiceDefinition>;
-
-/** Stand-in for API keys (a later issue): `x-test-account` names the account a call acts as. */
-const resolveCaller = ({ metadata }: { metadata: Metadata }) => {
-  const id = metadata.get("x-test-account");
-  return id ? { accountId: id, isAdmin: false } : { accountId: DEFAULT_ACCOUNT_ID, isAdmin: true };
-};
 
 async function violationsOf(call: (opts: { onTrailer: (t: Metadata) => void }) => Promise<unknown>) {
   let trailer: Metadata | undefined;
@@ -32,15 +26,15 @@ describe("catalogue over gRPC", () => {
   let t: TestApp;
   let client: ImageClient;
   const clock = new ManualClock(new Date("2026-06-15T12:00:00Z"));
+  // Calls without options act as the default admin account (the test app's admin key).
   let otherAccount: string;
-  const as = (account: string) => ({ metadata: Metadata({ "x-test-account": account }) });
+  const as = withKey;
   const rowCount = async () => Number((await t.app.sql`select count(*) as n from images`)[0].n);
 
   beforeAll(async () => {
-    t = await startTestApp({ maxUploadBytes: 256 * 1024, maxImagePixels: 4_000_000 }, { clock, resolveCaller });
-    client = createClient(ImageServiceDefinition, t.channel);
-    const [row] = await t.app.sql`insert into accounts (username) values ('other') returning id`;
-    otherAccount = row.id;
+    t = await startTestApp({ maxUploadBytes: 256 * 1024, maxImagePixels: 4_000_000 }, { clock });
+    client = t.client(ImageServiceDefinition);
+    otherAccount = (await t.newAccount({ username: "other" })).key;
   });
   afterAll(async () => {
     await t?.close();
@@ -263,7 +257,7 @@ describe("catalogue over gRPC", () => {
         as(otherAccount),
       )
     ).image!;
-    const third = (await t.app.sql`insert into accounts (username) values ('third') returning id`)[0].id;
+    const third = (await t.newAccount({ username: "third" })).key;
     expect((await client.getImage({ id: priv.id }, as(third)).catch((e) => e)).code).toBe(Status.NOT_FOUND);
     expect((await client.getImage({ id: pub.id }, as(third))).image!.id).toBe(pub.id);
     expect((await client.deleteImage({ id: pub.id }, as(third)).catch((e) => e)).code).toBe(Status.PERMISSION_DENIED);
@@ -276,22 +270,21 @@ describe("catalogue over gRPC", () => {
     const img = (
       await client.uploadImage({ content: await distinctPng(1050), visibility: Visibility.VISIBILITY_PUBLIC, index: false })
     ).image!;
-    const accounts = await t.app.sql`
-      insert into accounts (username) select 'reactor-' || g from generate_series(1, 50) g returning id`;
+    const accounts = await Promise.all(Array.from({ length: 50 }, () => t.newAccount()));
     const results = await Promise.all(
       accounts.flatMap((a) => [
-        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.id)),
-        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.id)),
-        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_LIKE }, as(a.id)),
+        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.key)),
+        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.key)),
+        client.addReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_LIKE }, as(a.key)),
       ]),
     );
     expect(results.filter((r) => r.changed)).toHaveLength(100);
     let stats = (await client.getImage({ id: img.id })).image!.stats!;
     expect([stats.heartCount, stats.likeCount, stats.reactionCount]).toEqual(["50", "50", "100"]);
     await Promise.all(
-      accounts.slice(0, 20).map((a) => client.removeReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.id))),
+      accounts.slice(0, 20).map((a) => client.removeReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(a.key))),
     );
-    const again = await client.removeReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(accounts[0].id));
+    const again = await client.removeReaction({ imageId: img.id, kind: ReactionKind.REACTION_KIND_HEART }, as(accounts[0].key));
     expect(again.changed).toBe(false);
     stats = again.stats!;
     expect([stats.heartCount, stats.reactionCount]).toEqual(["30", "80"]);
@@ -362,7 +355,7 @@ describe("listing", () => {
 
   beforeAll(async () => {
     t = await startTestApp({}, { clock });
-    client = createClient(ImageServiceDefinition, t.channel);
+    client = t.client(ImageServiceDefinition);
     await upload("dog", 400, { tags: ["animal", "dog"], username: "ann", postId: "1", nsfwLevel: NsfwLevel.NSFW_LEVEL_NONE });
     await upload("cat", 40, { tags: ["animal", "cat"], username: "Bob", postId: "1", modelId: "9", nsfwLevel: NsfwLevel.NSFW_LEVEL_SOFT });
     await upload("dogcat", 10, { tags: ["animal", "dog", "cat"], username: "ann", modelId: "9", modelVersionId: "90", nsfwLevel: NsfwLevel.NSFW_LEVEL_MATURE });
@@ -476,8 +469,8 @@ describe("paging stability", () => {
   let t: TestApp;
   let client: ImageClient;
   beforeAll(async () => {
-    t = await startTestApp({}, { resolveCaller });
-    client = createClient(ImageServiceDefinition, t.channel);
+    t = await startTestApp();
+    client = t.client(ImageServiceDefinition);
     for (let i = 0; i < 40; i++) {
       await client.uploadImage({
         content: await distinctPng(2000 + i),
@@ -528,7 +521,7 @@ describe("paging stability", () => {
 
   it("never repeats an image in a MOST_REACTIONS walk while reactions change", async () => {
     const all = (await client.listImages({ filter: { tags: ["walk"] }, pageSize: 200 } as never)).images;
-    const accounts = await t.app.sql`insert into accounts (username) select 'r' || g from generate_series(1, 5) g returning id`;
+    const accounts = await Promise.all(Array.from({ length: 5 }, () => t.newAccount()));
     const kinds = [ReactionKind.REACTION_KIND_LIKE, ReactionKind.REACTION_KIND_HEART, ReactionKind.REACTION_KIND_LAUGH];
     // Start with a spread of counts so the order is not just by id.
     for (const [i, img] of all.slice(0, 20).entries()) {
@@ -539,8 +532,7 @@ describe("paging stability", () => {
       const target = all[(page * 5) % all.length];
       await client.removeReaction({ imageId: target.id, kind: ReactionKind.REACTION_KIND_LIKE });
       for (const a of accounts) {
-        const metadata = Metadata({ "x-test-account": a.id });
-        await client.addReaction({ imageId: all[(page * 7 + 3) % all.length].id, kind: ReactionKind.REACTION_KIND_CRY }, { metadata });
+        await client.addReaction({ imageId: all[(page * 7 + 3) % all.length].id, kind: ReactionKind.REACTION_KIND_CRY }, withKey(a.key));
       }
     });
     expect(new Set(seen).size).toBe(seen.length);

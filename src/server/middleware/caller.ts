@@ -1,25 +1,30 @@
 import type { CallContext, ServerMiddleware } from "nice-grpc-common";
 import type { Caller } from "../../catalogue/types.js";
 
+export { DEFAULT_ACCOUNT_ID } from "../../accounts/account-service.js";
+
 /** What the caller middleware adds to every call context. */
 export interface CallerContext {
   /** The account the call acts as. */
   caller: Caller;
 }
 
-/** Decides which account a call acts as, from its metadata. */
-export type CallerResolver = (context: CallContext) => Promise<Caller> | Caller;
+/**
+ * Decides which account a call acts as, from its method path (`/package.Service/Method`) and
+ * its metadata; throws (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED) to refuse it.
+ */
+export type CallerResolver = (method: string, context: CallContext) => Promise<Caller> | Caller;
 
-/** The account that owns everything while API-key authentication is not configured. */
-export const DEFAULT_ACCOUNT_ID = "00000000-0000-4000-8000-000000000001";
+/** The id of no account: calls made without a key act as it, so they see public images only. */
+export const ANONYMOUS_ACCOUNT_ID = "00000000-0000-0000-0000-000000000000";
 
-/** Every call acts as the default account (created by the first migration). */
-export const defaultCaller: CallerResolver = () => ({ accountId: DEFAULT_ACCOUNT_ID, isAdmin: true });
+/** The caller of a call made without a key (anonymous reads, health, reflection). */
+export const anonymousCaller: Caller = Object.freeze({ accountId: ANONYMOUS_ACCOUNT_ID, isAdmin: false });
 
 /** Puts the resolved caller on the context, for handlers to pass to services. */
 export function callerMiddleware(resolve: CallerResolver): ServerMiddleware<CallerContext> {
   return async function* (call, context) {
-    const caller = await resolve(context);
+    const caller = await resolve(call.method.path, context);
     return yield* call.next(call.request, { ...context, caller });
   };
 }

@@ -1,0 +1,63 @@
+import type { Clock } from "../clock.js";
+
+/** The outcome of asking for one request's worth of tokens. */
+export type Admission = { allowed: true } | { allowed: false; retryAfterMs: number };
+
+interface Bucket {
+  tokens: number;
+  /** Clock time (ms) at which `tokens` was last brought up to date. */
+  at: number;
+  perMinute: number;
+}
+
+/** Buckets checked between sweeps of idle ones. */
+const SWEEP_EVERY = 1000;
+
+/**
+ * Token buckets, one per key: each holds at most `perMinute` tokens and refills continuously
+ * at `perMinute` per minute; a request takes one. Time comes from the injected clock, so
+ * tests move it instead of sleeping. Buckets live in this process only: with several
+ * replicas each enforces the limit on the calls it serves.
+ */
+export class RateLimiter {
+  private readonly buckets = new Map<string, Bucket>();
+  private checks = 0;
+
+  constructor(private readonly clock: Clock) {}
+
+  /** Takes one token from `key`'s bucket, whose size is `perMinute`; says how long to wait if empty. */
+  take(key: string, perMinute: number): Admission {
+    const now = this.clock.now().getTime();
+    if (++this.checks % SWEEP_EVERY === 0) this.sweep(now);
+    let bucket = this.buckets.get(key);
+    if (!bucket) {
+      bucket = { tokens: perMinute, at: now, perMinute };
+      this.buckets.set(key, bucket);
+    }
+    if (bucket.perMinute !== perMinute) {
+      // The limit changed (a new server default): keep the tokens, within the new size.
+      bucket.perMinute = perMinute;
+      bucket.tokens = Math.min(bucket.tokens, perMinute);
+    }
+    const perMs = perMinute / 60_000;
+    bucket.tokens = Math.min(perMinute, bucket.tokens + Math.max(0, now - bucket.at) * perMs);
+    bucket.at = Math.max(bucket.at, now);
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return { allowed: true };
+    }
+    return { allowed: false, retryAfterMs: Math.ceil((1 - bucket.tokens) / perMs) };
+  }
+
+  /** Forgets buckets that have refilled completely: they behave exactly like new ones. */
+  private sweep(now: number): void {
+    for (const [key, b] of this.buckets) {
+      if (b.tokens + (now - b.at) * (b.perMinute / 60_000) >= b.perMinute) this.buckets.delete(key);
+    }
+  }
+
+  /** Number of buckets held (for tests of the sweep). */
+  get size(): number {
+    return this.buckets.size;
+  }
+}
