@@ -3,7 +3,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
-import { createChannel, createClient, type Channel } from "nice-grpc";
+import { randomBytes } from "node:crypto";
+import { createChannel, createClientFactory, Metadata, type Channel } from "nice-grpc";
 import postgres from "postgres";
 import { startApp, type App } from "../src/app.js";
 import { loadOptions, type Options } from "../src/config/options.js";
@@ -286,7 +287,12 @@ export interface BenchApp {
   db: TempDatabase;
   dataDir: string;
   channel: Channel;
+  /** Sends the admin key on every call. */
   images: ImageServiceClient;
+  /** The admin key the app was started with. */
+  adminKey: string;
+  /** Call metadata carrying the admin key, for clients made on `channel`. */
+  metadata: Metadata;
 }
 
 /**
@@ -297,6 +303,7 @@ export interface BenchApp {
 export async function startBenchApp(cleanup: Cleanup, overrides: Partial<Options> = {}): Promise<BenchApp> {
   const db = await createTempDatabase();
   cleanup.add(`drop database ${db.name}`, () => db.drop());
+  const adminKey = `glk_bench${randomBytes(24).toString("base64url")}`;
   const dataDir = await createTempDir(cleanup, "glimpse-bench-data-");
   // An empty environment: only what the benchmark chooses reaches the app.
   const options = loadOptions({}, [], {
@@ -307,12 +314,21 @@ export async function startBenchApp(cleanup: Cleanup, overrides: Partial<Options
     httpPort: 0,
     logLevel: "silent",
     shutdownGraceMs: 2000,
+    // Benchmarks measure the service, not the limiter.
+    rateLimitPerMinute: 10_000_000,
+    adminKey,
+    modelAutoPull: false,
     ...overrides,
   });
   const app = await startApp(options, { logger: createLogger("silent") });
   cleanup.add("stop app", () => app.stop());
   const channel = createChannel(`127.0.0.1:${app.grpcPort}`);
   cleanup.add("close channel", async () => channel.close());
-  const images = createClient(ImageServiceDefinition, channel);
-  return { app, db, dataDir, channel, images };
+  const metadata = Metadata({ authorization: `Bearer ${adminKey}` });
+  const images = createClientFactory()
+    .use(async function* (call, options) {
+      return yield* call.next(call.request, { ...options, metadata: Metadata(options.metadata).set("authorization", `Bearer ${adminKey}`) });
+    })
+    .create(ImageServiceDefinition, channel);
+  return { app, db, dataDir, channel, images, adminKey, metadata };
 }
