@@ -7,6 +7,7 @@ import type { Clock } from "../clock.js";
 import type { Embedder } from "../embedding/embedder.js";
 import { DomainError, Violations } from "../errors.js";
 import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
+import { IdList } from "../vector/id-list.js";
 import type { Neighbour, VectorIndex } from "../vector/vector-index.js";
 import type { IndexKeeper } from "./index-keeper.js";
 
@@ -368,7 +369,7 @@ export interface Ranking {
   /** Every candidate's score, when all were scored (exact thresholds and totals). */
   everyScore?: Neighbour[];
   /** The candidate ids, when a filter applied. */
-  candidates?: BigInt64Array;
+  candidates?: IdList;
 }
 
 export interface RankOptions {
@@ -390,9 +391,10 @@ export function rankCandidates(
   index: VectorIndex,
   vector: Float32Array,
   depth: number,
-  candidates: BigInt64Array | null,
+  candidateIds: IdList | ArrayLike<bigint> | null,
   options: RankOptions,
 ): Ranking {
+  const candidates = candidateIds === null ? null : IdList.of(candidateIds);
   const baseEf = Math.max(options.ef, depth);
   if (candidates === null) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };

@@ -1,4 +1,5 @@
 import type { Caller, ImageFilter, ImageRecord } from "../catalogue/types.js";
+import { IdList } from "../vector/id-list.js";
 import type { Sql } from "./db.js";
 import { filterConditions, toImage, type Db, type ImageRow } from "./images-repository.js";
 
@@ -41,15 +42,6 @@ export function bytesToVector(bytes: Uint8Array): Float32Array {
   const out = new Float32Array(bytes.byteLength / 4);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true);
-  return out;
-}
-
-/** Reads packed big-endian int8 values (`string_agg(int8send(id), '')`). */
-function unpackIds(bytes: Uint8Array | null): BigInt64Array {
-  if (bytes === null) return new BigInt64Array(0);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = new BigInt64Array(bytes.byteLength / 8);
-  for (let i = 0; i < out.length; i++) out[i] = view.getBigInt64(i * 8, false);
   return out;
 }
 
@@ -184,7 +176,7 @@ export class EmbeddingsRepository {
    * on the server so that tens of thousands of ids cost one round trip and one buffer.
    * `limit` stops early: a result of length limit means "at least this many".
    */
-  async candidateIds(filter: ImageFilter, caller: Caller, now: Date, limit: number | null): Promise<BigInt64Array> {
+  async candidateIds(filter: ImageFilter, caller: Caller, now: Date, limit: number | null): Promise<IdList> {
     const sql = this.sql;
     const where = filterConditions(sql, filter, caller, now);
     const cap = limit === null ? sql`` : sql`limit ${limit}`;
@@ -192,7 +184,7 @@ export class EmbeddingsRepository {
       select string_agg(int8send(id), ''::bytea) as ids from (
         select id from images where ${where} and index_status = ${INDEXED} ${cap}
       ) c`;
-    return unpackIds(row.ids);
+    return IdList.fromBigEndian(row.ids);
   }
 
   /**

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import hnswlib from "hnswlib-node";
+import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix } from "./kernel.js";
 
 /** One nearest neighbour: an image id and its cosine similarity to the query. */
@@ -58,7 +59,7 @@ export class VectorIndex {
   private readonly matrix: VectorMatrix;
   /** slot -> image id; 0n marks a free slot (snowflake ids are always positive). */
   private slotIds: BigInt64Array;
-  private readonly slotOf = new Map<bigint, number>();
+  private readonly slotOf = new IdSlotMap();
   private readonly free: number[] = [];
   private used = 0;
 
@@ -146,7 +147,7 @@ export class VectorIndex {
   }
 
   /** Exact top k among the given images (those not in the index are ignored). */
-  searchExact(query: Float32Array, k: number, ids: ArrayLike<bigint>): Neighbour[] {
+  searchExact(query: Float32Array, k: number, ids: IdList | ArrayLike<bigint>): Neighbour[] {
     const rows = this.slotsOf(ids);
     if (rows.length === 0 || k <= 0) return [];
     const top = this.matrix.topK(query, Math.min(k, rows.length), rows);
@@ -156,7 +157,7 @@ export class VectorIndex {
   }
 
   /** Exact similarity of the query to every given image that is indexed. */
-  scoreAll(query: Float32Array, ids: ArrayLike<bigint>): Neighbour[] {
+  scoreAll(query: Float32Array, ids: IdList | ArrayLike<bigint>): Neighbour[] {
     const rows = this.slotsOf(ids);
     const scores = new Float32Array(rows.length);
     if (rows.length > 0) this.matrix.dot(query, rows, scores);
@@ -166,18 +167,19 @@ export class VectorIndex {
   }
 
   /** A slot bitmap of the given images, for `searchHnsw`'s filter. */
-  allowedSlots(ids: ArrayLike<bigint>): Uint8Array {
+  allowedSlots(ids: IdList | ArrayLike<bigint>): Uint8Array {
+    const words = IdList.of(ids).words;
     const bitmap = new Uint8Array(this.used);
-    for (let i = 0; i < ids.length; i++) {
-      const slot = this.slotOf.get(ids[i]);
-      if (slot !== undefined) bitmap[slot] = 1;
+    for (let i = 0; i < words.length; i += 2) {
+      const slot = this.slotOf.lookup(words[i], words[i + 1]);
+      if (slot >= 0) bitmap[slot] = 1;
     }
     return bitmap;
   }
 
-  /** Every indexed image id (in slot order). */
+  /** Every indexed image id. */
   ids(): bigint[] {
-    return [...this.slotOf.keys()];
+    return [...this.slotOf.ids()];
   }
 
   /** Frees the kernel memory; the index is unusable afterwards. */
@@ -315,12 +317,13 @@ export class VectorIndex {
     }
   }
 
-  private slotsOf(ids: ArrayLike<bigint>): Int32Array {
-    const rows = new Int32Array(ids.length);
+  private slotsOf(ids: IdList | ArrayLike<bigint>): Int32Array {
+    const words = IdList.of(ids).words;
+    const rows = new Int32Array(words.length / 2);
     let n = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const slot = this.slotOf.get(ids[i]);
-      if (slot !== undefined) rows[n++] = slot;
+    for (let i = 0; i < words.length; i += 2) {
+      const slot = this.slotOf.lookup(words[i], words[i + 1]);
+      if (slot >= 0) rows[n++] = slot;
     }
     return rows.subarray(0, n);
   }
