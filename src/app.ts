@@ -26,6 +26,7 @@ import { connect, ping, type Sql } from "./store/db.js";
 import { ImagesRepository, takeWorkerId, transaction } from "./store/images-repository.js";
 import { startEmbeddedPostgres, type EmbeddedServer } from "./store/embedded.js";
 import { migrate } from "./store/migrate.js";
+import { startGateway, type Gateway } from "./gateway/gateway.js";
 import { EmbeddingsRepository } from "./store/embeddings-repository.js";
 import { ModelManager } from "./embedding/model-manager.js";
 import type { ModelEntry } from "./embedding/registry.js";
@@ -52,6 +53,8 @@ export interface AppDeps {
 export interface App {
   options: Options;
   grpcPort: number;
+  /** Port of the HTTP/JSON bridge. */
+  httpPort: number;
   sql: Sql;
   logger: Logger;
   blobs: BlobStore;
@@ -66,7 +69,8 @@ export interface App {
  * DATABASE_URL), migrates, and only then reports SERVING. Anything that fails on the way
  * undoes what was started before it.
  */
-export async function startApp(options: Options, deps: AppDeps = {}): Promise<App> {
+export async function startApp(given: Options, deps: AppDeps = {}): Promise<App> {
+  let options = given;
   const logger = deps.logger ?? createLogger(options.logLevel);
   // Store-side resources, closed in reverse order of opening.
   const closers: (() => Promise<void>)[] = [];
@@ -81,13 +85,16 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
   // Authentication's view of the accounts, set once the store is ready (calls are refused before).
   let servingAccounts: AccountService | undefined;
   let grpc: GrpcServer | undefined;
+  let gateway: Gateway | undefined;
+  let serving = false;
   try {
+    const descriptors = await readFile(DESCRIPTORS);
     grpc = await startGrpcServer({
       host: options.grpcHost,
       port: options.grpcPort,
       logger,
       services: serviceRegistrations(() => handlers),
-      descriptorSet: await readFile(DESCRIPTORS),
+      descriptorSet: descriptors,
       // Room for the largest upload plus protobuf framing; the catalogue names the real limit.
       maxReceiveMessageBytes: Math.max(64 * 1024 * 1024, options.maxUploadBytes * 2),
       resolveCaller: apiKeyResolver({
@@ -97,6 +104,20 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
         anonymousRateLimit: options.rateLimitPerMinute,
       }),
     });
+    gateway = await startGateway({
+      host: options.grpcHost,
+      port: options.httpPort,
+      grpcAddress: `${loopbackHost(options.grpcHost)}:${grpc.port}`,
+      descriptors,
+      publicUrl: () => options.publicUrl,
+      ready: () => serving,
+      maxBodyBytes: Math.ceil((options.maxUploadBytes * 4) / 3) + 1024 * 1024,
+      logger,
+    });
+    // The default public URL names the HTTP port; with port 0 it is known only now.
+    if (options.publicUrl === `http://127.0.0.1:${options.httpPort}`) {
+      options = { ...options, publicUrl: `http://127.0.0.1:${gateway.port}` };
+    }
 
     let url = options.databaseUrl;
     if (url === undefined) {
@@ -173,16 +194,20 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
       },
     };
     grpc.markServing();
+    serving = true;
     logger.info("glimpse serving", {
       grpcPort: grpc.port,
+      httpPort: gateway.port,
       store: options.databaseUrl === undefined ? "embedded" : "external",
     });
 
     const server = grpc;
+    const bridge = gateway;
     let stopping: Promise<void> | undefined;
     return {
       options,
       grpcPort: grpc.port,
+      httpPort: gateway.port,
       sql,
       logger,
       blobs,
@@ -190,7 +215,9 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
       stop() {
         stopping ??= (async () => {
           logger.info("shutting down", { graceMs: options.shutdownGraceMs });
+          serving = false;
           await server.shutdown(options.shutdownGraceMs);
+          await bridge.close();
           await closeStore();
         })();
         return stopping;
@@ -198,6 +225,7 @@ export async function startApp(options: Options, deps: AppDeps = {}): Promise<Ap
     };
   } catch (err) {
     await grpc?.shutdown(0);
+    await gateway?.close();
     await closeStore();
     throw err;
   }
@@ -277,4 +305,11 @@ function startSearch(
       await models.close();
     },
   };
+}
+
+/** Where to reach a server bound to `host` from this process. */
+function loopbackHost(host: string): string {
+  if (host === "0.0.0.0" || host === "" ) return "127.0.0.1";
+  if (host === "::" || host === "[::]") return "[::1]";
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }

@@ -244,7 +244,7 @@ describe("start-up and shutdown", () => {
     const db = await createTestDatabase();
     const key = testSecret();
     const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/slow-server.ts"], {
-      env: { ...process.env, DATABASE_URL: db.url, GLIMPSE_GRPC_PORT: "0", SLOW_MS: "800", GLIMPSE_ADMIN_KEY: key },
+      env: { ...process.env, DATABASE_URL: db.url, GLIMPSE_GRPC_PORT: "0", GLIMPSE_HTTP_PORT: "0", SLOW_MS: "800", GLIMPSE_ADMIN_KEY: key },
       stdio: ["ignore", "pipe", "inherit"],
     });
     try {

@@ -1,0 +1,108 @@
+import { createChannel, type Channel } from "nice-grpc";
+import type { Logger } from "../logging/logger.js";
+import { civitaiRoutes } from "./compat/civitai.js";
+import { getimagesRoutes } from "./compat/getimages.js";
+import { mikiRoutes } from "./compat/miki.js";
+import { rekaRoutes } from "./compat/reka.js";
+import { roboflowRoutes } from "./compat/roboflow.js";
+import { Router, sendJson, startHttpServer, type HttpServer, type Route } from "./http.js";
+import { contentRoutes } from "./content.js";
+import { nativeRoutes } from "./native.js";
+import { openapiRoutes } from "./openapi.js";
+
+/** What the bridge is built from. */
+export interface GatewayDeps {
+  host: string;
+  port: number;
+  /** Where the gRPC server listens; the bridge calls it over loopback. */
+  grpcAddress: string;
+  /** The serialized FileDescriptorSet of the contract (with source info, for OpenAPI). */
+  descriptors: Uint8Array;
+  /** Absolute base URL of this bridge, for links in responses. */
+  publicUrl: () => string;
+  /** Whether the service is ready (store migrated); /readyz answers 503 until then. */
+  ready: () => boolean;
+  /** Largest request body, in bytes (uploads are base64 in JSON, so about 4/3 of the upload limit). */
+  maxBodyBytes: number;
+  logger: Logger;
+}
+
+/** What every group of routes gets. */
+export interface RouteDeps {
+  /** A loopback channel to glimpse's own gRPC server: calls pass through all its middleware. */
+  channel: Channel;
+  descriptors: Uint8Array;
+  publicUrl: () => string;
+  maxBodyBytes: number;
+  logger: Logger;
+}
+
+/** A running bridge. */
+export interface Gateway {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * The HTTP/JSON bridge: grpc-gateway-style routes for every RPC (from the contract's
+ * google.api.http annotations), the seed APIs' own shapes under /compat/, /openapi.json, and
+ * health endpoints. Every call is made over a loopback gRPC channel to the same server, so
+ * authentication, rate limits, deadlines, logging and error mapping are exactly gRPC's.
+ */
+export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
+  const channel = createChannel(deps.grpcAddress, undefined, {
+    "grpc.max_receive_message_length": 256 * 1024 * 1024,
+    "grpc.max_send_message_length": 256 * 1024 * 1024,
+  });
+  const routeDeps: RouteDeps = {
+    channel,
+    descriptors: deps.descriptors,
+    publicUrl: deps.publicUrl,
+    maxBodyBytes: deps.maxBodyBytes,
+    logger: deps.logger,
+  };
+  const router = new Router();
+  router.add(...healthRoutes(deps.ready));
+  // Before the generic routes: these answer some of the same paths with raw bytes.
+  router.add(...contentRoutes(routeDeps));
+  router.add(...openapiRoutes(routeDeps));
+  router.add(...nativeRoutes(routeDeps));
+  router.add(...mikiRoutes(routeDeps));
+  router.add(...civitaiRoutes(routeDeps));
+  router.add(...roboflowRoutes(routeDeps));
+  router.add(...rekaRoutes(routeDeps));
+  router.add(...getimagesRoutes(routeDeps));
+  let server: HttpServer;
+  try {
+    server = await startHttpServer({
+      host: deps.host,
+      port: deps.port,
+      router,
+      logger: deps.logger,
+      maxBodyBytes: deps.maxBodyBytes,
+    });
+  } catch (err) {
+    channel.close();
+    throw err;
+  }
+  return {
+    port: server.port,
+    async close() {
+      await server.close();
+      channel.close();
+    },
+  };
+}
+
+/** Liveness (the process answers) and readiness (the store is migrated and answering). */
+function healthRoutes(ready: () => boolean): Route[] {
+  return [
+    { method: "GET", pattern: "/healthz", handle: async ({ res }) => sendJson(res, 200, { status: "ok" }) },
+    {
+      method: "GET",
+      pattern: "/readyz",
+      handle: async ({ res }) =>
+        ready() ? sendJson(res, 200, { status: "ready" }) : sendJson(res, 503, { status: "starting" }),
+    },
+  ];
+}
