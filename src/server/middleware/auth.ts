@@ -56,6 +56,18 @@ function peerAddress(peer: string): string {
   return peer.replace(/:\d+$/, "");
 }
 
+const LOOPBACK = /^(ipv4:127\.|ipv6:\[::1\]|ipv6:\[::ffff:127\.)/;
+
+/**
+ * Who to rate-limit an anonymous call as: the peer, or, for calls the HTTP bridge makes over
+ * loopback on a client's behalf, the client address it forwards in `x-forwarded-for`.
+ */
+function clientAddress(context: CallContext): string {
+  const forwarded = context.metadata.get("x-forwarded-for")?.split(",")[0]?.trim();
+  if (forwarded && LOOPBACK.test(context.peer)) return forwarded;
+  return peerAddress(context.peer);
+}
+
 function admit(config: AuthConfig, bucket: string, perMinute: number, who: string): void {
   const admission = config.limiter.take(bucket, perMinute);
   if (!admission.allowed) {
@@ -83,7 +95,7 @@ export function apiKeyResolver(config: AuthConfig): CallerResolver {
     const secret = presentedSecret(context);
     if (secret === undefined) {
       if (config.anonymousRead && ANONYMOUS_READ_METHODS.has(method)) {
-        const address = peerAddress(context.peer);
+        const address = clientAddress(context);
         admit(config, `anonymous ${address}`, config.anonymousRateLimit, "anonymous calls from this address");
         return anonymousCaller;
       }
