@@ -140,6 +140,11 @@ export class CatalogueService {
         const existing = await images.findByContent(caller.accountId, facts.sha256, tx);
         if (existing) {
           if (requestId) await images.recordUploadRequest(caller.accountId, requestId, existing.id, true, tx);
+          // Bytes first stored without indexing, now uploaded asking for it: index them.
+          if (index && existing.indexStatus === "not_indexed") {
+            const queued = await images.markPending(existing.id, tx);
+            return { image: queued, deduplicated: true };
+          }
           return { image: existing, deduplicated: true };
         }
         if (!(await blobs.has(facts.sha256))) {

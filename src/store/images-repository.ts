@@ -293,6 +293,14 @@ export class ImagesRepository {
   }
 
   /** Deletes the row; reactions, comments and idempotency records cascade. */
+  /** Queues an image for indexing (index_status pending) and returns it. */
+  async markPending(id: bigint, db: Db): Promise<ImageRecord> {
+    const [row] = await db<ImageRow[]>`
+      update images set index_status = 1, index_error = '', updated_at = now()
+      where id = ${id.toString()} returning *`;
+    return toImage(row);
+  }
+
   async delete(id: bigint, db: Db): Promise<void> {
     await db`delete from images where id = ${id.toString()}`;
   }

@@ -180,6 +180,17 @@ describe("semantic search with the test model", () => {
     expect(err.details).toContain("not indexed");
   });
 
+  it("indexes bytes first stored without indexing when they are uploaded again asking for it", async () => {
+    const content = await solidImage(64, 64, { r: 10, g: 240, b: 240 }, "png", 123);
+    const { image: first } = await client.uploadImage({ content, index: false });
+    expect(first!.indexStatus).toBe(IndexStatus.INDEX_STATUS_NOT_INDEXED);
+    const { image: again } = await client.uploadImage({ content, waitForIndex: true });
+    expect(again!.id).toBe(first!.id);
+    expect(again!.deduplicated).toBe(true);
+    expect(again!.indexStatus).toBe(IndexStatus.INDEX_STATUS_INDEXED);
+    await client.deleteImage({ id: again!.id });
+  });
+
   it("never returns a deleted image", async () => {
     const { image } = await client.uploadImage({
       content: await solidImage(64, 64, { r: 255, g: 5, b: 5 }, "png", 77),
