@@ -161,7 +161,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     };
     found.route.handle(ctx).catch((error: unknown) => {
       if (error instanceof BodyTooLarge) {
-        if (!res.headersSent) sendJson(res, 413, { code: 8, message: error.message, details: [] });
+        // The rest of the body is not read, so the connection cannot be reused.
+        if (!res.headersSent) sendJson(res, 413, { code: 8, message: error.message, details: [] }, { connection: "close" });
         return;
       }
       logger.error("http handler failed", { error, method: req.method, path: url.pathname });

@@ -1,0 +1,157 @@
+import type { ServerResponse } from "node:http";
+import { ClientError, Status, type Metadata } from "nice-grpc-common";
+import { DomainError } from "../errors.js";
+import { BadRequest, RetryInfo } from "../gen/google/rpc/error_details.js";
+import { Status as RpcStatus } from "../gen/google/rpc/status.js";
+import { statusOf as domainStatus } from "../server/status-details.js";
+import { bundledContract } from "./descriptors.js";
+import { BodyTooLarge } from "./http.js";
+import { messageToJson } from "./json-out.js";
+
+/**
+ * How the bridge reports failures, the way grpc-gateway does: the gRPC status code mapped to
+ * an HTTP status, and a google.rpc.Status JSON body `{code, message, details}` whose details
+ * are rendered with their `@type` (for example google.rpc.BadRequest with its
+ * fieldViolations). Compat surfaces may reuse these for their own error shapes.
+ */
+
+/** Trailer that carries a serialized google.rpc.Status with typed details. */
+export const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";
+
+/** A failed call made over the loopback channel: its status, raw details and request id. */
+export class RpcError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+    /** The serialized google.rpc.Status of the `grpc-status-details-bin` trailer, if any. */
+    readonly statusDetails?: Uint8Array,
+    /** The `x-request-id` the gRPC server answered with, if any. */
+    readonly requestId?: string,
+  ) {
+    super(message);
+    this.name = "RpcError";
+  }
+}
+
+/** A status as the bridge reports it; details are google.protobuf.Any messages. */
+export interface GatewayStatus {
+  code: number;
+  message: string;
+  details: { typeUrl: string; value: Uint8Array }[];
+}
+
+/** The JSON body of an error: google.rpc.Status in proto3 JSON. */
+export interface StatusJson {
+  code: number;
+  message: string;
+  details: unknown[];
+}
+
+const HTTP_STATUS: Record<number, number> = {
+  [Status.OK]: 200,
+  [Status.CANCELLED]: 499,
+  [Status.UNKNOWN]: 500,
+  [Status.INVALID_ARGUMENT]: 400,
+  [Status.DEADLINE_EXCEEDED]: 504,
+  [Status.NOT_FOUND]: 404,
+  [Status.ALREADY_EXISTS]: 409,
+  [Status.PERMISSION_DENIED]: 403,
+  [Status.RESOURCE_EXHAUSTED]: 429,
+  [Status.FAILED_PRECONDITION]: 400,
+  [Status.ABORTED]: 409,
+  [Status.OUT_OF_RANGE]: 400,
+  [Status.UNIMPLEMENTED]: 501,
+  [Status.INTERNAL]: 500,
+  [Status.UNAVAILABLE]: 503,
+  [Status.DATA_LOSS]: 500,
+  [Status.UNAUTHENTICATED]: 401,
+};
+
+/** grpc-gateway v2's HTTP status for a gRPC code (runtime.HTTPStatusFromCode); 500 for unknown codes. */
+export function httpStatusOf(code: number): number {
+  return HTTP_STATUS[code] ?? 500;
+}
+
+/**
+ * The status an error stands for: a failed loopback call (RpcError), a nice-grpc ClientError
+ * (pass the call's trailer, from the `onTrailer` call option, to keep its details), a
+ * DomainError raised by the bridge itself (bad JSON, a bad query parameter), or anything
+ * else, which is INTERNAL with a generic message.
+ */
+export function statusOfError(error: unknown, trailer?: Metadata): GatewayStatus {
+  if (error instanceof RpcError) return withDetails(error.code, error.message, error.statusDetails);
+  if (error instanceof ClientError) return withDetails(error.code, error.details, trailer?.get(STATUS_DETAILS_TRAILER));
+  if (error instanceof DomainError) {
+    const code = Status[error.code];
+    return { ...domainStatus(code, error.message, error), code };
+  }
+  if (error instanceof BodyTooLarge) return { code: Status.RESOURCE_EXHAUSTED, message: error.message, details: [] };
+  return { code: Status.INTERNAL, message: "internal error", details: [] };
+}
+
+function withDetails(code: number, message: string, bytes: Uint8Array | undefined): GatewayStatus {
+  if (!bytes) return { code, message, details: [] };
+  try {
+    return { code, message, details: RpcStatus.decode(bytes).details };
+  } catch {
+    return { code, message, details: [] };
+  }
+}
+
+/** `{code, message, details}` for an error, details rendered as grpc-gateway renders them. */
+export function statusJson(error: unknown, trailer?: Metadata): StatusJson {
+  return renderStatus(statusOfError(error, trailer));
+}
+
+/** `{code, message, details}` for a status. */
+export function renderStatus(status: GatewayStatus): StatusJson {
+  const contract = bundledContract();
+  return {
+    code: status.code,
+    message: status.message,
+    details: status.details.map((any) => messageToJson(contract, "google.protobuf.Any", any)),
+  };
+}
+
+/** Whole seconds to wait before retrying (RetryInfo, rounded up), if the status says. */
+export function retryAfterSeconds(status: GatewayStatus): number | undefined {
+  const any = status.details.find((d) => d.typeUrl.endsWith("/google.rpc.RetryInfo"));
+  const delay = any && RetryInfo.decode(any.value).retryDelay;
+  if (!delay) return undefined;
+  return Math.max(0, Math.ceil(Number(delay.seconds) + delay.nanos / 1e9));
+}
+
+/** The field violations of the status's google.rpc.BadRequest details. */
+export function fieldViolations(status: GatewayStatus): { field: string; description: string }[] {
+  return status.details
+    .filter((d) => d.typeUrl.endsWith("/google.rpc.BadRequest"))
+    .flatMap((d) => BadRequest.decode(d.value).fieldViolations.map((v) => ({ field: v.field, description: v.description })));
+}
+
+/**
+ * Answers an error: grpc-gateway's HTTP status and google.rpc.Status JSON body, `Retry-After`
+ * (seconds) for RESOURCE_EXHAUSTED with RetryInfo, `WWW-Authenticate` for UNAUTHENTICATED,
+ * 413 for a body over the limit. `headers` are added (for example `x-request-id`).
+ */
+export function sendError(
+  res: ServerResponse,
+  error: unknown,
+  options: { trailer?: Metadata; headers?: Record<string, string> } = {},
+): void {
+  const status = statusOfError(error, options.trailer);
+  const headers: Record<string, string> = { ...options.headers };
+  if (error instanceof RpcError && error.requestId) headers["x-request-id"] = error.requestId;
+  const retryAfter = status.code === Status.RESOURCE_EXHAUSTED ? retryAfterSeconds(status) : undefined;
+  if (retryAfter !== undefined) headers["retry-after"] = String(retryAfter);
+  if (status.code === Status.UNAUTHENTICATED) headers["www-authenticate"] = 'Bearer realm="glimpse"';
+  // The rest of an oversized body is never read, so the connection cannot carry another request.
+  if (error instanceof BodyTooLarge) headers.connection = "close";
+  const httpStatus = error instanceof BodyTooLarge ? 413 : httpStatusOf(status.code);
+  const text = JSON.stringify(renderStatus(status));
+  res.writeHead(httpStatus, {
+    "content-type": "application/json; charset=utf-8",
+    "content-length": Buffer.byteLength(text),
+    ...headers,
+  });
+  res.end(text);
+}

@@ -1,0 +1,185 @@
+import { once } from "node:events";
+import * as grpc from "@grpc/grpc-js";
+import type { Channel, Metadata } from "nice-grpc";
+import { RpcError, STATUS_DETAILS_TRAILER } from "./errors.js";
+
+/**
+ * Raw calls over the loopback channel: messages travel as the bytes the bridge encoded from
+ * JSON (identity serializers), so one generic path serves every RPC of the contract. grpc-js is
+ * used directly rather than through nice-grpc because only grpc-js takes a per-call deadline,
+ * which is how an HTTP `Grpc-Timeout` reaches the server as a real gRPC deadline.
+ */
+export interface CallSettings {
+  /** Call metadata (the HTTP caller's credentials, request id and `Grpc-Metadata-*` headers). */
+  metadata: Metadata;
+  /** Cancels the call (the HTTP client went away). */
+  signal: AbortSignal;
+  deadline?: Date;
+}
+
+/** A unary (or client-streaming) answer. */
+export interface RpcAnswer {
+  response: Buffer;
+  /** The `x-request-id` the server answered with. */
+  requestId?: string;
+}
+
+/** Answers of a server-streaming (or bidi) call, in order; failures throw RpcError. */
+export interface RpcStream extends AsyncIterable<Buffer> {
+  /** The `x-request-id` the server answered with, once its headers arrived. */
+  requestId(): string | undefined;
+}
+
+const identity = (bytes: Buffer) => bytes;
+
+/** Raw gRPC calls on a nice-grpc (grpc-js) channel. */
+export class LoopbackRpc {
+  private readonly client: grpc.Client;
+
+  constructor(channel: Channel) {
+    // nice-grpc channels are grpc-js channels; the address and credentials are unused with an override.
+    this.client = new grpc.Client("loopback", grpc.credentials.createInsecure(), {
+      channelOverride: channel as unknown as grpc.Channel,
+    });
+  }
+
+  unary(path: string, request: Uint8Array, settings: CallSettings): Promise<RpcAnswer> {
+    return new Promise((resolve, reject) => {
+      let requestId: string | undefined;
+      const call = this.client.makeUnaryRequest<Buffer, Buffer>(
+        path,
+        identity,
+        identity,
+        Buffer.from(request),
+        toGrpcMetadata(settings.metadata),
+        callOptions(settings),
+        (err, response) => {
+          settings.signal.removeEventListener("abort", cancel);
+          if (err) reject(rpcErrorOf(err, requestId));
+          else resolve({ response: response!, requestId });
+        },
+      );
+      call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+      const cancel = () => call.cancel();
+      settings.signal.addEventListener("abort", cancel, { once: true });
+    });
+  }
+
+  clientStream(path: string, requests: AsyncIterable<Uint8Array>, settings: CallSettings): Promise<RpcAnswer> {
+    return new Promise((resolve, reject) => {
+      let requestId: string | undefined;
+      let failed: unknown;
+      const call = this.client.makeClientStreamRequest<Buffer, Buffer>(
+        path,
+        identity,
+        identity,
+        toGrpcMetadata(settings.metadata),
+        callOptions(settings),
+        (err, response) => {
+          settings.signal.removeEventListener("abort", cancel);
+          if (err) reject(failed ?? rpcErrorOf(err, requestId));
+          else resolve({ response: response!, requestId });
+        },
+      );
+      call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+      const cancel = () => call.cancel();
+      settings.signal.addEventListener("abort", cancel, { once: true });
+      pump(requests, call).catch((err) => {
+        failed = err;
+        call.cancel();
+      });
+    });
+  }
+
+  serverStream(path: string, request: Uint8Array, settings: CallSettings): RpcStream {
+    const call = this.client.makeServerStreamRequest<Buffer, Buffer>(
+      path,
+      identity,
+      identity,
+      Buffer.from(request),
+      toGrpcMetadata(settings.metadata),
+      callOptions(settings),
+    );
+    return readStream(call, settings.signal, () => undefined);
+  }
+
+  bidiStream(path: string, requests: AsyncIterable<Uint8Array>, settings: CallSettings): RpcStream {
+    const call = this.client.makeBidiStreamRequest<Buffer, Buffer>(
+      path,
+      identity,
+      identity,
+      toGrpcMetadata(settings.metadata),
+      callOptions(settings),
+    );
+    let failed: unknown;
+    pump(requests, call).catch((err) => {
+      failed = err;
+      call.cancel();
+    });
+    return readStream(call, settings.signal, () => failed);
+  }
+}
+
+/** Writes every request message, then half-closes; respects the call's flow control. */
+async function pump(requests: AsyncIterable<Uint8Array>, call: grpc.ClientWritableStream<Buffer>): Promise<void> {
+  for await (const request of requests) {
+    if (!call.write(Buffer.from(request))) await once(call, "drain");
+  }
+  call.end();
+}
+
+/** Reads a call's answers; `localFailure` is reported instead of the cancellation it caused. */
+function readStream(
+  call: grpc.ClientReadableStream<Buffer>,
+  signal: AbortSignal,
+  localFailure: () => unknown,
+): RpcStream {
+  let requestId: string | undefined;
+  call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+  const cancel = () => call.cancel();
+  signal.addEventListener("abort", cancel, { once: true });
+  async function* messages(): AsyncGenerator<Buffer> {
+    let done = false;
+    try {
+      for await (const message of call) yield message as Buffer;
+      done = true;
+    } catch (err) {
+      done = true;
+      throw localFailure() ?? rpcErrorOf(err as grpc.ServiceError, requestId);
+    } finally {
+      signal.removeEventListener("abort", cancel);
+      // The reader stopped early (the HTTP client went away or writing failed): end the call.
+      if (!done) call.cancel();
+    }
+  }
+  return { [Symbol.asyncIterator]: messages, requestId: () => requestId };
+}
+
+function callOptions(settings: CallSettings): grpc.CallOptions {
+  return settings.deadline ? { deadline: settings.deadline } : {};
+}
+
+/** nice-grpc metadata -> grpc-js metadata. */
+function toGrpcMetadata(metadata: Metadata): grpc.Metadata {
+  const out = new grpc.Metadata();
+  for (const [key, values] of metadata) {
+    for (const value of values) out.add(key, typeof value === "string" ? value : Buffer.from(value));
+  }
+  return out;
+}
+
+function requestIdOf(metadata: grpc.Metadata | undefined): string | undefined {
+  const value = metadata?.get("x-request-id")[0];
+  return typeof value === "string" ? value : undefined;
+}
+
+function rpcErrorOf(err: grpc.ServiceError, requestId: string | undefined): RpcError {
+  if (typeof err?.code !== "number") return new RpcError(grpc.status.INTERNAL, "internal error", undefined, requestId);
+  const details = err.metadata?.get(STATUS_DETAILS_TRAILER)[0];
+  return new RpcError(
+    err.code,
+    err.details,
+    Buffer.isBuffer(details) ? details : undefined,
+    requestId ?? requestIdOf(err.metadata),
+  );
+}
