@@ -78,7 +78,10 @@ async function readBody(contract: Contract, typeName: string, body: string, targ
     Object.assign(into(), { contentType: header, data: raw });
     return undefined;
   }
-  if (type === "multipart/form-data" || type === "application/x-www-form-urlencoded") {
+  // `curl -d '{...}'` labels JSON as a form; grpc-gateway reads any body as JSON, so a
+  // "form" whose text is a JSON object is read as JSON.
+  const jsonAsForm = type === "application/x-www-form-urlencoded" && /^\s*[{[]/.test(raw.toString("utf8", 0, 64));
+  if (!jsonAsForm && (type === "multipart/form-data" || type === "application/x-www-form-urlencoded")) {
     if (!intoType) throw new DomainError("INVALID_ARGUMENT", `the body of this route is the field ${body}: send it as JSON`);
     if (type === "multipart/form-data") await readMultipart(contract, intoType, into(), raw, header);
     else setAll(contract, intoType, into(), new URLSearchParams(raw.toString("utf8")), true);

@@ -258,6 +258,12 @@ describe("native HTTP/JSON routes", () => {
         headers: { "content-type": "application/x-www-form-urlencoded" },
       });
       expect(form.json.comment.text).toBe("second");
+      // What `curl -d '{...}'` sends: JSON labelled as a form.
+      const curlish = await call("POST", `/v1/images/${image.id}/comments`, {
+        body: JSON.stringify({ text: "third" }),
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+      });
+      expect(curlish.json.comment.text).toBe("third");
       const page = await call("GET", `/v1/images/${image.id}/comments?pageSize=1`);
       expect(page.json.comments.map((c: any) => c.text)).toEqual(["nice one"]);
       const rest = await call("GET", `/v1/images/${image.id}/comments?pageSize=1&pageToken=${encodeURIComponent(page.json.nextPageToken)}`);
