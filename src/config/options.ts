@@ -376,7 +376,7 @@ export const optionSpecs = [
     key: "searchExactMax",
     env: "GLIMPSE_SEARCH_EXACT_MAX",
     default: "20000",
-    doc: "Searches whose filter matches at most this many images scan them exactly (recall 1) instead of using HNSW.",
+    doc: "Upper bound on the images a filtered search scans exactly (recall 1) instead of walking HNSW; below it, lists of up to 2,000 images or 5% of the index are scanned.",
     parse: integer(0, 100_000_000),
   } satisfies OptionSpec<"searchExactMax">,
   {

@@ -127,9 +127,9 @@ export const toScore = (cosine: number) => Math.min(1, Math.max(0, (1 + cosine) 
  * Semantic search over the caller's readable, indexed images.
  *
  * The planner: a search with no restriction at all (an admin, no filter) walks HNSW. Anything
- * else first asks Postgres which indexed images pass; when at most `exactMax` do, their vectors
- * are scanned exactly by the WASM kernel (recall 1 by construction, and cheap: 20k x 512 is a
- * few megabytes of reads); when more do, HNSW walks with those images as an allow-list and
+ * else first asks Postgres which indexed images pass; when few do (see `scanExactly`), their
+ * vectors are scanned exactly by the WASM kernel (recall 1 by construction, and cheap: 5k x 512
+ * is 10 MB of reads, about 2 ms); when more do, HNSW walks with those images as an allow-list and
  * `ef` raised in inverse proportion to the share that passes, so narrow filters still find k.
  */
 export class SearchService {
@@ -381,10 +381,24 @@ export interface RankOptions {
   everyScore?: boolean;
 }
 
+/** Lists this short are always scanned exactly (well under a millisecond). */
+const ALWAYS_EXACT = 2000;
+/**
+ * Above this share of the index, HNSW with an allow-list beats the exact scan at the same
+ * recall (bench/results/search.md: 5% of 100k, 1.9 ms exact vs 3.7 ms; 10%, 3.7 vs 2.4 ms).
+ */
+const EXACT_SHARE = 0.05;
+
+/** Whether the planner scans a candidate list exactly rather than walking HNSW. */
+export function scanExactly(candidates: number, indexSize: number, exactMax: number): boolean {
+  if (candidates > exactMax) return false;
+  return candidates <= ALWAYS_EXACT || candidates <= EXACT_SHARE * indexSize;
+}
+
 /**
  * The query planner. `candidates` null means every indexed image may be returned: plain
- * HNSW. A list of at most `exactMax` ids: exact scan of just those vectors (recall 1). A
- * longer list: HNSW restricted to the list, with ef raised as the list's share of the index
+ * HNSW. A short list (at most `exactMax` ids, and at most 5% of the index or 2000 ids):
+ * exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the list, with ef raised as the list's share of the index
  * shrinks — when a share s passes, a graph walk meets roughly 1/s nodes per result it keeps.
  */
 export function rankCandidates(
@@ -399,7 +413,7 @@ export function rankCandidates(
   if (candidates === null) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };
   }
-  if (candidates.length <= options.exactMax) {
+  if (scanExactly(candidates.length, index.size, options.exactMax)) {
     if (options.everyScore) {
       const all = index.scoreAll(vector, candidates).sort(byCosine);
       return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, candidates };
