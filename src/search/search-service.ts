@@ -398,8 +398,8 @@ export function scanExactly(candidates: number, indexSize: number, exactMax: num
 /**
  * The query planner. `candidates` null means every indexed image may be returned: plain
  * HNSW. A short list (at most `exactMax` ids, and at most 5% of the index or 2000 ids):
- * exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the list, with ef raised as the list's share of the index
- * shrinks (by the square root of the share: see `ef` below).
+ * exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the list,
+ * with ef raised as the list's share of the index shrinks (by its square root, see below).
  */
 export function rankCandidates(
   index: VectorIndex,
