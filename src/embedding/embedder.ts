@@ -1,5 +1,5 @@
 import { Batcher } from "./batcher.js";
-import { preprocessImage } from "./preprocess.js";
+import { decodeForModel, normaliseInto, type ModelImage } from "./preprocess.js";
 import type { EmbeddingRuntime } from "./runtime.js";
 import type { ClipTokenizer } from "./tokenizer.js";
 
@@ -19,7 +19,7 @@ export interface BatchingOptions {
  * in the runtime's worker thread, concurrent requests grouped by one batcher per tower.
  */
 export class Embedder {
-  private readonly images: Batcher<Float32Array, Float32Array>;
+  private readonly images: Batcher<ModelImage, Float32Array>;
   private readonly texts: Batcher<string, Float32Array>;
 
   constructor(
@@ -33,8 +33,10 @@ export class Embedder {
     this.images = new Batcher({
       ...batching,
       run: async (items) => {
+        // Images wait as 8-bit RGB and are normalised straight into the batch's tensor: one
+        // float32 buffer per model run, not one per image plus a copy.
         const pixels = new Float32Array(items.length * pixelsPerImage);
-        items.forEach((item, i) => pixels.set(item, i * pixelsPerImage));
+        items.forEach((item, i) => normaliseInto(item, pixels, i * pixelsPerImage));
         return runtime.embedImages(pixels, items.length);
       },
     });
@@ -63,9 +65,9 @@ export class Embedder {
 
   /** Decodes and preprocesses the image here, then queues it for the vision tower. */
   async embedImage(bytes: Uint8Array, signal?: AbortSignal): Promise<Float32Array> {
-    const pixels = await preprocessImage(bytes, this.runtime.imageSize);
+    const image = await decodeForModel(bytes, this.runtime.imageSize);
     signal?.throwIfAborted();
-    return this.images.submit(pixels, signal);
+    return this.images.submit(image, signal);
   }
 
   async close(): Promise<void> {

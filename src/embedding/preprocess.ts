@@ -48,6 +48,24 @@ const NORMALISED: readonly Float32Array[] = CLIP_MEAN.map((mean, c) =>
  * Bytes that do not decode are INVALID_ARGUMENT.
  */
 export async function preprocessImage(bytes: Uint8Array, size = DEFAULT_SIZE): Promise<Float32Array> {
+  const image = await decodeForModel(bytes, size);
+  const out = new Float32Array(3 * size * size);
+  normaliseInto(image, out, 0);
+  return out;
+}
+
+/**
+ * Steps 1-4 of {@link preprocessImage}: the centre `size x size` crop as packed 8-bit RGB, a
+ * quarter of the size of the float32 tensor. Callers that assemble batches keep images in
+ * this form and normalise each straight into the batch's tensor with {@link normaliseInto}.
+ */
+export interface ModelImage {
+  size: number;
+  /** size * size * 3 bytes, RGB interleaved, rows top to bottom. */
+  rgb: Uint8Array;
+}
+
+export async function decodeForModel(bytes: Uint8Array, size = DEFAULT_SIZE): Promise<ModelImage> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`size must be a positive integer, got ${size}`);
   let decoded: { data: Buffer; info: OutputInfo };
   try {
@@ -64,7 +82,7 @@ export async function preprocessImage(bytes: Uint8Array, size = DEFAULT_SIZE): P
   } catch (cause) {
     throw new DomainError("INVALID_ARGUMENT", "image cannot be decoded", { cause });
   }
-  return cropAndNormalise(decoded.data, decoded.info, size);
+  return { size, rgb: centreCrop(decoded.data, decoded.info, size) };
 }
 
 /** Width and height with the shortest side `size` and the other scaled down, truncated as PIL-based CLIP does. */
@@ -74,24 +92,33 @@ function resizedDimensions(width: number, height: number, size: number): [number
     : [Math.floor((size * width) / height), size];
 }
 
-/** The centre `size x size` of packed 8-bit RGB, as normalised NCHW float32. */
-function cropAndNormalise(rgb: Buffer, info: OutputInfo, size: number): Float32Array {
+/** The centre `size x size` of packed 8-bit RGB (the input itself when it is that size). */
+function centreCrop(rgb: Buffer, info: OutputInfo, size: number): Uint8Array {
   if (info.channels !== 3 || info.width < size || info.height < size) {
     throw new Error(`resize gave ${info.width}x${info.height}x${info.channels}, expected at least ${size}x${size}x3`);
   }
+  if (info.width === size && info.height === size) return rgb;
   const left = Math.floor((info.width - size) / 2);
   const top = Math.floor((info.height - size) / 2);
-  const plane = size * size;
-  const out = new Float32Array(3 * plane);
-  const [red, green, blue] = NORMALISED;
+  const out = new Uint8Array(size * size * 3);
   for (let y = 0; y < size; y++) {
-    let src = ((top + y) * info.width + left) * 3;
-    let dst = y * size;
-    for (let x = 0; x < size; x++, src += 3, dst++) {
-      out[dst] = red[rgb[src]];
-      out[plane + dst] = green[rgb[src + 1]];
-      out[2 * plane + dst] = blue[rgb[src + 2]];
-    }
+    const src = ((top + y) * info.width + left) * 3;
+    out.set(rgb.subarray(src, src + size * 3), y * size * 3);
   }
   return out;
+}
+
+/**
+ * Step 5: writes the image as normalised NCHW float32 into `out` at `offset` (in values), so
+ * a batch's tensor is filled in place, one image after another.
+ */
+export function normaliseInto(image: ModelImage, out: Float32Array, offset: number): void {
+  const { size, rgb } = image;
+  const plane = size * size;
+  const [red, green, blue] = NORMALISED;
+  for (let i = 0, src = 0; i < plane; i++, src += 3) {
+    out[offset + i] = red[rgb[src]];
+    out[offset + plane + i] = green[rgb[src + 1]];
+    out[offset + 2 * plane + i] = blue[rgb[src + 2]];
+  }
 }
