@@ -32,6 +32,7 @@ import {
   type LatencySummary,
   type ProcessStalls,
 } from "./lib.js";
+import { makeRandom as prng } from "./vectors.js";
 
 /** Image side, and how many images each measured series uploads at that side. */
 const SIZES = [
@@ -102,18 +103,6 @@ async function cocoImage(photos: string[], j: number, side: number): Promise<Buf
   if (variant === 1 || variant === 3) img = img.flop();
   if (variant === 2 || variant === 3) img = img.flip();
   return img.resize(side, side, { fit: "cover" }).jpeg({ quality: JPEG_QUALITY }).toBuffer();
-}
-
-/** mulberry32: a small seeded PRNG, so synthetic images are the same on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

@@ -24,6 +24,7 @@ import {
   writeResults,
   type LatencySummary,
 } from "./lib.js";
+import { makeRandom } from "./vectors.js";
 
 const ROWS = 100_000;
 const DIMENSION = 512;
@@ -38,18 +39,6 @@ const LISTS = [
 ];
 /** Scores from the kernel (float32 sums) and topKJs (float64 sums) agree to this. */
 const SCORE_EPS = 1e-5;
-
-/** mulberry32: seeded, so every run scans the same vectors. */
-function makeRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A unit vector with Gaussian components: uniform on the sphere. */
 function unitVector(random: () => number, into: Float32Array): Float32Array {

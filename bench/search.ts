@@ -6,8 +6,8 @@
  * 2. plain HNSW per ef in {16, 32, 64, 128, 256}: recall@10 against an exact scan, p50/p99,
  *    beside the exact WASM scan of all vectors;
  * 3. filtered search over random allow-lists of 0.1% to 50% of the images: the query planner
- *    (rankCandidates: exact scan up to 20,000 candidates, else HNSW with an allow-list and a
- *    raised ef) against HNSW with the allow-list at ef 64 alone;
+ *    (rankCandidates: exact scan of short lists — up to 2,000 or 5% of the index —, else HNSW
+ *    with an allow-list and a raised ef) against HNSW with the allow-list at ef 64 alone;
  * 4. the real app over gRPC: 100,000 images and embeddings written straight into Postgres,
  *    start-up time (rebuild from the table, then from the snapshot the first run wrote at
  *    shutdown), and SearchImages by like_image_id (a stored vector: no model run), unfiltered
@@ -31,7 +31,7 @@ import { startApp, type App } from "../src/app.js";
 import { loadOptions, type Options } from "../src/config/options.js";
 import { ImageServiceDefinition, type ImageServiceClient } from "../src/gen/glimpse/image/v1/image_service.js";
 import { createLogger, type LogFields } from "../src/logging/logger.js";
-import { rankCandidates, MAX_EF, type SearchPlan } from "../src/search/search-service.js";
+import { filteredEf, rankCandidates, scanExactly, type SearchPlan } from "../src/search/search-service.js";
 import { VectorIndex } from "../src/vector/vector-index.js";
 import { writeClipTestModel } from "../test/fixtures/clip-test-model.js";
 import {
@@ -61,7 +61,7 @@ const K = 10;
 const EFS = [16, 32, 64, 128, 256] as const;
 /** The planner's settings under test: the service defaults (GLIMPSE_SEARCH_EF, GLIMPSE_SEARCH_EXACT_MAX). */
 const PLANNER = { ef: 64, exactMax: 20_000 };
-/** Allow-list shares; 20% is the largest the planner still scans exactly at 100k, 25% the narrowest it walks. */
+/** Allow-list shares; 5% is the largest the planner scans exactly at 100k, 10% the narrowest it walks. */
 const SELECTIVITIES = [0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5] as const;
 /** Snapshot writes and loads timed (the median is reported): single runs of seconds are at the machine's mercy. */
 const SNAPSHOT_REPEATS = 3;
@@ -494,7 +494,7 @@ await runBenchmark("bench:search", async (cleanup) => {
   const filterResults = filterSeries.filter((f) => f.method !== "lookup").map(({ si, method, stats }) => {
     const share = SELECTIVITIES[si];
     const candidates = lists[si][0].ids.length;
-    const plannerEf = Math.min(MAX_EF, Math.max(K, Math.ceil(PLANNER.ef / Math.max(share, 1e-3))));
+    const plannerEf = filteredEf(PLANNER.ef, K, candidates / COUNT);
     const plan = [...stats.plans].join("/");
     return {
       selectivity_pct: share * 100,
@@ -627,7 +627,7 @@ await runBenchmark("bench:search", async (cleanup) => {
   const stalls = stopWatching();
   const grpcResults = grpcSeries.map((s) => {
     const candidates = s.members ? s.members.length : COUNT;
-    const plan = s.members === null ? "hnsw" : candidates <= options.searchExactMax ? "exact" : "hnsw_filtered";
+    const plan = s.members === null ? "hnsw" : scanExactly(candidates, COUNT, options.searchExactMax) ? "exact" : "hnsw_filtered";
     return { series: s.label, candidates, plan, total_reported: s.total, ...s.stats.summary() };
   });
   const loadAfter = os.loadavg().map((x) => round(x));

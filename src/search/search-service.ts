@@ -389,6 +389,17 @@ const ALWAYS_EXACT = 2000;
  */
 const EXACT_SHARE = 0.05;
 
+/**
+ * The HNSW breadth for a walk restricted to a share of the index: raised as the share narrows,
+ * by its square root. With allow-lists spread over the graph the plain ef already finds the
+ * true top 10 (bench/results/search.md); the margin is for filters that select a region far
+ * from the query, where a walk must pass many rejected nodes before it reaches allowed ones.
+ */
+export function filteredEf(baseEf: number, depth: number, share: number): number {
+  const ef = Math.ceil(Math.max(baseEf, depth) / Math.sqrt(Math.min(1, Math.max(share, 1e-4))));
+  return Math.min(MAX_EF, Math.max(depth, ef));
+}
+
 /** Whether the planner scans a candidate list exactly rather than walking HNSW. */
 export function scanExactly(candidates: number, indexSize: number, exactMax: number): boolean {
   if (candidates > exactMax) return false;
@@ -420,10 +431,7 @@ export function rankCandidates(
     }
     return { plan: "exact", neighbours: index.searchExact(vector, depth, candidates), total: candidates.length, candidates };
   }
-  const share = candidates.length / Math.max(index.size, 1);
-  // Raised as the share narrows, but by its square root: at 25-50% the plain ef already finds
-  // the true top 10 (bench/results/search.md), while at 5% the walk needs about 4x breadth.
-  const ef = Math.min(MAX_EF, Math.max(depth, Math.ceil(baseEf / Math.sqrt(Math.max(share, 1e-4)))));
+  const ef = filteredEf(options.ef, depth, candidates.length / Math.max(index.size, 1));
   const neighbours = index.searchHnsw(vector, depth, ef, index.allowedSlots(candidates));
   return { plan: "hnsw_filtered", neighbours, total: candidates.length, candidates };
 }

@@ -1,17 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { loadKernel, topKJs, VectorMatrix, type TopK } from "../../src/vector/kernel.js";
-
-/** Deterministic uniform [0, 1) numbers (mulberry32), so every run checks the same data. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+import { makeRandom as random } from "../../bench/vectors.js";
 
 /**
  * A matrix and the same data as a plain Float32Array. Integer components in [-8, 8] keep every

@@ -1,6 +1,6 @@
-import { ClientError, Status, type CallOptions, type Metadata } from "nice-grpc";
-import { decodeStatusDetails } from "../../server/status-details.js";
+import { Status } from "nice-grpc";
 import { sendJson, type HttpContext } from "../http.js";
+import { retryAfterSeconds, type CallFailure } from "./calls.js";
 
 /** One entry of the getimages error body's `details`: which field, what is wrong, a zod-style code. */
 export interface SeedIssue {
@@ -27,36 +27,6 @@ export class SeedError extends Error {
 /** Writes the getimages error body. */
 export function sendSeedError(ctx: HttpContext, error: SeedError): void {
   sendJson(ctx.res, error.status, { error: { message: error.message, details: error.details } }, error.headers);
-}
-
-/** A gRPC failure of a call made for the caller, with the rich details from its trailer. */
-export class CallFailure extends Error {
-  constructor(
-    readonly code: Status,
-    readonly grpcMessage: string,
-    readonly violations: { field: string; description: string }[],
-    readonly retryAfterMs: number | undefined,
-  ) {
-    super(grpcMessage);
-    this.name = "CallFailure";
-  }
-}
-
-/**
- * Runs one gRPC call on the HTTP caller's behalf (its key, its abort signal) and turns a
- * failure into a CallFailure carrying the google.rpc.BadRequest violations and RetryInfo
- * delay from the `grpc-status-details-bin` trailer.
- */
-export async function callFor<T>(ctx: HttpContext, call: (options: CallOptions) => Promise<T>): Promise<T> {
-  let trailer: Metadata | undefined;
-  try {
-    return await call({ metadata: ctx.metadata, signal: ctx.signal, onTrailer: (t) => (trailer = t) });
-  } catch (err) {
-    if (!(err instanceof ClientError)) throw err;
-    const raw = trailer?.get("grpc-status-details-bin") as unknown as Uint8Array | undefined;
-    const details = raw ? decodeStatusDetails(raw) : undefined;
-    throw new CallFailure(err.code, err.details, details?.violations ?? [], details?.retryAfterMs);
-  }
 }
 
 /** `model_id` -> `modelId`, `filter.tags[2]` -> `filter.tags[2]`. */
@@ -97,7 +67,7 @@ export function seedErrorOf(failure: CallFailure, context: FailureContext): Seed
   const retry: Record<string, string> =
     failure.retryAfterMs === undefined
       ? {}
-      : { "retry-after": String(Math.max(1, Math.ceil(failure.retryAfterMs / 1000))) };
+      : { "retry-after": retryAfterSeconds(failure.retryAfterMs) };
   const message = failure.grpcMessage;
   switch (failure.code) {
     case Status.INVALID_ARGUMENT: {

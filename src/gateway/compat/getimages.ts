@@ -4,14 +4,8 @@ import { GenerationServiceDefinition } from "../../gen/glimpse/generation/v1/gen
 import { ImageView } from "../../gen/glimpse/image/v1/image.js";
 import type { RouteDeps } from "../gateway.js";
 import { Router, sendJson, type HttpContext, type Route } from "../http.js";
-import {
-  CallFailure,
-  callFor,
-  SeedError,
-  seedErrorOf,
-  sendSeedError,
-  type FailureContext,
-} from "./getimages-errors.js";
+import { CallFailure, callFor } from "./calls.js";
+import { SeedError, seedErrorOf, sendSeedError, type FailureContext } from "./getimages-errors.js";
 import { getimagesOpenApi } from "./getimages-openapi.js";
 import { metadataOnly, parseGenerateBody, parsePaging } from "./getimages-request.js";
 import { accountOut, imageOut, transactionOut } from "./getimages-shapes.js";

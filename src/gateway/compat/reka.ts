@@ -26,12 +26,12 @@
 //   Retry-After), server_error 500. Search without an embedding model is a server_error with
 //   503: the request is fine, the service cannot run it now.
 import busboy from "busboy";
-import { ClientError, createClient, Status, type CallOptions, type Client, type Metadata } from "nice-grpc";
+import { createClient, Status, type Client } from "nice-grpc";
 import { IndexStatus, type Image } from "../../gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition, type UploadImageRequest } from "../../gen/glimpse/image/v1/image_service.js";
-import { decodeStatusDetails } from "../../server/status-details.js";
 import type { RouteDeps } from "../gateway.js";
 import { BodyTooLarge, sendJson, type HttpContext, type Route } from "../http.js";
+import { CallFailure, callFor, retryAfterSeconds } from "./calls.js";
 
 type ImageClient = Client<typeof ImageServiceDefinition>;
 
@@ -282,30 +282,6 @@ function seconds(date: Date | undefined): number | null {
   return date ? date.getTime() / 1000 : null;
 }
 
-/** A failed gRPC call, with the details from its status trailer. */
-class CallFailure extends Error {
-  constructor(
-    readonly code: Status,
-    readonly grpcMessage: string,
-    readonly violations: { field: string; description: string }[],
-    readonly retryAfterMs: number | undefined,
-  ) {
-    super(grpcMessage);
-  }
-}
-
-/** Runs a call with the caller's key and abort signal; a failure becomes a CallFailure. */
-async function callFor<T>(ctx: HttpContext, call: (options: CallOptions) => Promise<T>): Promise<T> {
-  let trailer: Metadata | undefined;
-  try {
-    return await call({ metadata: ctx.metadata, signal: ctx.signal, onTrailer: (t) => (trailer = t) });
-  } catch (err) {
-    if (!(err instanceof ClientError)) throw err;
-    const raw = trailer?.get("grpc-status-details-bin") as unknown as Uint8Array | undefined;
-    const details = raw ? decodeStatusDetails(raw) : undefined;
-    throw new CallFailure(err.code, err.details, details?.violations ?? [], details?.retryAfterMs);
-  }
-}
 
 /** glimpse's request fields in Reka's names. */
 const PARAMS: Record<string, string> = {
@@ -331,8 +307,7 @@ function errorOf(failure: CallFailure): RekaError {
     case Status.NOT_FOUND:
       return new RekaError(404, "not_found_error", message);
     case Status.RESOURCE_EXHAUSTED: {
-      const seconds = Math.max(1, Math.ceil((failure.retryAfterMs ?? 1000) / 1000));
-      return new RekaError(429, "rate_limit_error", message, undefined, { "retry-after": String(seconds) });
+      return new RekaError(429, "rate_limit_error", message, undefined, { "retry-after": retryAfterSeconds(failure.retryAfterMs) });
     }
     case Status.FAILED_PRECONDITION:
     case Status.UNAVAILABLE:

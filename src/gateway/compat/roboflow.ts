@@ -18,14 +18,14 @@
 //   are accepted too.
 // - The API key comes from `?api_key=` as in the seed, or from an X-Api-Key or Authorization
 //   header.
-import { ClientError, createClient, Status, type CallOptions, type Client, type Metadata } from "nice-grpc";
+import { createClient, Status, type Client } from "nice-grpc";
 import type { Image } from "../../gen/glimpse/image/v1/image.js";
 import type { ImageFilter } from "../../gen/glimpse/image/v1/image_filter.js";
 import { ImageServiceDefinition } from "../../gen/glimpse/image/v1/image_service.js";
 import type { SearchResult } from "../../gen/glimpse/image/v1/search.js";
-import { decodeStatusDetails } from "../../server/status-details.js";
 import type { RouteDeps } from "../gateway.js";
 import { BodyTooLarge, sendJson, type HttpContext, type Route } from "../http.js";
+import { CallFailure, callFor, retryAfterSeconds } from "./calls.js";
 
 type ImageClient = Client<typeof ImageServiceDefinition>;
 
@@ -345,28 +345,6 @@ function seconds(date: Date | undefined): number | null {
   return date ? date.getTime() / 1000 : null;
 }
 
-/** A failed gRPC call, with the retry delay from its status details. */
-class CallFailure extends Error {
-  constructor(
-    readonly code: Status,
-    readonly grpcMessage: string,
-    readonly retryAfterMs: number | undefined,
-  ) {
-    super(grpcMessage);
-  }
-}
-
-/** Runs a call with the caller's key and abort signal; a failure becomes a CallFailure. */
-async function callFor<T>(ctx: HttpContext, call: (options: CallOptions) => Promise<T>): Promise<T> {
-  let trailer: Metadata | undefined;
-  try {
-    return await call({ metadata: ctx.metadata, signal: ctx.signal, onTrailer: (t) => (trailer = t) });
-  } catch (err) {
-    if (!(err instanceof ClientError)) throw err;
-    const raw = trailer?.get("grpc-status-details-bin") as unknown as Uint8Array | undefined;
-    throw new CallFailure(err.code, err.details, raw ? decodeStatusDetails(raw).retryAfterMs : undefined);
-  }
-}
 
 /** glimpse's request paths in the seed's names: `filter.tags[0]` -> `tag`, `like_image_id` -> `like_image`. */
 function seedMessage(message: string): string {
@@ -389,8 +367,7 @@ function errorOf(failure: CallFailure): RoboflowError {
     case Status.NOT_FOUND:
       return new RoboflowError(404, "not_found", seedMessage(message));
     case Status.RESOURCE_EXHAUSTED: {
-      const seconds = Math.max(1, Math.ceil((failure.retryAfterMs ?? 1000) / 1000));
-      return new RoboflowError(429, "rate_limited", message, { "retry-after": String(seconds) });
+      return new RoboflowError(429, "rate_limited", message, { "retry-after": retryAfterSeconds(failure.retryAfterMs) });
     }
     case Status.FAILED_PRECONDITION:
       // A like_image that is not indexed (yet) is the request's problem; anything else is the
