@@ -165,8 +165,6 @@ export class GenerationService {
         signal,
         deadline,
       });
-      // From here the work is done: finish storing even if the caller stops waiting, so a
-      // retry with the same request id finds the result instead of paying again.
       stored = await catalogue
         .upload(caller, {
           content: drawn.bytes,
@@ -190,6 +188,9 @@ export class GenerationService {
           throw err;
         });
       const image = stored.image;
+      // A caller who stopped waiting (cancelled, deadline passed, server shutting down) is
+      // told the call failed, so it must not be charged: release instead of settling.
+      signal.throwIfAborted();
       const settled = await this.deps.transaction(async (tx) => {
         const generation = await this.deps.generations.complete(id, image.id, image.mediaType, clock.now(), tx);
         if (!generation) return undefined;
@@ -211,7 +212,9 @@ export class GenerationService {
       await this.deps.generations.release(id).catch((error) =>
         logger.error("releasing a reservation failed; the abandoned-reservation sweep will return it", { error, id }),
       );
-      if (stored && !stored.deduplicated) {
+      // The image this call created goes too, unless another generation (same bytes, so the
+      // catalogue handed it the same image) completed with it meanwhile.
+      if (stored && !stored.deduplicated && !(await this.deps.generations.imageInUse(stored.image.id).catch(() => true))) {
         await catalogue.delete(caller, stored.image.id).catch(() => undefined);
       }
       throw err;

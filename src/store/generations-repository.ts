@@ -95,6 +95,12 @@ export class GenerationsRepository {
     return row ? toGeneration(row) : undefined;
   }
 
+  /** Whether a completed generation shows this image. */
+  async imageInUse(imageId: bigint): Promise<boolean> {
+    const [row] = await this.sql`select 1 from generations where image_id = ${imageId.toString()} and status = 1 limit 1`;
+    return row !== undefined;
+  }
+
   /**
    * Deletes a running generation and returns its reserved credits to the account, in one
    * statement; false when it was not running any more (already completed or released).

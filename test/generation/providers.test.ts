@@ -264,6 +264,27 @@ describe("Google Gemini adapter", () => {
     expect(waits).toEqual([2000]);
   });
 
+  it("retries 429 honouring the RetryInfo delay Gemini puts in the body", async () => {
+    const { policy, waits } = recordingPolicy();
+    fake.reply({
+      status: 429,
+      json: {
+        error: {
+          code: 429,
+          message: "You exceeded your current quota.",
+          status: "RESOURCE_EXHAUSTED",
+          details: [
+            { "@type": "type.googleapis.com/google.rpc.QuotaFailure", violations: [] },
+            { "@type": "type.googleapis.com/google.rpc.RetryInfo", retryDelay: "27s" },
+          ],
+        },
+      },
+    });
+    const image = await provider(policy).generate(request());
+    expect(Buffer.compare(image.bytes, png)).toBe(0);
+    expect(waits).toEqual([27_000]);
+  });
+
   it("treats a blocked prompt or an image-less answer as a refusal", async () => {
     const { policy } = recordingPolicy();
     fake.reply({ status: 200, json: { promptFeedback: { blockReason: "SAFETY" } } });

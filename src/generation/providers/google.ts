@@ -18,7 +18,21 @@ export interface GoogleConfig {
 }
 
 interface GoogleError {
-  error?: { message?: string; status?: string };
+  error?: { message?: string; status?: string; details?: { "@type"?: string; retryDelay?: string }[] };
+}
+
+/**
+ * Gemini says how long to wait in the body, as google.rpc.RetryInfo (`"retryDelay": "27s"`),
+ * not in a Retry-After header.
+ */
+function retryDelayMs(body: unknown): number | undefined {
+  const details = (body as GoogleError | undefined)?.error?.details ?? [];
+  for (const detail of details) {
+    if (!detail["@type"]?.endsWith("google.rpc.RetryInfo")) continue;
+    const match = /^(\d+(?:\.\d+)?)s$/.exec(detail.retryDelay ?? "");
+    if (match) return Math.ceil(Number(match[1]) * 1000);
+  }
+  return undefined;
 }
 
 interface Part {
@@ -39,6 +53,7 @@ const api: ProviderApi = {
   // Google reports refusals in successful answers; a 400 with FAILED_PRECONDITION is a refusal
   // of the account or region rather than a malformed request.
   isRefusal: (body) => (body as GoogleError | undefined)?.error?.status === "FAILED_PRECONDITION",
+  retryDelayMs,
 };
 
 /**

@@ -43,6 +43,8 @@ export interface ProviderApi {
   errorMessage(body: unknown): string | undefined;
   /** Whether a 400 body says the prompt was refused (content policy) rather than malformed. */
   isRefusal(body: unknown): boolean;
+  /** A retry delay the error body carries (used when there is no Retry-After header). */
+  retryDelayMs?(body: unknown): number | undefined;
 }
 
 /** One JSON POST. */
@@ -150,7 +152,7 @@ async function attemptOnce(
   if (status === 429 || status >= 500) {
     return {
       reason: `HTTP ${status}${quote(message)}`,
-      retryAfterMs: parseRetryAfter(response.headers.get("retry-after"), policy.now()),
+      retryAfterMs: parseRetryAfter(response.headers.get("retry-after"), policy.now()) ?? api.retryDelayMs?.(json),
     };
   }
   if (status === 401 || status === 403) {
