@@ -8,6 +8,10 @@ import { positiveId } from "./validate.js";
 
 export const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 200;
+/** Largest page number: the next one must still fit an int32. */
+const MAX_PAGE = 2 ** 31 - 2;
+/** Largest offset: its page number (offset / page size + 1) must fit an int32 too. */
+const MAX_OFFSET = 2 ** 31 - 2;
 
 /** A filter as callers give it, before validation. */
 export interface ImageFilterInput {
@@ -115,6 +119,10 @@ export class ListingService {
     ] as const) {
       v.check(value >= 0, field, "must be >= 0");
     }
+    // The page numbers answered (this one and the next) must fit the contract's int32.
+    v.check(input.page <= MAX_PAGE, "page", `must be at most ${MAX_PAGE}`);
+    v.check(input.zeroBasedPage < MAX_PAGE - 1, "zero_based_page", `must be less than ${MAX_PAGE - 1}`);
+    v.check(input.offset <= MAX_OFFSET, "offset", `must be at most ${MAX_OFFSET}`);
     if (input.pageToken !== "" && input.cursor !== "" && input.pageToken !== input.cursor) {
       v.add("cursor", "is an alias of page_token: give one of them");
     }

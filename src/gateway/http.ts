@@ -99,20 +99,36 @@ export class Router {
       }
       const params: Record<string, string> = {};
       route.names.forEach((name, i) => (params[name] = decodeURIComponent(m[i + 1])));
+      // decodeURIComponent throws on a malformed escape; the server answers that with a 400.
       return { route, params };
     }
     return pathKnown ? "wrong_method" : undefined;
   }
 }
 
-/** The metadata a call on the HTTP caller's behalf carries. */
+/** Printable ASCII, what gRPC allows in a text metadata value. */
+const METADATA_TEXT = /^[\x20-\x7e]*$/;
+/** What gRPC allows in a metadata key. */
+const METADATA_KEY = /^[0-9a-z_.-]+$/;
+
+/**
+ * The metadata a call on the HTTP caller's behalf carries. Headers gRPC could not carry (a
+ * key it rejects, a value with control or non-ASCII characters) are left out, so the call
+ * fails as if they were absent rather than the bridge failing; `-bin` values are base64,
+ * as grpc-gateway reads them.
+ */
 export function metadataOf(req: IncomingMessage): Metadata {
   const metadata = Metadata();
+  const put = (key: string, text: string) => {
+    if (!METADATA_KEY.test(key) || key.startsWith("grpc-")) return;
+    if (key.endsWith("-bin")) metadata.set(key, Buffer.from(text, "base64"));
+    else if (METADATA_TEXT.test(text)) metadata.set(key, text);
+  };
   for (const [name, value] of Object.entries(req.headers)) {
     if (value === undefined) continue;
     const text = Array.isArray(value) ? value.join(", ") : value;
-    if (name === "authorization" || name === "x-api-key" || name === "x-request-id") metadata.set(name, text);
-    else if (name.startsWith("grpc-metadata-")) metadata.set(name.slice("grpc-metadata-".length), text);
+    if (name === "authorization" || name === "x-api-key" || name === "x-request-id") put(name, text);
+    else if (name.startsWith("grpc-metadata-")) put(name.slice("grpc-metadata-".length), text);
   }
   const address = req.socket.remoteAddress;
   if (address) metadata.set("x-forwarded-for", address);
@@ -141,7 +157,20 @@ export interface HttpServer {
 export async function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
   const { router, logger, maxBodyBytes } = options;
   const server: Server = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://localhost");
+    try {
+      serve(req, res);
+    } catch (error) {
+      // A request line or header nothing downstream could use (a malformed escape, a target
+      // that is not a path): the client's mistake, never the process's end.
+      logger.debug("unusable http request", { error, url: req.url });
+      if (!res.headersSent) sendJson(res, 400, { code: 3, message: "malformed request", details: [] });
+      else res.destroy();
+    }
+  });
+  const serve = (req: IncomingMessage, res: ServerResponse) => {
+    const target = req.url ?? "/";
+    if (!target.startsWith("/")) throw new Error("request target is not a path");
+    const url = new URL(`http://localhost${target}`);
     const found = router.match(req.method ?? "GET", url.pathname);
     if (found === undefined) return sendJson(res, 404, { code: 5, message: "Not Found", details: [] });
     if (found === "wrong_method") return sendJson(res, 501, { code: 12, message: "Method Not Allowed", details: [] });
@@ -169,7 +198,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       if (!res.headersSent) sendJson(res, 500, { code: 13, message: "internal error", details: [] });
       else res.destroy();
     });
-  });
+  };
   server.listen(options.port, options.host);
   await once(server, "listening");
   return {

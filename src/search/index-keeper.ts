@@ -25,14 +25,20 @@ export interface IndexKeeperDeps {
  * for another model), replays `index_log` after the snapshot's sequence, then follows the log
  * (woken by NOTIFY, exact by sequence) so changes made by this or any other replica, or left
  * half-applied by a crash, reach the index. Writes snapshots by the policy and at close.
+ *
+ * Replays and snapshot writes never overlap (they run one at a time, in order), so a
+ * snapshot holds exactly the entries up to the sequence it records; searches may run during
+ * either, since they only read.
  */
 export class IndexKeeper {
   private changesSinceSnapshot = 0;
-  private catching: Promise<void> | undefined;
-  private again = false;
+  /** The tail of the queue of replays and snapshot writes. */
+  private chain: Promise<unknown> = Promise.resolve();
+  /** A replay queued but not started: later notifications are covered by it. */
+  private queuedCatchUp: Promise<void> | undefined;
+  private snapshotQueued = false;
   private timer: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
-  private snapshotting: Promise<void> | undefined;
   private closed = false;
 
   private constructor(
@@ -60,12 +66,16 @@ export class IndexKeeper {
       // Everything logged up to here is in the table we are about to read; later entries replay.
       index.lastSeq = await embeddings.lastSeq();
       for await (const page of embeddings.allVectors(modelId)) {
-        for (const e of page) index.upsert(e.imageId, e.vector);
+        for (const e of page) {
+          if (e.vector.length === dimension) index.upsert(e.imageId, e.vector);
+        }
       }
     }
     const keeper = new IndexKeeper(index, deps, dir);
     const fromSeq = index.lastSeq;
-    const replayed = await keeper.replay();
+    // Listen before replaying, so nothing committed in between waits for the timer.
+    await keeper.follow();
+    const replayed = await keeper.exclusive(() => keeper.replay());
     logger.info("vector index loaded", {
       model: modelId,
       source,
@@ -75,36 +85,30 @@ export class IndexKeeper {
       ms: Math.round(performance.now() - started),
     });
     if (source === "database" && index.size > 0) keeper.changesSinceSnapshot = deps.policy.everyChanges;
-    await keeper.follow();
+    keeper.maybeSnapshot();
     return keeper;
   }
 
-  /** Applies every log entry after the index's sequence; safe to call at any time. */
+  /**
+   * Applies every log entry after the index's sequence; resolves once entries committed
+   * before the call are in the index. A snapshot that falls due is written afterwards, in the
+   * background.
+   */
   catchUp(): Promise<void> {
-    if (this.catching) {
-      this.again = true;
-      return this.catching;
-    }
-    this.catching = (async () => {
-      try {
-        do {
-          this.again = false;
-          await this.replay();
-        } while (this.again);
-      } finally {
-        this.catching = undefined;
-      }
-      await this.maybeSnapshot();
-    })();
-    return this.catching;
+    this.queuedCatchUp ??= this.exclusive(async () => {
+      this.queuedCatchUp = undefined;
+      await this.replay();
+    });
+    const done = this.queuedCatchUp;
+    void done.then(() => this.maybeSnapshot(), () => undefined);
+    return done;
   }
 
-  /** Writes a snapshot now (no-op when nothing changed since the last one). */
-  async snapshot(force = false): Promise<void> {
-    if (!force && this.changesSinceSnapshot === 0) return;
-    if (this.snapshotting) return this.snapshotting;
-    const changes = this.changesSinceSnapshot;
-    this.snapshotting = (async () => {
+  /** Writes a snapshot (no-op when nothing changed since the last one), after any queued replay. */
+  snapshot(): Promise<void> {
+    return this.exclusive(async () => {
+      const changes = this.changesSinceSnapshot;
+      if (changes === 0) return;
       const started = performance.now();
       await this.index.writeSnapshot(this.dir);
       this.changesSinceSnapshot -= changes;
@@ -113,8 +117,7 @@ export class IndexKeeper {
         seq: this.index.lastSeq.toString(),
         ms: Math.round(performance.now() - started),
       });
-    })().finally(() => (this.snapshotting = undefined));
-    return this.snapshotting;
+    });
   }
 
   /** Stops following the log and writes a final snapshot. */
@@ -123,13 +126,24 @@ export class IndexKeeper {
     this.closed = true;
     clearInterval(this.timer);
     await this.unlisten?.().catch(() => undefined);
-    await this.catching?.catch(() => undefined);
     await this.snapshot().catch((error) => this.deps.logger.error("final index snapshot failed", { error }));
     this.index.dispose();
   }
 
+  /** Runs `work` after everything queued before it, alone. */
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(work);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Applies the log after the index's sequence. An entry that cannot be applied (a vector of
+   * the wrong size, say) is logged and skipped, so one bad row never stops the index from
+   * following the log.
+   */
   private async replay(): Promise<number> {
-    const { embeddings } = this.deps;
+    const { embeddings, logger } = this.deps;
     const index = this.index;
     let applied = 0;
     for (;;) {
@@ -137,10 +151,14 @@ export class IndexKeeper {
       if (entries.length === 0) return applied;
       for (const e of entries) {
         if (e.modelId === index.modelId) {
-          // An upsert whose vector is gone was superseded by a later entry, which follows.
-          if (e.op === "upsert" && e.vector !== null) index.upsert(e.imageId, e.vector);
-          else if (e.op === "delete") index.remove(e.imageId);
-          applied++;
+          try {
+            // An upsert whose vector is gone was superseded by a later entry, which follows.
+            if (e.op === "upsert" && e.vector !== null) index.upsert(e.imageId, e.vector);
+            else if (e.op === "delete") index.remove(e.imageId);
+            applied++;
+          } catch (error) {
+            logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
+          }
         }
         index.lastSeq = e.seq;
       }
@@ -154,20 +172,24 @@ export class IndexKeeper {
       if (!this.closed) this.catchUp().catch((error) => logger.error("index catch-up failed", { error }));
     });
     this.unlisten = () => listener.unlisten();
-    // Also on a timer: covers a notification lost while the listening connection reconnected.
+    // Also on a timer: covers a notification lost while the listening connection reconnected,
+    // and writes what changed since the last snapshot.
     this.timer = setInterval(() => {
       if (this.closed) return;
       this.catchUp()
-        .then(() => (this.changesSinceSnapshot > 0 ? this.snapshot() : undefined))
+        .then(() => this.snapshot())
         .catch((error) => logger.error("index upkeep failed", { error }));
     }, policy.intervalMs);
     this.timer.unref();
   }
 
-  private async maybeSnapshot(): Promise<void> {
-    if (this.changesSinceSnapshot >= this.deps.policy.everyChanges) {
-      await this.snapshot().catch((error) => this.deps.logger.error("index snapshot failed", { error }));
-    }
+  /** Queues a snapshot when enough changed; never waited for by callers. */
+  private maybeSnapshot(): void {
+    if (this.closed || this.snapshotQueued || this.changesSinceSnapshot < this.deps.policy.everyChanges) return;
+    this.snapshotQueued = true;
+    this.snapshot()
+      .catch((error) => this.deps.logger.error("index snapshot failed", { error }))
+      .finally(() => (this.snapshotQueued = false));
   }
 }
 

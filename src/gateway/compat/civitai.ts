@@ -132,7 +132,7 @@ function listRequest(params: URLSearchParams): DeepPartial<ListImagesRequest> {
   const cursor = queryValue(params, "cursor");
   if (page !== undefined && cursor !== undefined) throw badParameter("cursor", "give either page or cursor, not both");
   // Pages are 1-based, as in the seed's example (currentPage 1, nextPage page=2).
-  if (page !== undefined) request.page = wholeNumber("page", page, 1, 2 ** 31 - 1);
+  if (page !== undefined) request.page = wholeNumber("page", page, 1, 2 ** 31 - 2);
   if (cursor !== undefined) request.cursor = cursor;
   return request;
 }

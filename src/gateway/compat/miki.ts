@@ -41,7 +41,7 @@ export function mikiRoutes(deps: RouteDeps): Route[] {
       const request = {
         filter: { tags: include, excludeTags: exclude },
         sort: ImageSort.IMAGE_SORT_NEWEST,
-        zeroBasedPage: page === undefined ? 0 : wholeNumber("page", page, 0, 2 ** 31 - 1),
+        zeroBasedPage: page === undefined ? 0 : wholeNumber("page", page, 0, 2 ** 31 - 4),
       };
       const response = await callOnBehalf(ctx, PARAMETER_NAMES, (options) =>
         images.listImages(request, { ...options, metadata: seedAuthentication(ctx) }),
