@@ -269,8 +269,10 @@ function startSearch(
   });
   models.start();
   const ready = models.ready().then(async (embedder) => {
-    const requeued = await embeddings.requeueOtherModels(embedder.modelId);
+    const requeued = await embeddings.requeueOtherModels(embedder.modelId, embedder.dimension);
     if (requeued > 0) logger.info("embedding model changed; re-indexing", { images: requeued, model: embedder.modelId });
+    const retried = await embeddings.requeueFailed();
+    if (retried > 0) logger.info("retrying images that failed to index", { images: retried });
     const keeper = await IndexKeeper.open(embedder.modelId, embedder.dimension, {
       sql,
       embeddings,
@@ -282,11 +284,18 @@ function startSearch(
     engine = { embedder, keeper };
     indexer.start(embedder);
   });
-  ready.catch((error) => logger.error("search could not start", { error }));
+  let failure: string | undefined;
+  ready.catch((error: Error) => {
+    failure = error.message;
+    logger.error("search could not start", { error });
+  });
 
   const currentEngine = (): SearchEngine => {
     if (engine) return engine;
     models.embedder(); // throws the reason while the model is not ready
+    if (failure !== undefined) {
+      throw new DomainError("FAILED_PRECONDITION", `semantic search could not start: ${failure}; see the server log`);
+    }
     throw new DomainError("FAILED_PRECONDITION", "the search index is still loading; retry shortly");
   };
   return {

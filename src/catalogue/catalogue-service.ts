@@ -140,8 +140,9 @@ export class CatalogueService {
         const existing = await images.findByContent(caller.accountId, facts.sha256, tx);
         if (existing) {
           if (requestId) await images.recordUploadRequest(caller.accountId, requestId, existing.id, true, tx);
-          // Bytes first stored without indexing, now uploaded asking for it: index them.
-          if (index && existing.indexStatus === "not_indexed") {
+          // Bytes first stored without indexing (or whose indexing failed), now uploaded
+          // asking for it: (re)index them.
+          if (index && (existing.indexStatus === "not_indexed" || existing.indexStatus === "failed")) {
             const queued = await images.markPending(existing.id, tx);
             return { image: queued, deduplicated: true };
           }

@@ -1,11 +1,12 @@
-import { readFile, stat } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { Embedder, type BatchingOptions } from "./embedder.js";
 import { isModelInstalled, modelDirectory, pullModel } from "./pull.js";
 import { findModel, type ModelEntry } from "./registry.js";
-import { EmbeddingRuntime, type RuntimeOptions } from "./runtime.js";
+import { EmbeddingRuntime, findModelFiles, type RuntimeOptions } from "./runtime.js";
 import { ClipTokenizer } from "./tokenizer.js";
 
 /** How the embedding model is found, fetched and run. */
@@ -137,13 +138,30 @@ export class ModelManager {
   }
 }
 
-/** A directory model's id: its manifest's, else `dir:<folder name>`. */
+/**
+ * A directory model's id: its manifest's (pulled models carry one, with their files'
+ * sha256), else `dir:<folder name>:<fingerprint>`, the fingerprint hashing each tower file's
+ * size and first MiB, so that replacing the files in place is seen as a model change.
+ */
 async function directoryModelId(dir: string): Promise<string> {
   try {
     const manifest = JSON.parse(await readFile(path.join(dir, "glimpse-model.json"), "utf8")) as { id?: unknown };
     if (typeof manifest.id === "string" && manifest.id !== "") return manifest.id;
   } catch {
-    // no manifest: fall through
+    // no manifest: fingerprint the files
   }
-  return `dir:${path.basename(dir)}`;
+  const { vision, text } = await findModelFiles(dir);
+  const hash = createHash("sha256");
+  for (const file of [vision, text]) {
+    const handle = await open(file, "r");
+    try {
+      const { size } = await handle.stat();
+      const head = Buffer.alloc(Math.min(size, 1024 * 1024));
+      await handle.read(head, 0, head.length, 0);
+      hash.update(`${path.basename(file)}:${size}:`).update(head);
+    } finally {
+      await handle.close();
+    }
+  }
+  return `dir:${path.basename(dir)}:${hash.digest("hex").slice(0, 12)}`;
 }

@@ -30,6 +30,8 @@ export class Indexer {
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly waiters = new Map<bigint, (() => void)[]>();
+  /** Failed tries of images still pending (transient errors only). */
+  private readonly attempts = new Map<bigint, number>();
 
   constructor(private readonly deps: IndexerDeps) {}
 
@@ -103,7 +105,10 @@ export class Indexer {
     for (;;) {
       if (this.closed) return;
       const pending = await embeddings.pending(batchSize);
-      if (pending.length === 0) return;
+      if (pending.length === 0) {
+        await this.releaseSettled();
+        return;
+      }
       const done: { imageId: bigint; vector: Float32Array }[] = [];
       const failed: { imageId: bigint; error: string }[] = [];
       let transient = 0;
@@ -114,9 +119,16 @@ export class Indexer {
             const vector = reused ?? (await embedder.embedImage(await blobs.get(image.sha256)));
             done.push({ imageId: image.id, vector });
           } catch (err) {
-            // A busy or restarting model is not the image's fault: leave it pending.
-            if (isTransient(err)) transient++;
-            else failed.push({ imageId: image.id, error: (err as Error).message });
+            // A busy or restarting model, a database or disk hiccup is not the image's fault:
+            // it stays pending for the next round, up to a few tries.
+            const tries = (this.attempts.get(image.id) ?? 0) + 1;
+            if (!isPermanent(err) && tries < MAX_TRIES) {
+              this.attempts.set(image.id, tries);
+              transient++;
+            } else {
+              this.attempts.delete(image.id);
+              failed.push({ imageId: image.id, error: (err as Error).message });
+            }
           }
         }),
       );
@@ -131,6 +143,14 @@ export class Indexer {
     }
   }
 
+  /** Releases waiters whose image is no longer pending (deleted, or indexed elsewhere). */
+  private async releaseSettled(): Promise<void> {
+    if (this.waiters.size === 0) return;
+    const waiting = [...this.waiters.keys()];
+    const stillPending = new Set(await this.deps.embeddings.pendingAmong(waiting));
+    this.release(waiting.filter((id) => !stillPending.has(id)));
+  }
+
   private release(ids: bigint[]): void {
     for (const id of ids) {
       const list = this.waiters.get(id);
@@ -141,6 +161,11 @@ export class Indexer {
   }
 }
 
-function isTransient(err: unknown): boolean {
-  return err instanceof DomainError && (err.code === "RESOURCE_EXHAUSTED" || err.code === "UNAVAILABLE");
+/** Tries an image gets before it is marked failed, when the errors look transient. */
+const MAX_TRIES = 3;
+
+/** Errors that trying again cannot fix: bytes that do not decode, a blob that is gone. */
+function isPermanent(err: unknown): boolean {
+  if (err instanceof DomainError) return err.code === "INVALID_ARGUMENT" || err.code === "NOT_FOUND";
+  return (err as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
 }

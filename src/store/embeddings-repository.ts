@@ -99,18 +99,35 @@ export class EmbeddingsRepository {
   }
 
   /**
-   * Makes every image indexed under another model pending again and drops those vectors, so
-   * a model change re-embeds everything rather than mixing vector spaces.
+   * Makes every image indexed under another model (or another dimension) pending again and
+   * drops those vectors, so a model change re-embeds everything rather than mixing vector
+   * spaces.
    */
-  async requeueOtherModels(modelId: string): Promise<number> {
+  async requeueOtherModels(modelId: string, dimension: number): Promise<number> {
     return this.sql.begin(async (tx) => {
       const rows = await tx`
         update images set index_status = ${PENDING}, index_error = ''
-        where id in (select image_id from embeddings where model_id <> ${modelId})
+        where id in (
+          select image_id from embeddings where model_id <> ${modelId} or dimension <> ${dimension}
+        )
         returning id`;
-      await tx`delete from embeddings where model_id <> ${modelId}`;
+      await tx`delete from embeddings where model_id <> ${modelId} or dimension <> ${dimension}`;
       return rows.length;
     });
+  }
+
+  /** Gives images that failed to index another try (at start-up: the cause may be gone). */
+  async requeueFailed(): Promise<number> {
+    const rows = await this.sql`
+      update images set index_status = ${PENDING}, index_error = '' where index_status = ${FAILED} returning id`;
+    return rows.length;
+  }
+
+  /** Those of these images that exist and wait to be indexed. */
+  async pendingAmong(ids: bigint[]): Promise<bigint[]> {
+    const rows = await this.sql<{ id: bigint }[]>`
+      select id from images where id = any(${ids.map(String)}::bigint[]) and index_status = ${PENDING}`;
+    return rows.map((r) => r.id);
   }
 
   /** Whether the image exists and waits to be indexed. */

@@ -84,6 +84,11 @@ export class VectorIndex {
     return this.slotOf.size;
   }
 
+  /** Slots in use, live or free for reuse: the extent of the graph and the matrix. */
+  get slots(): number {
+    return this.used;
+  }
+
   has(id: bigint): boolean {
     return this.slotOf.has(id);
   }

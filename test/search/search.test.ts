@@ -75,7 +75,7 @@ describe("semantic search with the test model", () => {
 
   it("ranks the images of the colour a prompt names first", async () => {
     const res = await prompt("a red square");
-    expect(res.embeddingModel).toBe(`dir:${path.basename(modelDir)}`);
+    expect(res.embeddingModel).toMatch(new RegExp(`^dir:${path.basename(modelDir)}:[0-9a-f]{12}$`));
     expect(res.results.slice(0, 2).map((r) => r.id).sort()).toEqual([ids.red, ids.darkred].sort());
     expect(Number(res.total)).toBe(6);
     const scores = res.results.map((r) => r.score);
@@ -107,8 +107,16 @@ describe("semantic search with the test model", () => {
     const res = await prompt("red", { threshold: 0.9 });
     expect(res.results.map((r) => r.id).sort()).toEqual([ids.red, ids.darkred].sort());
     expect(res.results.every((r) => r.score >= 0.9)).toBe(true);
-    const none = await prompt("red", { threshold: 1 });
-    expect(none.results.every((r) => r.score >= 1)).toBe(true);
+    // Unfiltered, HNSW scored only what it examined: a lower bound.
+    expect(Number(res.total)).toBe(2);
+    expect(res.totalIsLowerBound).toBe(true);
+    // With a filter the planner scans every candidate: exact.
+    const filtered = await prompt("red", { threshold: 0.9, filter: { tags: ["warm"] } as never });
+    expect(Number(filtered.total)).toBe(2);
+    expect(filtered.totalIsLowerBound).toBe(false);
+    const none = await prompt("green", { threshold: 0.99, filter: { tags: ["warm"] } as never });
+    expect(none.results).toEqual([]);
+    expect(Number(none.total)).toBe(0);
   });
 
   it("applies the catalogue's filters and class names", async () => {
@@ -197,9 +205,12 @@ describe("semantic search with the test model", () => {
       waitForIndex: true,
     });
     expect((await prompt("red", { limit: 1 })).results[0].id).toBe(image!.id);
+    const before = Number((await prompt("red")).total);
     await client.deleteImage({ id: image!.id });
     const after = await prompt("red", { limit: 250 });
     expect(after.results.map((r) => r.id)).not.toContain(image!.id);
+    // Gone from the index itself, not only hidden when results are loaded.
+    expect(Number(after.total)).toBe(before - 1);
   });
 
   it("streams the same ranking in score order with ranks", async () => {
@@ -266,8 +277,16 @@ describe("semantic search with the test model", () => {
 
     // While it is down, the database changes under it (as after a crash between commit and
     // index update): one image's vector goes away, another image appears indexed.
+    const ghost = "7000000000000000001";
     const sql = postgres(db.url);
     await sql`delete from images where id = ${ids.yellow}`;
+    await sql`
+      insert into images (id, owner_id, sha256, file_name, media_type, width, height, byte_size, index_status)
+      select ${ghost}, owner_id, ${"f".repeat(64)}, 'ghost.png', media_type, width, height, byte_size, 2
+      from images where id = ${ids.white}`;
+    await sql`
+      insert into embeddings (image_id, model_id, dimension, vector)
+      select ${ghost}, model_id, dimension, vector from embeddings where image_id = ${ids.white}`;
     await sql.end();
 
     const restarted = await startTestApp({ model: modelDir, dataDir }, {}, db);
@@ -276,10 +295,14 @@ describe("semantic search with the test model", () => {
     client = t.client(ImageServiceDefinition);
     await t.app.searchReady;
     const after = await prompt("white", { limit: 10 });
-    expect(after.results.map((r) => r.id)).toEqual(before.results.map((r) => r.id).filter((id) => id !== ids.yellow));
-    expect(after.results.map((r) => r.score)).toEqual(
-      before.results.filter((r) => r.id !== ids.yellow).map((r) => r.score),
-    );
+    // The insert reached the index (it can only be found through it), the delete too (the
+    // total counts the index's images), and everything else ranks and scores as before.
+    expect(after.results[0].id === ghost || after.results[1].id === ghost).toBe(true);
+    expect(after.results.find((r) => r.id === ghost)!.score).toBe(before.results[0].score);
+    expect(Number(after.total)).toBe(Number(before.total));
+    const kept = after.results.filter((r) => r.id !== ghost);
+    expect(kept.map((r) => r.id)).toEqual(before.results.map((r) => r.id).filter((id) => id !== ids.yellow));
+    expect(kept.map((r) => r.score)).toEqual(before.results.filter((r) => r.id !== ids.yellow).map((r) => r.score));
     const snapshots = await readdir(path.join(dataDir, "index"));
     expect(snapshots.length).toBeGreaterThan(0);
   });
@@ -287,16 +310,12 @@ describe("semantic search with the test model", () => {
 
 describe("search index recovery", () => {
   let modelDir: string;
-  let otherModelDir: string;
   beforeAll(async () => {
     modelDir = await mkdtemp(path.join(tmpdir(), "glimpse-test-model-"));
-    otherModelDir = await mkdtemp(path.join(tmpdir(), "glimpse-test-model-b-"));
     await writeClipTestModel(modelDir);
-    await writeClipTestModel(otherModelDir, { plain: true, dimension: 16 });
   });
   afterAll(async () => {
     await rm(modelDir, { recursive: true, force: true });
-    await rm(otherModelDir, { recursive: true, force: true });
   });
 
   it("rebuilds from the database when the snapshot is corrupt, and re-embeds on a model change", async () => {
@@ -315,7 +334,8 @@ describe("search index recovery", () => {
     first.channel.close();
 
     // Damage the snapshot's graph file.
-    const dir = path.join(dataDir, "index", `dir_${path.basename(modelDir)}`);
+    const [snapshots] = (await readdir(path.join(dataDir, "index"))).filter((d) => d.startsWith(`dir_${path.basename(modelDir)}_`));
+    const dir = path.join(dataDir, "index", snapshots);
     const graph = (await readdir(dir)).find((f) => f.endsWith(".hnsw"))!;
     await truncate(path.join(dir, graph), 10);
     const second = await startTestApp({ model: modelDir, dataDir }, {}, first.db);
@@ -326,8 +346,12 @@ describe("search index recovery", () => {
     await second.app.stop();
     second.channel.close();
 
-    // Another model (16 dimensions): every image is embedded again, nothing mixed.
-    const third = await startTestApp({ model: otherModelDir, dataDir }, {}, first.db);
+    // Another model (16 dimensions) put in place of the first one's files: it is told apart by
+    // its files, and every image is embedded again, nothing mixed.
+    const firstModel = before.embeddingModel;
+    await rm(modelDir, { recursive: true, force: true });
+    await writeClipTestModel(modelDir, { plain: true, dimension: 16 });
+    const third = await startTestApp({ model: modelDir, dataDir }, {}, first.db);
     client = third.client(ImageServiceDefinition);
     await third.app.searchReady;
     for (const id of uploaded) {
@@ -338,11 +362,12 @@ describe("search index recovery", () => {
       }
     }
     const switched = await client.searchImages(query);
-    expect(switched.embeddingModel).toBe(`dir:${path.basename(otherModelDir)}`);
+    expect(switched.embeddingModel).not.toBe(firstModel);
+    expect(switched.embeddingModel).toMatch(new RegExp(`^dir:${path.basename(modelDir)}:`));
     expect(switched.results[0].id).toBe(uploaded[1]);
     expect(switched.results[0].embedding).toHaveLength(16);
-    const models = await third.app.sql`select distinct model_id from embeddings`;
-    expect(models.map((m) => m.model_id)).toEqual([`dir:${path.basename(otherModelDir)}`]);
+    const models = await third.app.sql`select distinct model_id, dimension from embeddings`;
+    expect(models.map((m) => [m.model_id, m.dimension])).toEqual([[switched.embeddingModel, 16]]);
     await third.close();
     await first.close().catch(() => undefined);
   });

@@ -68,6 +68,33 @@ describe("vector search recall", () => {
     });
   }
 
+  // The hard case for a filtered graph walk: the allowed images are the ones farthest from
+  // the query, so the walk starts among rejected nodes and must travel to reach any.
+  for (const share of [0.1, 0.5]) {
+    it(`keeps recall@10 >= 0.95 when the filter keeps the ${share * 100}% of images farthest from the query`, () => {
+      let hits = 0;
+      let total = 0;
+      for (const query of queries.slice(0, 20)) {
+        const scored = vectors.map((v, i) => {
+          let s = 0;
+          for (let d = 0; d < DIM; d++) s += v[d] * query[d];
+          return { id: ids[i], s };
+        });
+        scored.sort((a, b) => a.s - b.s);
+        const allowedIds = scored.slice(0, Math.round(N * share)).map((x) => x.id);
+        const allowed = new Set(allowedIds);
+        const truth = bruteForce(vectors, ids, query, allowed);
+        const ranking = rankCandidates(index, query, K, allowedIds, { ef: 64, exactMax: EXACT_MAX });
+        expect(ranking.plan).toBe("hnsw_filtered");
+        const got = ranking.neighbours.map((n) => n.id);
+        for (const id of got) expect(allowed.has(id)).toBe(true);
+        hits += got.filter((id) => truth.includes(id)).length;
+        total += truth.length;
+      }
+      expect(hits / total).toBeGreaterThanOrEqual(0.95);
+    });
+  }
+
   it("never returns a removed vector, and reuses its slot", () => {
     const victim = ids[123];
     const query = vectors[123];
@@ -76,8 +103,10 @@ describe("vector search recall", () => {
     expect(index.searchHnsw(query, 20, 64).map((n) => n.id)).not.toContain(victim);
     expect(index.searchExact(query, 20, ids).map((n) => n.id)).not.toContain(victim);
     const size = index.size;
+    const slots = index.slots;
     index.upsert(1n, query);
     expect(index.size).toBe(size + 1);
+    expect(index.slots).toBe(slots); // the removed vector's slot, not a new one
     expect(index.searchHnsw(query, 1, 64)[0].id).toBe(1n);
     index.remove(1n);
     index.upsert(victim, query);
