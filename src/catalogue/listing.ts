@@ -1,5 +1,5 @@
 import type { Clock } from "../clock.js";
-import { Violations } from "../errors.js";
+import { invalidArgument, Violations } from "../errors.js";
 import { rankColumn, type ImagesRepository, type Keyset } from "../store/images-repository.js";
 import { decodePageToken, encodePageToken, queryFingerprint } from "./page-token.js";
 import { MAX_FILTER_TAGS, normaliseTags, parseTagExpression } from "./tags.js";
@@ -99,6 +99,8 @@ export interface ListPage {
   nextOffset: number;
   form: PagingForm;
   total: number | undefined;
+  /** Id of the first image of the next page; undefined on the last page. */
+  nextImageId: bigint | undefined;
 }
 
 /** ListImages: every filter, sort and paging form of the catalogue. */
@@ -144,7 +146,17 @@ export class ListingService {
     let offset = 0;
     let currentPage = 1;
     let rankedAsOf: Date | undefined;
-    if (form === "token" || form === "cursor") {
+    if (form === "cursor" && /^\d{1,19}$/.test(tokenText)) {
+      // A plain image id: start at that image, wherever the sort puts it.
+      const start = await this.images.get(BigInt(tokenText), caller);
+      if (!start) throw invalidArgument({ field: "cursor", description: `no image with id ${tokenText} to start at` });
+      const rank = rankColumn(input.sort);
+      after = {
+        rank: rank === "reaction_count" ? totalReactions(start) : rank === "comment_count" ? start.stats.comments : null,
+        // The seek is strictly after `after`: step one id past the start image.
+        id: input.sort === "oldest" ? start.id - 1n : start.id + 1n,
+      };
+    } else if (form === "token" || form === "cursor") {
       const token = decodePageToken(tokenText, form === "token" ? "page_token" : "cursor", fingerprint);
       now = token.startedAt;
       after = token.after;
@@ -188,7 +200,8 @@ export class ListingService {
       });
     }
     const total = input.includeTotal ? await this.images.count(filter, caller, now) : undefined;
-    return { images, nextPageToken, currentPage, pageSize, nextOffset: offset + images.length, form, total };
+    const nextImageId = more ? rows[pageSize].id : undefined;
+    return { images, nextPageToken, currentPage, pageSize, nextOffset: offset + images.length, form, total, nextImageId };
   }
 
   private pageSize(input: ListInput, v: Violations): number {

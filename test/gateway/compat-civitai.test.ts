@@ -203,13 +203,20 @@ describe("civitai-compatible image list (seed 2)", () => {
 
     const { metadata } = answer.body;
     expect(Object.keys(metadata).sort()).toEqual(["currentPage", "nextCursor", "nextPage", "pageSize"]);
-    expect(typeof metadata.nextCursor).toBe("string");
+    // As the seed's table says: a number, the id of the first image in the next batch.
+    expect(answer.text).toMatch(/"nextCursor":\d+[,}]/);
+    const two = await list("?limit=2");
+    expect(metadata.nextCursor).toBe(two.body.items[1].id);
     expect(metadata.currentPage).toBe(1);
     expect(metadata.pageSize).toBe(1);
     expect(metadata.nextPage.startsWith(`${t.app.options.publicUrl}${PATH}?`)).toBe(true);
     const next = new URL(metadata.nextPage);
     expect(next.searchParams.get("limit")).toBe("1");
-    expect(next.searchParams.get("cursor")).toBe(metadata.nextCursor);
+    expect(next.searchParams.get("cursor")).toBeTruthy();
+    // Passed back as `cursor`, the id starts the page at that image.
+    const fromId = await list(`?limit=1&cursor=${metadata.nextCursor}`);
+    expect(fromId.status).toBe(200);
+    expect(fromId.body.items[0].id).toBe(metadata.nextCursor);
   });
 
   it("reports stats from reactions and comments, nsfw levels by name, and no postId or meta as null", async () => {
@@ -351,7 +358,7 @@ describe("civitai-compatible image list (seed 2)", () => {
 
   it("refuses a cursor issued for another filter or sort", async () => {
     const first = await list("?limit=1&sort=Newest");
-    const cursor = first.body.metadata.nextCursor;
+    const cursor = new URL(first.body.metadata.nextPage).searchParams.get("cursor")!;
     const other = await list(`?limit=1&sort=Most+Comments&cursor=${encodeURIComponent(cursor)}`);
     expect(other.status).toBe(400);
     expect(other.body.error).toContain("cursor");

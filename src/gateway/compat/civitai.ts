@@ -25,11 +25,11 @@ import {
  * Seed 2 (civitai's `GET /api/v1/images`) under /compat/civitai: its query parameters, its
  * items and its `metadata` block, as a thin adapter over ListImages.
  *
- * `metadata.nextCursor` is glimpse's opaque cursor (a string), not the bare image id the
- * seed's table describes: besides the id it carries the sort key and the walk's start time,
- * which is what keeps a walk under a ranked sort or a period from repeating images. Clients
- * pass it back unchanged as `cursor`, or follow `nextPage`. On the last page `nextCursor`
- * and `nextPage` are left out.
+ * `metadata.nextCursor` is, as the seed describes it, the id of the first image of the next
+ * batch; passed back as `cursor` it starts a page at that image (ListImages accepts an image
+ * id as its cursor). `nextPage` instead carries glimpse's opaque cursor, which also holds the
+ * sort key and the walk's start time, so following it never repeats an image under a ranked
+ * sort whose counts change meanwhile. On the last page both are left out.
  */
 
 const PATH = "/compat/civitai/api/v1/images";
@@ -91,14 +91,16 @@ export function civitaiRoutes(deps: RouteDeps): Route[] {
       const request = listRequest(ctx.url.searchParams);
       const response = await callOnBehalf(ctx, PARAMETER_NAMES, (options) => images.listImages(request, options));
       const metadata = response.metadata;
-      const nextCursor = metadata?.nextCursor || undefined;
+      const token = metadata?.nextCursor || undefined;
+      // The seed's nextCursor: the id of the first image of the next batch.
+      const nextCursor = token && metadata?.nextImageId ? exactNumber(metadata.nextImageId) : undefined;
       sendCompatJson(ctx.res, 200, {
         items: response.images.map(civitaiImage),
         metadata: {
           nextCursor,
           currentPage: metadata?.currentPage ?? 1,
           pageSize: metadata?.pageSize ?? response.images.length,
-          nextPage: nextCursor && nextPageUrl(deps, ctx, request, nextCursor),
+          nextPage: nextCursor === undefined ? undefined : nextPageUrl(deps, ctx, request, token!),
         },
       });
     }),

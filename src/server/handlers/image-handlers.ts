@@ -188,6 +188,7 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
           pageSize: page.pageSize,
           nextPage: nextPageUrl(request, page),
           totalItems: page.total === undefined ? undefined : String(page.total),
+          nextImageId: page.nextImageId?.toString(),
         },
       };
     },

@@ -278,7 +278,10 @@ export interface ListImagesRequest {
   pageToken: string;
   /**
    * Alias of page_token, under the name other catalogue APIs use: pass a
-   * previous response's metadata.next_cursor. Opaque: do not build or parse it.
+   * previous response's metadata.next_cursor (opaque: do not build or parse
+   * it). Also accepts a plain image id (digits only), as seed 2's API does:
+   * the page then starts at that image, in the requested sort, and
+   * INVALID_ARGUMENT names `cursor` when the caller cannot read such an image.
    * Default empty.
    */
   cursor: string;
@@ -350,7 +353,15 @@ export interface ListMetadata {
    * Number of images that pass the filter, ignoring paging. Set only when the
    * request asked for it with include_total.
    */
-  totalItems?: string | undefined;
+  totalItems?:
+    | string
+    | undefined;
+  /**
+   * Id of the first image of the next page (what seed 2's API calls its
+   * cursor); unset on the last page. Passed back as cursor, it starts a page
+   * at that image.
+   */
+  nextImageId?: string | undefined;
 }
 
 /** Request of UpdateImage. */
@@ -1782,7 +1793,7 @@ export const ListImagesResponse: MessageFns<ListImagesResponse> = {
 };
 
 function createBaseListMetadata(): ListMetadata {
-  return { nextCursor: "", currentPage: 0, pageSize: 0, nextPage: "", totalItems: undefined };
+  return { nextCursor: "", currentPage: 0, pageSize: 0, nextPage: "", totalItems: undefined, nextImageId: undefined };
 }
 
 export const ListMetadata: MessageFns<ListMetadata> = {
@@ -1801,6 +1812,9 @@ export const ListMetadata: MessageFns<ListMetadata> = {
     }
     if (message.totalItems !== undefined) {
       writer.uint32(40).int64(message.totalItems);
+    }
+    if (message.nextImageId !== undefined) {
+      writer.uint32(48).int64(message.nextImageId);
     }
     return writer;
   },
@@ -1858,6 +1872,14 @@ export const ListMetadata: MessageFns<ListMetadata> = {
             message.totalItems = reader.int64().toString();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.nextImageId = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1897,6 +1919,11 @@ export const ListMetadata: MessageFns<ListMetadata> = {
         : isSet(object.total_items)
         ? globalThis.String(object.total_items)
         : undefined,
+      nextImageId: isSet(object.nextImageId)
+        ? globalThis.String(object.nextImageId)
+        : isSet(object.next_image_id)
+        ? globalThis.String(object.next_image_id)
+        : undefined,
     };
   },
 
@@ -1917,6 +1944,9 @@ export const ListMetadata: MessageFns<ListMetadata> = {
     if (message.totalItems !== undefined) {
       obj.totalItems = message.totalItems;
     }
+    if (message.nextImageId !== undefined) {
+      obj.nextImageId = message.nextImageId;
+    }
     return obj;
   },
 
@@ -1930,6 +1960,7 @@ export const ListMetadata: MessageFns<ListMetadata> = {
     message.pageSize = object.pageSize ?? 0;
     message.nextPage = object.nextPage ?? "";
     message.totalItems = object.totalItems ?? undefined;
+    message.nextImageId = object.nextImageId ?? undefined;
     return message;
   },
 };
