@@ -24,7 +24,7 @@ import { GenerationsRepository } from "./store/generations-repository.js";
 import { LedgerRepository } from "./store/ledger-repository.js";
 import { connect, ping, type Sql } from "./store/db.js";
 import { ImagesRepository, takeWorkerId, transaction } from "./store/images-repository.js";
-import { startEmbeddedPostgres, type EmbeddedServer } from "./store/embedded.js";
+import { startEmbeddedPostgres } from "./store/embedded.js";
 import { migrate } from "./store/migrate.js";
 import { startGateway, type Gateway } from "./gateway/gateway.js";
 import { EmbeddingsRepository } from "./store/embeddings-repository.js";

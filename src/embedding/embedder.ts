@@ -25,7 +25,7 @@ export class Embedder {
   constructor(
     readonly modelId: string,
     private readonly runtime: EmbeddingRuntime,
-    private readonly tokenizer: ClipTokenizer,
+    tokenizer: ClipTokenizer,
     batching: BatchingOptions,
   ) {
     const size = runtime.imageSize;

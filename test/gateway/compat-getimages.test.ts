@@ -312,10 +312,10 @@ describe("getimages-compatible API (seed 5)", () => {
       ]);
     });
 
-    it("refuses a generation the credits cannot cover with 402, charging nothing", async () => {
+    it("refuses a generation the credits cannot cover with a 400 on modelId, charging nothing", async () => {
       const poor = await t.newAccount({ credits: 2 });
       const res = await generate(poor.key, EXAMPLE);
-      isSeedError(res, 402);
+      isSeedError(res, 400);
       expect(res.body.error.message).toBe("Insufficient credits.");
       expect(res.body.error.details).toEqual([
         { path: "modelId", message: expect.stringContaining("not enough credits"), code: "insufficient_credits" },
@@ -367,11 +367,11 @@ describe("getimages-compatible API (seed 5)", () => {
       expect((await api("/api/v1/account", { key: user.key })).body.creditBalance).toBe(50);
     });
 
-    it("answers other paths under the prefix in the seed's shape: 404, and 405 for a wrong method", async () => {
+    it("answers other paths and methods under the prefix in the seed's shape: 404", async () => {
       const missing = await api("/api/v1/images/one/two", { key: user.key });
       isSeedError(missing, 404);
       const wrong = await api("/api/v1/account", { key: user.key, method: "DELETE" });
-      isSeedError(wrong, 405);
+      isSeedError(wrong, 404);
     });
   });
 

@@ -58,10 +58,10 @@ export interface FailureContext {
 }
 
 /**
- * Maps a gRPC failure to getimages' status codes: 400 with one detail per bad field, 401,
- * 402 when the credits do not cover the model (the seed documents no status for it; 402 is
- * HTTP's own), 403, 404, 429 with Retry-After in whole seconds, and 500 for a generation that
- * failed at its provider. Any other failure keeps grpc-gateway's HTTP status for its code.
+ * Maps a gRPC failure to the only status codes seed 5 documents: 400 with one detail per bad
+ * field (credits that do not cover the model are a 400 on `modelId` with the code
+ * `insufficient_credits`), 401 (also for a key without the right to the call), 404, 429 with
+ * Retry-After in whole seconds, and 500 for everything the server could not do.
  */
 export function seedErrorOf(failure: CallFailure, context: FailureContext): SeedError {
   const retry: Record<string, string> =
@@ -77,7 +77,7 @@ export function seedErrorOf(failure: CallFailure, context: FailureContext): Seed
     case Status.UNAUTHENTICATED:
       return new SeedError(401, message);
     case Status.PERMISSION_DENIED:
-      return new SeedError(403, message);
+      return new SeedError(401, message);
     case Status.NOT_FOUND:
       return new SeedError(404, context.notFound);
     case Status.RESOURCE_EXHAUSTED:
@@ -87,11 +87,9 @@ export function seedErrorOf(failure: CallFailure, context: FailureContext): Seed
     case Status.CANCELLED:
       return new SeedError(499, message);
     case Status.UNAVAILABLE:
-      return new SeedError(context.generating ? 500 : 503, message, [], retry);
+      return new SeedError(500, message, [], retry);
     case Status.DEADLINE_EXCEEDED:
-      return new SeedError(context.generating ? 500 : 504, message);
-    case Status.UNIMPLEMENTED:
-      return new SeedError(501, message);
+      return new SeedError(500, message);
     default:
       return new SeedError(500, context.generating ? "Image generation failed unexpectedly." : "Internal server error.");
   }
@@ -105,7 +103,7 @@ export function seedErrorOf(failure: CallFailure, context: FailureContext): Seed
 function preconditionError(failure: CallFailure, context: FailureContext, retry: Record<string, string>): SeedError {
   const message = failure.grpcMessage;
   if (message.startsWith("not enough credits")) {
-    return new SeedError(402, "Insufficient credits.", [{ path: "modelId", message, code: "insufficient_credits" }]);
+    return new SeedError(400, "Insufficient credits.", [{ path: "modelId", message, code: "insufficient_credits" }]);
   }
   if (/ is unavailable: /.test(message)) {
     return new SeedError(400, context.invalid, [{ path: "modelId", message, code: "invalid_value" }]);

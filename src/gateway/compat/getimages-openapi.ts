@@ -74,8 +74,7 @@ export function getimagesOpenApi(serverUrl: string): object {
           requestBody: { required: true, content: json(ref("GenerateImageRequest")) },
           responses: {
             "200": { description: "The generated image and the credits charged.", content: json(ref("GenerateImageResponse")) },
-            "400": errorResponse("Invalid JSON, request body, model or image option."),
-            "402": errorResponse("The account's credits do not cover the model's cost."),
+            "400": errorResponse("Invalid JSON, request body, model or image option, or credits that do not cover the model's cost."),
             ...common(),
           },
         },

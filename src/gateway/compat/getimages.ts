@@ -3,7 +3,7 @@ import { AccountServiceDefinition } from "../../gen/glimpse/account/v1/account_s
 import { GenerationServiceDefinition } from "../../gen/glimpse/generation/v1/generation_service.js";
 import { ImageView } from "../../gen/glimpse/image/v1/image.js";
 import type { RouteDeps } from "../gateway.js";
-import { Router, sendJson, type HttpContext, type Route } from "../http.js";
+import { sendJson, type HttpContext, type Route } from "../http.js";
 import { CallFailure, callFor } from "./calls.js";
 import { SeedError, seedErrorOf, sendSeedError, type FailureContext } from "./getimages-errors.js";
 import { getimagesOpenApi } from "./getimages-openapi.js";
@@ -111,17 +111,12 @@ export function getimagesRoutes(deps: RouteDeps): Route[] {
     }),
   ];
 
-  // Anything else under the prefix answers in the seed's shape too: 405 for a known path under
-  // another method, 404 otherwise.
-  const own = new Router();
-  own.add(...routes);
+  // Anything else under the prefix (another path, or another method on a known one) answers
+  // in the seed's shape with the seed's own status for it, 404.
   const fallback = (method: string): Route => ({
     method,
     pattern: `${GETIMAGES_PREFIX}/{rest=**}`,
-    handle: async (ctx) => {
-      const known = own.match("OPTIONS", ctx.url.pathname) === "wrong_method";
-      sendSeedError(ctx, known ? new SeedError(405, "Method not allowed.") : new SeedError(404, "Not found."));
-    },
+    handle: async (ctx) => sendSeedError(ctx, new SeedError(404, "Not found.")),
   });
   return [...routes, ...["GET", "POST", "PUT", "PATCH", "DELETE"].map(fallback)];
 }
