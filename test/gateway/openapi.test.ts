@@ -51,7 +51,20 @@ describe("GET /openapi.json", () => {
     const schemas = [...Object.values<Json>(doc.components.schemas), ...schemasIn(doc.paths)];
     for (const schema of schemas) expect(ajv.validateSchema(schema), JSON.stringify(ajv.errors)).toBe(true);
     const root = "https://glimpse.invalid/openapi.json";
-    ajv.addSchema({ $id: root, components: doc.components });
+    // Strict copies of the schemas: a field the document does not name (a misspelt or
+    // snake_case one) fails validation instead of passing as an extra property.
+    const strict = (node: unknown): unknown => {
+      if (Array.isArray(node)) return node.map(strict);
+      if (node === null || typeof node !== "object") return node;
+      const copy: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(node)) copy[key] = strict(value);
+      if (copy.type === "object" && copy.properties && copy.additionalProperties === undefined) {
+        copy.additionalProperties = false;
+      }
+      return copy;
+    };
+    const components = strict(doc.components) as typeof doc.components;
+    ajv.addSchema({ $id: root, components });
     for (const name of Object.keys(doc.components.schemas)) {
       expect(ajv.getSchema(`${root}#/components/schemas/${name}`), name).toBeDefined();
     }
@@ -71,7 +84,20 @@ describe("GET /openapi.json", () => {
     ajv.addFormat("uint32", true);
     ajv.addFormat("uint64", true);
     const root = "https://glimpse.invalid/openapi.json";
-    ajv.addSchema({ $id: root, components: doc.components });
+    // Strict copies of the schemas: a field the document does not name (a misspelt or
+    // snake_case one) fails validation instead of passing as an extra property.
+    const strict = (node: unknown): unknown => {
+      if (Array.isArray(node)) return node.map(strict);
+      if (node === null || typeof node !== "object") return node;
+      const copy: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(node)) copy[key] = strict(value);
+      if (copy.type === "object" && copy.properties && copy.additionalProperties === undefined) {
+        copy.additionalProperties = false;
+      }
+      return copy;
+    };
+    const components = strict(doc.components) as typeof doc.components;
+    ajv.addSchema({ $id: root, components });
     const schemaOf = (path: string, method: string) => {
       const ref: string = doc.paths[path][method].responses["200"].content["application/json"].schema.$ref;
       return ajv.getSchema(`${root}${ref}`)!;
@@ -95,8 +121,15 @@ describe("GET /openapi.json", () => {
       const res = await fetch(`${base}${url}`, { headers: auth });
       expect(res.status, url).toBe(200);
       const validate = schemaOf(path, method);
-      expect(validate(await res.json()), `${url}: ${JSON.stringify(validate.errors)}`).toBe(true);
+      const body = await res.json();
+      expect(validate(body), `${url}: ${JSON.stringify(validate.errors)}`).toBe(true);
+      // Every field the document lists for the response is there (unpopulated ones included).
+      const ref: string = doc.paths[path][method].responses["200"].content["application/json"].schema.$ref;
+      const top = components.schemas[ref.split("/").pop()!];
+      expect(Object.keys(body).sort(), url).toEqual(Object.keys(top.properties).sort());
     }
+    const getImage = schemaOf("/v1/images/{id}", "get");
+    expect(getImage({ image: { file_name: "x.png" } })).toBe(false);
   });
 
   it("resolves every $ref, declares every path variable, and names each operation once", () => {
