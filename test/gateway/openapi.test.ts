@@ -121,7 +121,7 @@ describe("GET /openapi.json", () => {
       const res = await fetch(`${base}${url}`, { headers: auth });
       expect(res.status, url).toBe(200);
       const validate = schemaOf(path, method);
-      const body = await res.json();
+      const body = (await res.json()) as Record<string, unknown>;
       expect(validate(body), `${url}: ${JSON.stringify(validate.errors)}`).toBe(true);
       // Every field the document lists for the response is there (unpopulated ones included).
       const ref: string = doc.paths[path][method].responses["200"].content["application/json"].schema.$ref;
