@@ -1,12 +1,10 @@
-import { readFile } from "node:fs/promises";
-import path from "node:path";
 import { AccountService } from "../accounts/account-service.js";
 import { loadOptions, type Options } from "../config/options.js";
 import { DomainError } from "../errors.js";
 import { createLogger, type Logger } from "../logging/logger.js";
 import { AccountsRepository } from "../store/accounts-repository.js";
 import { connect, type Sql } from "../store/db.js";
-import { startEmbeddedPostgres } from "../store/embedded.js";
+import { runningEmbeddedUrl, startEmbeddedPostgres } from "../store/embedded.js";
 import { transaction } from "../store/images-repository.js";
 import { LedgerRepository } from "../store/ledger-repository.js";
 import { migrate } from "../store/migrate.js";
@@ -59,33 +57,6 @@ function parseKeysFlags(argv: string[]): KeysFlags {
     throw new UsageError("name the account with --account or --email, or pass --admin for the default admin account");
   }
   return flags;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-/**
- * The URL of the embedded PostgreSQL a running glimpse serves from this data directory, or
- * undefined when none runs (postmaster.pid holds its port; the password is kept beside it).
- */
-async function runningEmbeddedUrl(dataDir: string): Promise<string | undefined> {
-  try {
-    const owner = Number.parseInt(await readFile(path.join(dataDir, "postgres.owner.pid"), "utf8"), 10);
-    if (!Number.isInteger(owner) || !isAlive(owner)) return undefined;
-    const lines = (await readFile(path.join(dataDir, "postgres", "postmaster.pid"), "utf8")).split("\n");
-    const port = Number.parseInt(lines[3] ?? "", 10);
-    const password = (await readFile(path.join(dataDir, "postgres.password"), "utf8")).trim();
-    if (!Number.isInteger(port)) return undefined;
-    return `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/glimpse`;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Opens the store `glimpse serve` would use; `close` undoes what this opened. */

@@ -87,8 +87,8 @@ export class Indexer {
       this.waiters.set(imageId, list);
       // It may already be done (indexed before we registered, or not pending at all).
       this.deps.embeddings
-        .isPending(imageId)
-        .then((pending) => (pending ? this.notify() : this.release([imageId])))
+        .pendingAmong([imageId])
+        .then((pending) => (pending.length > 0 ? this.notify() : this.release([imageId])))
         .catch(() => this.notify());
     });
   }

@@ -241,10 +241,8 @@ export class SearchService {
       for (const other of await this.deps.embeddings.images(missing, caller)) {
         found.set(other.id, { image: other, hammingDistance: hammingDistance(image.phash, other.phash), score: undefined });
       }
-      for (const hit of found.values()) {
-        const theirs = index.vector(hit.image.id);
-        if (theirs) hit.score = toScore(dot(own, theirs));
-      }
+      // Indexed ones get their exact similarity; the others keep no score.
+      for (const n of index.scoreAll(own, [...found.keys()])) found.get(n.id)!.score = toScore(n.cosine);
     }
     return [...found.values()]
       .sort(
@@ -437,12 +435,6 @@ export function rankCandidates(
 }
 
 const byCosine = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
-
-function dot(a: Float32Array, b: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
 
 /** True when the filter lets every image through. */
 function isEmptyFilter(f: ImageFilter): boolean {

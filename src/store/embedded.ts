@@ -85,6 +85,24 @@ async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
 }
 
 /**
+ * The URL of the embedded PostgreSQL a running glimpse serves from `dataDir`, or undefined
+ * when none runs (postmaster.pid holds its port; the password is kept beside the cluster).
+ */
+export async function runningEmbeddedUrl(dataDir: string): Promise<string | undefined> {
+  const owner = await readPid(path.join(dataDir, "postgres.owner.pid"));
+  if (owner === undefined || !isAlive(owner)) return undefined;
+  try {
+    const lines = (await readFile(path.join(dataDir, "postgres", "postmaster.pid"), "utf8")).split("\n");
+    const port = Number.parseInt(lines[3] ?? "", 10);
+    const password = (await readFile(path.join(dataDir, "postgres.password"), "utf8")).trim();
+    if (!Number.isInteger(port)) return undefined;
+    return `postgres://${USER}:${encodeURIComponent(password)}@127.0.0.1:${port}/${DATABASE}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Makes the cluster directory startable after a crash. `glimpse.pid` names the glimpse process
  * that owns the cluster: if that process still lives, the directory is in use and we refuse.
  * Otherwise a postmaster left running by the dead owner is shut down, and a postmaster.pid

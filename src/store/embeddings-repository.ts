@@ -1,7 +1,7 @@
 import type { Caller, ImageFilter, ImageRecord } from "../catalogue/types.js";
 import { IdList } from "../vector/id-list.js";
 import type { Sql } from "./db.js";
-import { filterConditions, toImage, type Db, type ImageRow } from "./images-repository.js";
+import { filterConditions, readable, toImage, type ImageRow } from "./images-repository.js";
 
 /** One stored embedding. */
 export interface StoredEmbedding {
@@ -81,12 +81,10 @@ export class EmbeddingsRepository {
     }
   }
 
-  /** Up to `limit` pending images, oldest first, skipping `exclude`. */
-  async pending(limit: number, exclude: bigint[] = []): Promise<PendingImage[]> {
+  /** Up to `limit` pending images, oldest first. */
+  async pending(limit: number): Promise<PendingImage[]> {
     const rows = await this.sql<{ id: bigint; sha256: string }[]>`
-      select id, sha256 from images
-      where index_status = ${PENDING} and not (id = any(${exclude.map(String)}::bigint[]))
-      order by id limit ${limit}`;
+      select id, sha256 from images where index_status = ${PENDING} order by id limit ${limit}`;
     return rows.map((r) => ({ id: r.id, sha256: r.sha256 }));
   }
 
@@ -130,18 +128,6 @@ export class EmbeddingsRepository {
     return rows.map((r) => r.id);
   }
 
-  /** Whether the image exists and waits to be indexed. */
-  async isPending(imageId: bigint): Promise<boolean> {
-    const [row] = await this.sql`select 1 from images where id = ${imageId.toString()} and index_status = ${PENDING}`;
-    return row !== undefined;
-  }
-
-  /** Number of images waiting to be indexed. */
-  async pendingCount(): Promise<number> {
-    const [row] = await this.sql<{ n: bigint }[]>`select count(*) as n from images where index_status = ${PENDING}`;
-    return Number(row.n);
-  }
-
   /** Every stored vector of a model, in image-id order, a page at a time (index rebuild). */
   async *allVectors(modelId: string, pageSize = 2000): AsyncGenerator<StoredEmbedding[]> {
     let after = -1n;
@@ -181,13 +167,6 @@ export class EmbeddingsRepository {
     }));
   }
 
-  /** The stored vector of one image under a model. */
-  async vector(imageId: bigint, modelId: string): Promise<Float32Array | undefined> {
-    const [row] = await this.sql<{ vector: Uint8Array }[]>`
-      select vector from embeddings where image_id = ${imageId.toString()} and model_id = ${modelId}`;
-    return row ? bytesToVector(row.vector) : undefined;
-  }
-
   /**
    * Ids of the indexed images a caller may read that pass a filter, packed into one value
    * on the server so that tens of thousands of ids cost one round trip and one buffer.
@@ -224,11 +203,11 @@ export class EmbeddingsRepository {
   }
 
   /** The images with these ids that the caller may read, in no particular order. */
-  async images(ids: bigint[], caller: Caller, db: Db = this.sql): Promise<ImageRecord[]> {
+  async images(ids: bigint[], caller: Caller): Promise<ImageRecord[]> {
     if (ids.length === 0) return [];
-    const readable = caller.isAdmin ? db`true` : db`(owner_id = ${caller.accountId} or visibility = 1)`;
-    const rows = await db<ImageRow[]>`
-      select * from images where id = any(${ids.map(String)}::bigint[]) and ${readable}`;
+    const sql = this.sql;
+    const rows = await sql<ImageRow[]>`
+      select * from images where id = any(${ids.map(String)}::bigint[]) and ${readable(sql, caller)}`;
     return rows.map(toImage);
   }
 
@@ -241,12 +220,11 @@ export class EmbeddingsRepository {
     limit: number,
   ): Promise<{ image: ImageRecord; distance: number }[]> {
     const sql = this.sql;
-    const readable = caller.isAdmin ? sql`true` : sql`(owner_id = ${caller.accountId} or visibility = 1)`;
     const signed = BigInt.asIntN(64, phash).toString();
     const rows = await sql<(ImageRow & { distance: number })[]>`
       select * from (
         select *, bit_count((phash # ${signed}::bigint)::bit(64))::int as distance from images
-        where id <> ${exclude.toString()} and ${readable}
+        where id <> ${exclude.toString()} and ${readable(sql, caller)}
       ) d
       where distance <= ${maxDistance}
       order by distance, id limit ${limit}`;

@@ -136,7 +136,7 @@ function and(sql: Db, parts: Fragment[]): Fragment {
 }
 
 /** Rows the caller may read: its own, public ones, or every row for an admin. */
-function readable(sql: Db, caller: Caller): Fragment {
+export function readable(sql: Db, caller: Caller): Fragment {
   return caller.isAdmin ? sql`true` : sql`(owner_id = ${caller.accountId} or visibility = 1)`;
 }
 

@@ -173,12 +173,8 @@ export class VectorIndex {
 
   /** A slot bitmap of the given images, for `searchHnsw`'s filter. */
   allowedSlots(ids: IdList | ArrayLike<bigint>): Uint8Array {
-    const words = IdList.of(ids).words;
     const bitmap = new Uint8Array(this.used);
-    for (let i = 0; i < words.length; i += 2) {
-      const slot = this.slotOf.lookup(words[i], words[i + 1]);
-      if (slot >= 0) bitmap[slot] = 1;
-    }
+    for (const slot of this.slotsOf(ids)) bitmap[slot] = 1;
     return bitmap;
   }
 

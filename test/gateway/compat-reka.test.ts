@@ -1,11 +1,8 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IndexStatus } from "../../src/gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
-import { writeClipTestModel } from "../fixtures/clip-test-model.js";
 import { startTestApp, type TestAccount, type TestApp } from "../helpers/app.js";
+import { startSearchTestApp } from "../helpers/search.js";
 import { solidImage } from "../helpers/images.js";
 
 const UPLOAD = "/compat/reka/v1/images/upload";
@@ -69,7 +66,6 @@ async function expectError(res: Response, status: number, type: string, param?: 
 }
 
 describe("Reka-compatible upload and search (seed 4)", () => {
-  let modelDir: string;
   let t: TestApp;
   let account: TestAccount;
   let base: string;
@@ -93,16 +89,12 @@ describe("Reka-compatible upload and search (seed 4)", () => {
   };
 
   beforeAll(async () => {
-    modelDir = await mkdtemp(path.join(tmpdir(), "glimpse-test-model-"));
-    await writeClipTestModel(modelDir);
-    t = await startTestApp({ model: modelDir });
+    t = await startSearchTestApp();
     base = `http://127.0.0.1:${t.app.httpPort}`;
-    await t.app.searchReady;
     account = await t.newAccount();
   });
   afterAll(async () => {
     await t?.close();
-    if (modelDir) await rm(modelDir, { recursive: true, force: true });
   });
 
   let red: UploadResult;

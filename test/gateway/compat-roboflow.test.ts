@@ -1,10 +1,7 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
-import { writeClipTestModel } from "../fixtures/clip-test-model.js";
 import { startTestApp, type TestAccount, type TestApp } from "../helpers/app.js";
+import { startSearchTestApp } from "../helpers/search.js";
 import { solidImage } from "../helpers/images.js";
 
 /** The seed's example project, as in its example URL. */
@@ -50,7 +47,6 @@ interface SearchPage {
 }
 
 describe("Roboflow-compatible search (seed 3)", () => {
-  let modelDir: string;
   let t: TestApp;
   let account: TestAccount;
   let base: string;
@@ -73,11 +69,8 @@ describe("Roboflow-compatible search (seed 3)", () => {
   const idsOf = (page: SearchPage) => page.results.map((r) => r.id);
 
   beforeAll(async () => {
-    modelDir = await mkdtemp(path.join(tmpdir(), "glimpse-test-model-"));
-    await writeClipTestModel(modelDir);
-    t = await startTestApp({ model: modelDir });
+    t = await startSearchTestApp();
     base = `http://127.0.0.1:${t.app.httpPort}`;
-    await t.app.searchReady;
     account = await t.newAccount();
     const client = t.client(ImageServiceDefinition, account.key);
     let seed = 1;
@@ -95,7 +88,6 @@ describe("Roboflow-compatible search (seed 3)", () => {
   });
   afterAll(async () => {
     await t?.close();
-    if (modelDir) await rm(modelDir, { recursive: true, force: true });
   });
 
   it("answers the seed's example request, trailing comma included, with the default fields", async () => {

@@ -1,9 +1,6 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { writeClipTestModel } from "../fixtures/clip-test-model.js";
-import { startTestApp, type TestApp } from "../helpers/app.js";
+import type { TestApp } from "../helpers/app.js";
+import { startSearchTestApp } from "../helpers/search.js";
 import { solidImage } from "../helpers/images.js";
 
 const COLOURS = {
@@ -16,7 +13,6 @@ const COLOURS = {
 type Name = keyof typeof COLOURS;
 
 describe("search over HTTP with the test model", () => {
-  let modelDir: string;
   let t: TestApp;
   let base: string;
   const ids = {} as Record<Name, string>;
@@ -30,11 +26,8 @@ describe("search over HTTP with the test model", () => {
   const get = (route: string) => fetch(`${base}${route}`, { headers: { authorization: `Bearer ${t.adminKey}` } });
 
   beforeAll(async () => {
-    modelDir = await mkdtemp(path.join(tmpdir(), "glimpse-test-model-"));
-    await writeClipTestModel(modelDir);
-    t = await startTestApp({ model: modelDir });
+    t = await startSearchTestApp();
     base = `http://127.0.0.1:${t.app.httpPort}`;
-    await t.app.searchReady;
     let seed = 1;
     for (const [name, colour] of Object.entries(COLOURS) as [Name, (typeof COLOURS)[Name]][]) {
       const res = await post("/v1/images", {
@@ -50,7 +43,6 @@ describe("search over HTTP with the test model", () => {
   });
   afterAll(async () => {
     await t?.close();
-    await rm(modelDir, { recursive: true, force: true });
   });
 
   it("searches by prompt with POST, selecting fields", async () => {

@@ -1,8 +1,9 @@
 import type { ServerResponse } from "node:http";
-import { ClientError, Status, type CallOptions, type Metadata } from "nice-grpc";
-import { fieldViolations, httpStatusOf, retryAfterSeconds, statusOfError } from "../errors.js";
+import { Status, type CallOptions } from "nice-grpc";
+import { httpStatusOf } from "../errors.js";
 import type { RouteDeps } from "../gateway.js";
 import type { HttpContext, Route } from "../http.js";
+import { CallFailure, callFor, retryAfterSeconds } from "./calls.js";
 
 /**
  * What the catalogue-shaped compat surfaces (seeds 1 and 2) share: JSON with exact 64-bit
@@ -88,39 +89,34 @@ export function badParameter(name: string, problem: string): CompatError {
  * RESOURCE_EXHAUSTED gets `Retry-After` (seconds, rounded up) and UNAUTHENTICATED a
  * `WWW-Authenticate: Bearer` challenge.
  */
-export function compatErrorOf(error: ClientError, trailer: Metadata | undefined, names: Record<string, string>): CompatError {
-  const status = statusOfError(error, trailer);
-  const violations = fieldViolations(status);
+export function compatErrorOf(failure: CallFailure, names: Record<string, string>): CompatError {
   const headers: Record<string, string> = {};
   const message =
-    violations.length === 0
-      ? status.message
-      : violations
+    failure.violations.length === 0
+      ? failure.grpcMessage
+      : failure.violations
           .map(({ field, description }) => `${names[field.replace(/\[\d+\]$/, "")] ?? field}: ${description}`)
           .join("; ");
-  const retryAfter = retryAfterSeconds(status);
-  if (status.code === Status.RESOURCE_EXHAUSTED && retryAfter !== undefined) {
-    headers["retry-after"] = String(Math.max(1, retryAfter));
+  if (failure.code === Status.RESOURCE_EXHAUSTED && failure.retryAfterMs !== undefined) {
+    headers["retry-after"] = retryAfterSeconds(failure.retryAfterMs);
   }
-  if (status.code === Status.UNAUTHENTICATED) headers["www-authenticate"] = "Bearer";
-  return new CompatError(httpStatusOf(status.code), message, headers);
+  if (failure.code === Status.UNAUTHENTICATED) headers["www-authenticate"] = "Bearer";
+  return new CompatError(httpStatusOf(failure.code), message, headers);
 }
 
 /**
- * Makes one call to glimpse on the HTTP caller's behalf: the caller's key and request id go
- * along as metadata, the call ends when the client goes away, and a gRPC failure becomes a
- * CompatError (see compatErrorOf).
+ * Makes one call to glimpse on the HTTP caller's behalf (see callFor); a gRPC failure
+ * becomes a CompatError (see compatErrorOf).
  */
 export async function callOnBehalf<T>(
   ctx: HttpContext,
   names: Record<string, string>,
   call: (options: CallOptions) => Promise<T>,
 ): Promise<T> {
-  let trailer: Metadata | undefined;
   try {
-    return await call({ metadata: ctx.metadata, signal: ctx.signal, onTrailer: (t) => (trailer = t) });
+    return await callFor(ctx, call);
   } catch (error) {
-    if (error instanceof ClientError) throw compatErrorOf(error, trailer, names);
+    if (error instanceof CallFailure) throw compatErrorOf(error, names);
     throw error;
   }
 }
