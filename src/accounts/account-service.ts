@@ -23,6 +23,8 @@ export interface AccountDeps {
   logger: Logger;
   /** Requests per minute of keys created without their own limit. */
   defaultRateLimit: number;
+  /** Keys (not revoked) a non-admin account may hold at once. */
+  maxKeysPerAccount: number;
 }
 
 /** A key that authenticated a call. */
@@ -31,6 +33,11 @@ export interface Authenticated {
   keyId: string;
   /** The key's requests per minute (its own, or the server default). */
   rateLimitPerMinute: number;
+  /**
+   * Requests per minute of the key's whole account, shared by all its keys: the server default,
+   * or the key's own limit where an admin set it higher.
+   */
+  accountRateLimitPerMinute: number;
 }
 
 /** A new key with its secret, which exists only in this value. */
@@ -83,10 +90,12 @@ export class AccountService {
     if (!key.lastUsedAt || now.getTime() - key.lastUsedAt.getTime() >= LAST_USED_GRANULARITY_MS) {
       await this.deps.accounts.touchKey(key.id, now, new Date(now.getTime() - LAST_USED_GRANULARITY_MS));
     }
+    const rate = key.rateLimitPerMinute ?? this.deps.defaultRateLimit;
     return {
       caller: { accountId: key.accountId, isAdmin: key.isAdmin },
       keyId: key.id,
-      rateLimitPerMinute: key.rateLimitPerMinute ?? this.deps.defaultRateLimit,
+      rateLimitPerMinute: rate,
+      accountRateLimitPerMinute: Math.max(rate, this.deps.defaultRateLimit),
     };
   }
 
@@ -191,7 +200,18 @@ export class AccountService {
   /** A new key for the caller's own account; the secret is returned once. */
   async createApiKey(caller: Caller, name: string, rate: number | undefined): Promise<NewKeyResult> {
     const clean = this.checkKeyFields(caller, name, rate);
-    return this.issueKey(caller.accountId, clean, rate ?? null);
+    if (caller.isAdmin) return this.issueKey(caller.accountId, clean, rate ?? null);
+    // Keys share their account's rate limit, and an account holds a bounded number of them.
+    return this.deps.transaction(async (tx) => {
+      const held = await this.deps.accounts.countActiveKeysLocked(caller.accountId, tx);
+      if (held >= this.deps.maxKeysPerAccount) {
+        throw new DomainError(
+          "FAILED_PRECONDITION",
+          `this account already holds ${held} API keys, the most allowed (${this.deps.maxKeysPerAccount}); revoke one first`,
+        );
+      }
+      return this.issueKey(caller.accountId, clean, rate ?? null, tx);
+    });
   }
 
   /** A page of the caller's keys, newest first; never secrets. */

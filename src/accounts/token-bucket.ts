@@ -14,7 +14,7 @@ interface Bucket {
 const SWEEP_EVERY = 1000;
 
 /**
- * Token buckets, one per key: each holds at most `perMinute` tokens and refills continuously
+ * Token buckets, one per key (an API key, an account, a client address): each holds at most `perMinute` tokens and refills continuously
  * at `perMinute` per minute; a request takes one. Time comes from the injected clock, so
  * tests move it instead of sleeping. Buckets live in this process only: with several
  * replicas each enforces the limit on the calls it serves.
@@ -27,8 +27,30 @@ export class RateLimiter {
 
   /** Takes one token from `key`'s bucket, whose size is `perMinute`; says how long to wait if empty. */
   take(key: string, perMinute: number): Admission {
+    return this.takeAll([{ key, perMinute }]);
+  }
+
+  /**
+   * Takes one token from each of several buckets (a key's and its account's), or from none:
+   * when any is empty nothing is taken and the answer is the longest wait among them.
+   */
+  takeAll(limits: readonly { key: string; perMinute: number }[]): Admission {
     const now = this.clock.now().getTime();
     if (++this.checks % SWEEP_EVERY === 0) this.sweep(now);
+    const buckets = limits.map(({ key, perMinute }) => this.refilled(key, perMinute, now));
+    let retryAfterMs = 0;
+    for (const bucket of buckets) {
+      if (bucket.tokens < 1) {
+        retryAfterMs = Math.max(retryAfterMs, Math.ceil((1 - bucket.tokens) / (bucket.perMinute / 60_000)));
+      }
+    }
+    if (retryAfterMs > 0) return { allowed: false, retryAfterMs };
+    for (const bucket of buckets) bucket.tokens -= 1;
+    return { allowed: true };
+  }
+
+  /** `key`'s bucket, brought up to `now`. */
+  private refilled(key: string, perMinute: number, now: number): Bucket {
     let bucket = this.buckets.get(key);
     if (!bucket) {
       bucket = { tokens: perMinute, at: now, perMinute };
@@ -42,11 +64,7 @@ export class RateLimiter {
     const perMs = perMinute / 60_000;
     bucket.tokens = Math.min(perMinute, bucket.tokens + Math.max(0, now - bucket.at) * perMs);
     bucket.at = Math.max(bucket.at, now);
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      return { allowed: true };
-    }
-    return { allowed: false, retryAfterMs: Math.ceil((1 - bucket.tokens) / perMs) };
+    return bucket;
   }
 
   /** Forgets buckets that have refilled completely: they behave exactly like new ones. */

@@ -114,6 +114,7 @@ async function createKey(argv: string[]): Promise<void> {
       clock: { now: () => new Date() },
       logger,
       defaultRateLimit: options.rateLimitPerMinute,
+      maxKeysPerAccount: options.maxKeysPerAccount,
     });
     const { secret, key, account } = await accounts.createKeyFor({
       accountId: flags.accountId,

@@ -41,13 +41,21 @@ const PUBLIC_MAX_AGE_S = 3_600;
  */
 export function contentRoutes(deps: RouteDeps): Route[] {
   const images = createClient(ImageServiceDefinition, deps.channel);
-  return [{ method: "GET", pattern: CONTENT_PATH, handle: (ctx) => serveContent(images, ctx) }];
+  return [
+    { method: "GET", pattern: CONTENT_PATH, rpc: "/glimpse.image.v1.ImageService/GetImageContent", handle: (ctx) => serveContent(images, ctx) },
+  ];
 }
 
 async function serveContent(images: ImageServiceClient, ctx: HttpContext): Promise<void> {
   const { req, res, params } = ctx;
   if (!/^-?\d{1,19}$/.test(params.id)) {
     return sendError(res, invalidArgument({ field: "id", description: `must be an integer, got "${params.id}"` }));
+  }
+  // One download is one call for the rate limit, however many gRPC calls serve it.
+  try {
+    await ctx.admit();
+  } catch (error) {
+    return sendError(res, error);
   }
   const image = await call(ctx, (options) => images.getImage({ id: params.id }, options));
   if (!image?.image) return;

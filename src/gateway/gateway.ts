@@ -5,7 +5,8 @@ import { getimagesRoutes } from "./compat/getimages.js";
 import { mikiRoutes } from "./compat/miki.js";
 import { rekaRoutes } from "./compat/reka.js";
 import { roboflowRoutes } from "./compat/roboflow.js";
-import { Router, sendJson, startHttpServer, type HttpServer, type Route } from "./http.js";
+import { ByteBudget } from "./byte-budget.js";
+import { Router, sendJson, startHttpServer, type Admit, type HttpServer, type Route } from "./http.js";
 import { contentRoutes } from "./content.js";
 import { nativeRoutes } from "./native.js";
 import { openapiRoutes } from "./openapi.js";
@@ -24,6 +25,17 @@ export interface GatewayDeps {
   ready: () => boolean;
   /** Largest request body, in bytes (uploads are base64 in JSON, so about 4/3 of the upload limit). */
   maxBodyBytes: number;
+  /** Largest image upload, in bytes (named in the error for a body over the limit). */
+  maxUploadBytes: number;
+  /** Admits a request by its headers before its body is read (authentication, access, rate limit). */
+  admit: Admit;
+  /** The ticket that calls of an admitted request carry. */
+  ticket: string;
+  /** Bytes of request bodies held at once in the whole process. */
+  maxBodyBytesInFlight: number;
+  bodyTimeoutMs: number;
+  headersTimeoutMs: number;
+  keepAliveTimeoutMs: number;
   logger: Logger;
 }
 
@@ -34,6 +46,7 @@ export interface RouteDeps {
   descriptors: Uint8Array;
   publicUrl: () => string;
   maxBodyBytes: number;
+  maxUploadBytes: number;
   logger: Logger;
 }
 
@@ -59,6 +72,7 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
     descriptors: deps.descriptors,
     publicUrl: deps.publicUrl,
     maxBodyBytes: deps.maxBodyBytes,
+    maxUploadBytes: deps.maxUploadBytes,
     logger: deps.logger,
   };
   const router = new Router();
@@ -80,6 +94,12 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
       router,
       logger: deps.logger,
       maxBodyBytes: deps.maxBodyBytes,
+      admit: deps.admit,
+      ticket: deps.ticket,
+      budget: new ByteBudget(deps.maxBodyBytesInFlight),
+      bodyTimeoutMs: deps.bodyTimeoutMs,
+      headersTimeoutMs: deps.headersTimeoutMs,
+      keepAliveTimeoutMs: deps.keepAliveTimeoutMs,
     });
   } catch (err) {
     channel.close();

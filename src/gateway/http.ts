@@ -2,7 +2,10 @@ import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Metadata } from "nice-grpc";
+import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
+import { ADMISSION_TICKET_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
+import { ByteBudget } from "./byte-budget.js";
 
 /** What a route handler gets for one HTTP request. */
 export interface HttpContext {
@@ -19,14 +22,41 @@ export interface HttpContext {
   metadata: Metadata;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
-  /** The whole request body (limited to `maxBodyBytes`; larger is a 413). */
+  /**
+   * Admits the request before any of its body is read: authenticates the credentials in
+   * `metadata` for the route's RPC, checks the caller may make it, and charges one rate-limit
+   * token. Calls made afterwards carry the bridge's admission ticket, so however many gRPC
+   * calls the request makes, it costs one token. Runs once; later calls return the same answer.
+   */
+  admit(): Promise<void>;
+  /**
+   * Charges the admitted request one more rate-limit token, for work beyond one call (each
+   * further file of a multi-file upload); throws RESOURCE_EXHAUSTED when the budget is spent.
+   */
+  charge(): void;
+  /**
+   * The whole request body, read only once the request is admitted, within `maxBodyBytes`
+   * (larger: the route's `oversize` error, or 413), the body timeout (408) and the process's
+   * budget of body bytes in flight (503 with Retry-After).
+   */
   body(): Promise<Buffer>;
+  /** The body as it arrives (admitted first), each chunk within the body timeout of the last. */
+  stream(): AsyncIterable<Buffer>;
+  /** The process's budget of body bytes in flight, for readers of `stream()` to hold what they buffer. */
+  budget: ByteBudget;
 }
 
 /** One route: a method and a pattern such as `/v1/images/{id}/content` or `/compat/x/{rest=**}`. */
 export interface Route {
   method: string;
   pattern: string;
+  /**
+   * The RPC (`/package.Service/Method`) whose access rules admit a request of this route
+   * before its body is read; a route without one cannot read a body.
+   */
+  rpc?: string;
+  /** The error for a body over the limit (default: 413 naming the limit in bytes). */
+  oversize?: () => Error;
   handle(ctx: HttpContext): Promise<void>;
 }
 
@@ -42,6 +72,20 @@ interface CompiledRoute extends Route {
 export class BodyTooLarge extends Error {
   constructor(readonly limit: number) {
     super(`request body is larger than ${limit} bytes`);
+  }
+}
+
+/** The client reset or closed its connection before its body ended. */
+export class ClientGone extends Error {
+  constructor(cause?: unknown) {
+    super("the client closed the connection before the request body ended", { cause });
+  }
+}
+
+/** A request body that did not arrive in time. */
+export class BodyTimeout extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`the request body did not arrive within ${Math.round(timeoutMs / 1000)} s`);
   }
 }
 
@@ -120,20 +164,29 @@ const METADATA_KEY = /^[0-9a-z_.-]+$/;
 export function metadataOf(req: IncomingMessage): Metadata {
   const metadata = Metadata();
   const put = (key: string, text: string) => {
-    if (!METADATA_KEY.test(key) || key.startsWith("grpc-")) return;
-    if (key.endsWith("-bin")) metadata.set(key, Buffer.from(text, "base64"));
-    else if (METADATA_TEXT.test(text)) metadata.set(key, text);
+    if (!METADATA_KEY.test(key) || key.startsWith("grpc-") || key.startsWith(INTERNAL_METADATA_PREFIX)) return;
+    if (key.endsWith("-bin")) metadata.append(key, Buffer.from(text, "base64"));
+    else if (METADATA_TEXT.test(text)) metadata.append(key, text);
   };
-  for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined) continue;
-    const text = Array.isArray(value) ? value.join(", ") : value;
-    if (name === "authorization" || name === "x-api-key" || name === "x-request-id") put(name, text);
-    else if (name.startsWith("grpc-metadata-")) put(name.slice("grpc-metadata-".length), text);
+  // headersDistinct keeps every copy of a header Node would otherwise drop (a second
+  // Authorization), so two credentials are seen as two, whatever their order.
+  for (const [name, values] of Object.entries(req.headersDistinct)) {
+    if (values === undefined) continue;
+    for (const text of values) {
+      if (name === "authorization" || name === "x-api-key" || name === "x-request-id") put(name, text);
+      else if (name.startsWith("grpc-metadata-")) put(name.slice("grpc-metadata-".length), text);
+    }
   }
   const address = req.socket.remoteAddress;
   if (address) metadata.set("x-forwarded-for", address);
   return metadata;
 }
+
+/**
+ * Lets a request in for an RPC (see HttpContext.admit); throws a DomainError to refuse it.
+ * Answers how to charge the request for more.
+ */
+export type Admit = (rpc: string, metadata: Metadata, clientAddress: string) => Promise<{ charge: () => void }>;
 
 export interface HttpServerOptions {
   host: string;
@@ -141,6 +194,18 @@ export interface HttpServerOptions {
   router: Router;
   logger: Logger;
   maxBodyBytes: number;
+  /** Admits a request before its body is read. */
+  admit: Admit;
+  /** The ticket calls of an admitted request carry (ADMISSION_TICKET_KEY). */
+  ticket: string;
+  /** Bytes of request bodies held at once, across all requests. */
+  budget: ByteBudget;
+  /** Time to receive a whole body (or, streamed, each chunk). */
+  bodyTimeoutMs: number;
+  /** Time to receive the request headers. */
+  headersTimeoutMs: number;
+  /** How long an idle keep-alive connection stays open. */
+  keepAliveTimeoutMs: number;
 }
 
 /** A started HTTP server. */
@@ -155,7 +220,7 @@ export interface HttpServer {
  * (501, code 12). A handler that throws gets a 500 with a generic message.
  */
 export async function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
-  const { router, logger, maxBodyBytes } = options;
+  const { router, logger, maxBodyBytes, budget, bodyTimeoutMs } = options;
   const server: Server = createServer((req, res) => {
     try {
       serve(req, res);
@@ -167,31 +232,87 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       else res.destroy();
     }
   });
+  // Headers must arrive in time; bodies are timed by the reader (a streamed body may
+  // legitimately last long, as long as each part comes in time).
+  server.headersTimeout = options.headersTimeoutMs;
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = options.keepAliveTimeoutMs;
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const target = req.url ?? "/";
     if (!target.startsWith("/")) throw new Error("request target is not a path");
     const url = new URL(`http://localhost${target}`);
+    // A body that is not read to its end (a refused request) leaves the connection unusable:
+    // it is closed after the answer rather than its rest being read. Reading it all re-opens.
+    const keepAlive = res.shouldKeepAlive;
+    if (hasBody(req)) res.shouldKeepAlive = false;
     const found = router.match(req.method ?? "GET", url.pathname);
     if (found === undefined) return sendJson(res, 404, { code: 5, message: "Not Found", details: [] });
     if (found === "wrong_method") return sendJson(res, 501, { code: 12, message: "Method Not Allowed", details: [] });
+    const route = found.route;
     const controller = new AbortController();
+    let held = 0;
     res.on("close", () => {
+      budget.give(held);
+      held = 0;
       if (!res.writableFinished) controller.abort(new Error("client went away"));
     });
     let body: Promise<Buffer> | undefined;
+    let admitted: Promise<void> | undefined;
+    let charge: (() => void) | undefined;
+    const metadata = metadataOf(req);
+    const admit = () =>
+      (admitted ??= (async () => {
+        if (!route.rpc) throw new Error(`route ${route.method} ${route.pattern} reads a body but names no RPC to admit it by`);
+        ({ charge } = await options.admit(route.rpc, metadata, req.socket.remoteAddress ?? ""));
+        metadata.set(ADMISSION_TICKET_KEY, options.ticket);
+      })());
+    const reading = {
+      limit: maxBodyBytes,
+      timeoutMs: bodyTimeoutMs,
+      budget,
+      hold: (bytes: number) => {
+        budget.take(bytes);
+        held += bytes;
+      },
+      oversize: route.oversize,
+    };
     const ctx: HttpContext = {
       req,
       res,
       url,
       params: found.params,
-      metadata: metadataOf(req),
+      metadata,
       signal: controller.signal,
-      body: () => (body ??= readBody(req, maxBodyBytes)),
+      admit,
+      charge: () => {
+        if (!charge) throw new Error("charge() before the request was admitted");
+        charge();
+      },
+      body: () =>
+        (body ??= admit().then(async () => {
+          const bytes = await readBody(req, reading);
+          res.shouldKeepAlive = keepAlive;
+          return bytes;
+        })),
+      stream: () => streamBody(req, admit, bodyTimeoutMs, () => (res.shouldKeepAlive = keepAlive)),
+      budget,
     };
-    found.route.handle(ctx).catch((error: unknown) => {
+    route.handle(ctx).catch((error: unknown) => {
+      // The client went away: nobody is left to answer, and nothing went wrong here.
+      if (controller.signal.aborted || error instanceof ClientGone) return;
       if (error instanceof BodyTooLarge) {
-        // The rest of the body is not read, so the connection cannot be reused.
-        if (!res.headersSent) sendJson(res, 413, { code: 8, message: error.message, details: [] }, { connection: "close" });
+        if (!res.headersSent) sendJson(res, 413, { code: 8, message: error.message, details: [] });
+        return;
+      }
+      if (error instanceof BodyTimeout) {
+        if (!res.headersSent) sendJson(res, 408, { code: 4, message: error.message, details: [] });
+        else res.destroy();
+        return;
+      }
+      if (error instanceof DomainError) {
+        // A refusal the route did not answer in its own shape (admission, a busy server).
+        if (!res.headersSent) sendDomainError(res, error);
+        else res.destroy();
         return;
       }
       logger.error("http handler failed", { error, method: req.method, path: url.pathname });
@@ -213,13 +334,111 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
   };
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new BodyTooLarge(limit);
-    chunks.push(chunk as Buffer);
+/** Whether a request says it carries a body. */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+}
+
+/** The grpc-gateway answer for a domain error the bridge raised itself (no gRPC call made). */
+function sendDomainError(res: ServerResponse, error: DomainError): void {
+  const codes: Record<string, [number, number]> = {
+    UNAUTHENTICATED: [16, 401],
+    PERMISSION_DENIED: [7, 403],
+    RESOURCE_EXHAUSTED: [8, 429],
+    UNAVAILABLE: [14, 503],
+    INVALID_ARGUMENT: [3, 400],
+  };
+  const [code, status] = codes[error.code] ?? [13, 500];
+  const headers: Record<string, string> = {};
+  if (error.retryAfterMs !== undefined) headers["retry-after"] = String(Math.max(1, Math.ceil(error.retryAfterMs / 1000)));
+  sendJson(res, status, { code, message: error.message, details: [] }, headers);
+}
+
+interface BodyReading {
+  limit: number;
+  timeoutMs: number;
+  /** Reserves bytes of the process's body budget for this request (throws when full). */
+  hold(bytes: number): void;
+  oversize?: () => Error;
+}
+
+/**
+ * Reads a whole body: refused at once when its declared length is over the limit, reserved
+ * in the budget up front when declared (else as it arrives), and abandoned (the socket is
+ * paused, the connection closed after the answer) on any failure, so nothing of a refused
+ * body is held. Every failure of the request stream ends here as a rejection.
+ */
+function readBody(req: IncomingMessage, reading: BodyReading): Promise<Buffer> {
+  const { limit } = reading;
+  const tooLarge = () => reading.oversize?.() ?? new BodyTooLarge(limit);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let reserved = 0;
+    let done = false;
+    const finish = (error: unknown, result?: Buffer) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      req.off("data", onData).off("end", onEnd).off("error", onError).off("close", onClose);
+      if (error !== undefined) {
+        req.pause();
+        chunks.length = 0;
+        reject(error);
+      } else resolve(result!);
+    };
+    const timer = setTimeout(() => finish(new BodyTimeout(reading.timeoutMs)), reading.timeoutMs);
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) return finish(tooLarge());
+      try {
+        if (size > reserved) {
+          reading.hold(size - reserved);
+          reserved = size;
+        }
+      } catch (error) {
+        return finish(error);
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => finish(undefined, Buffer.concat(chunks, size));
+    const onError = (error: Error) => finish(new ClientGone(error));
+    const onClose = () => finish(new ClientGone());
+    const declared = Number(req.headers["content-length"]);
+    if (Number.isFinite(declared) && declared > limit) return finish(tooLarge());
+    if (Number.isFinite(declared) && declared > 0) {
+      try {
+        reading.hold(declared);
+        reserved = declared;
+      } catch (error) {
+        return finish(error);
+      }
+    }
+    req.on("data", onData).on("end", onEnd).on("error", onError).on("close", onClose);
+    if (req.complete && req.readableEnded) finish(undefined, Buffer.alloc(0));
+  });
+}
+
+/**
+ * A streamed body, chunk by chunk after admission; a chunk that takes longer than the body
+ * timeout to arrive ends the request (and its connection).
+ */
+async function* streamBody(
+  req: IncomingMessage,
+  admit: () => Promise<void>,
+  timeoutMs: number,
+  ended: () => void,
+): AsyncGenerator<Buffer> {
+  await admit();
+  const timer = setTimeout(() => req.destroy(new BodyTimeout(timeoutMs)), timeoutMs);
+  try {
+    for await (const chunk of req) {
+      timer.refresh();
+      yield chunk as Buffer;
+    }
+    ended();
+  } finally {
+    clearTimeout(timer);
   }
-  return Buffer.concat(chunks);
 }

@@ -1,4 +1,5 @@
 import { DomainError } from "../errors.js";
+import type { ByteBudget } from "./byte-budget.js";
 import { BodyTooLarge } from "./http.js";
 
 /**
@@ -7,55 +8,73 @@ import { BodyTooLarge } from "./http.js";
  * is how a client-streaming RPC takes its messages over HTTP, like grpc-gateway's JSON
  * decoder. Each object may be up to `limit` bytes; the body as a whole has no limit.
  */
-export async function* jsonObjects(body: AsyncIterable<Buffer | string>, limit: number): AsyncGenerator<string> {
+export async function* jsonObjects(
+  body: AsyncIterable<Buffer | string>,
+  limit: number,
+  budget?: ByteBudget,
+): AsyncGenerator<string> {
   let parts: Buffer[] = [];
   let size = 0;
-  let depth = 0;
-  let inString = false;
-  let escaped = false;
-  for await (const piece of body) {
-    const chunk = typeof piece === "string" ? Buffer.from(piece) : piece;
-    let start = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      const byte = chunk[i];
-      if (depth === 0) {
-        if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) {
-          start = i + 1;
+  // Bytes of the message being assembled, held in the process's budget of body bytes.
+  let held = 0;
+  const hold = (bytes: number) => {
+    budget?.take(bytes);
+    held += bytes;
+  };
+  try {
+    let depth = 0;
+    let inString = false;
+    let escaped = false;
+    for await (const piece of body) {
+      const chunk = typeof piece === "string" ? Buffer.from(piece) : piece;
+      let start = 0;
+      for (let i = 0; i < chunk.length; i++) {
+        const byte = chunk[i];
+        if (depth === 0) {
+          if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) {
+            start = i + 1;
+            continue;
+          }
+          if (byte !== 0x7b) {
+            throw new DomainError("INVALID_ARGUMENT", "request stream: each message must be a JSON object");
+          }
+          depth = 1;
+          start = i;
           continue;
         }
-        if (byte !== 0x7b) {
-          throw new DomainError("INVALID_ARGUMENT", "request stream: each message must be a JSON object");
+        // Multi-byte UTF-8 sequences never contain ASCII bytes, so scanning bytes is safe.
+        if (inString) {
+          if (escaped) escaped = false;
+          else if (byte === 0x5c) escaped = true;
+          else if (byte === 0x22) inString = false;
+          continue;
         }
-        depth = 1;
-        start = i;
-        continue;
-      }
-      // Multi-byte UTF-8 sequences never contain ASCII bytes, so scanning bytes is safe.
-      if (inString) {
-        if (escaped) escaped = false;
-        else if (byte === 0x5c) escaped = true;
-        else if (byte === 0x22) inString = false;
-        continue;
-      }
-      if (byte === 0x22) inString = true;
-      else if (byte === 0x7b || byte === 0x5b) depth++;
-      else if (byte === 0x7d || byte === 0x5d) {
-        depth--;
-        if (depth === 0) {
-          parts.push(chunk.subarray(start, i + 1));
-          if (size + i + 1 - start > limit) throw new BodyTooLarge(limit);
-          yield Buffer.concat(parts).toString("utf8");
-          parts = [];
-          size = 0;
-          start = i + 1;
+        if (byte === 0x22) inString = true;
+        else if (byte === 0x7b || byte === 0x5b) depth++;
+        else if (byte === 0x7d || byte === 0x5d) {
+          depth--;
+          if (depth === 0) {
+            parts.push(chunk.subarray(start, i + 1));
+            if (size + i + 1 - start > limit) throw new BodyTooLarge(limit);
+            const text = Buffer.concat(parts).toString("utf8");
+            parts = [];
+            size = 0;
+            budget?.give(held);
+            held = 0;
+            yield text;
+            start = i + 1;
+          }
         }
       }
+      if (depth > 0) {
+        parts.push(chunk.subarray(start));
+        size += chunk.length - start;
+        if (size > limit) throw new BodyTooLarge(limit);
+        hold(chunk.length - start);
+      }
     }
-    if (depth > 0) {
-      parts.push(chunk.subarray(start));
-      size += chunk.length - start;
-      if (size > limit) throw new BodyTooLarge(limit);
-    }
+    if (depth > 0) throw new DomainError("INVALID_ARGUMENT", "request stream ends inside a JSON object");
+  } finally {
+    budget?.give(held);
   }
-  if (depth > 0) throw new DomainError("INVALID_ARGUMENT", "request stream ends inside a JSON object");
 }

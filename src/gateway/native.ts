@@ -1,6 +1,7 @@
 import { once } from "node:events";
 import type { IncomingMessage } from "node:http";
 import { DomainError } from "../errors.js";
+import { uploadTooLarge } from "../catalogue/limits.js";
 import { loadContract, type Contract, type HttpBinding, type MethodInfo } from "./descriptors.js";
 import { RpcError, sendError, statusJson } from "./errors.js";
 import type { RouteDeps } from "./gateway.js";
@@ -41,6 +42,8 @@ export function nativeRoutes(deps: RouteDeps): Route[] {
         routes.push({
           method: binding.method,
           pattern: routePattern(binding, method),
+          rpc: method.path,
+          oversize: oversizeError(contract, method, deps.maxUploadBytes),
           handle: (ctx) => serve(ctx, { contract, rpc, method, binding, deps }),
         });
       }
@@ -60,6 +63,31 @@ interface Target {
 const NDJSON = "application/x-ndjson";
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
+/**
+ * For a request that carries an image (a bytes field such as `content` or
+ * `like_image_content`, directly or in the streamed item), a body over the bridge's limit is
+ * that field's upload limit being exceeded: the same INVALID_ARGUMENT, naming the field and
+ * the limit, that gRPC and multipart uploads get.
+ */
+function oversizeError(contract: Contract, method: MethodInfo, maxUploadBytes: number): (() => Error) | undefined {
+  const field = imageField(contract, method.requestType, "", 0);
+  return field === undefined ? undefined : () => uploadTooLarge(field, maxUploadBytes);
+}
+
+function imageField(contract: Contract, typeName: string, prefix: string, depth: number): string | undefined {
+  if (depth > 1) return undefined;
+  for (const { info } of schemaOf(contract, typeName).fields) {
+    if (info.kind === "scalar" && info.type === "bytes" && !info.repeated && !info.mapKey) return prefix + info.name;
+  }
+  for (const { info } of schemaOf(contract, typeName).fields) {
+    if (info.kind === "message" && !info.repeated && !info.mapKey && info.type.startsWith("glimpse.")) {
+      const inner = imageField(contract, info.type, `${prefix}${info.name}.`, depth + 1);
+      if (inner !== undefined) return inner;
+    }
+  }
+  return undefined;
+}
+
 /** A google.api.http path template as a Router pattern: `{x=*}` is `{x}`; `{x=**}` stays. */
 function routePattern(binding: HttpBinding, method: MethodInfo): string {
   return binding.template.replace(/\{([^}=]+)(?:=([^}]*))?\}/g, (whole, name: string, rest: string | undefined) => {
@@ -75,6 +103,8 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
   const echo: Record<string, string> = typeof sent === "string" && REQUEST_ID.test(sent) ? { "x-request-id": sent } : {};
   try {
     const settings: CallSettings = { metadata: ctx.metadata, signal: ctx.signal, deadline: deadlineOf(ctx.req) };
+    // Admitted (and charged) before any of the body is read; the calls below carry the ticket.
+    if (binding.body || method.requestStream) await ctx.admit();
     const requests = method.requestStream ? requestStreamFromHttp(contract, method, binding, ctx, deps.maxBodyBytes) : undefined;
     const request = requests
       ? undefined

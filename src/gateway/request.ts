@@ -47,7 +47,7 @@ export async function* requestStreamFromHttp(
   limit: number,
 ): AsyncGenerator<Uint8Array> {
   let index = 0;
-  for await (const text of jsonObjects(ctx.req, limit)) {
+  for await (const text of jsonObjects(ctx.stream(), limit, ctx.budget)) {
     try {
       const target: Plain = {};
       readJson(contract, method.requestType, binding.body || "*", target, text);

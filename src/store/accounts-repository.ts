@@ -105,6 +105,17 @@ export class AccountsRepository {
     return toKey(row);
   }
 
+  /**
+   * The number of an account's keys that are not revoked, counted under a lock on the account
+   * row, so concurrent key creations for one account are counted one after the other.
+   */
+  async countActiveKeysLocked(accountId: string, db: Tx): Promise<number> {
+    await db`select 1 from accounts where id = ${accountId} for update`;
+    const [row] = await db<{ n: number }[]>`
+      select count(*)::int as n from api_keys where account_id = ${accountId} and revoked_at is null`;
+    return row.n;
+  }
+
   /** The key with this prefix and its account's admin flag, revoked or not. */
   async findKeyByPrefix(prefix: string): Promise<KeyForAuth | undefined> {
     const [row] = await this.sql<(KeyRow & { is_admin: boolean })[]>`

@@ -6,6 +6,7 @@ import {
   type GetImageRequest,
   type StreamSearchImagesRequest,
 } from "../../src/gen/glimpse/image/v1/image_service.js";
+import { ByteBudget } from "../../src/gateway/byte-budget.js";
 import { startHttpServer, Router, type HttpServer } from "../../src/gateway/http.js";
 import { nativeRoutes } from "../../src/gateway/native.js";
 import { deadlineInterceptor, deadlineMiddleware, type DeadlineContext } from "../../src/server/middleware/deadline.js";
@@ -73,10 +74,24 @@ describe("the bridge against a stand-in gRPC server", () => {
         descriptors: await readFile(new URL("../../src/gen/descriptors.binpb", import.meta.url)),
         publicUrl: () => "http://127.0.0.1",
         maxBodyBytes: 1024 * 1024,
+        maxUploadBytes: 1024 * 1024,
         logger: testLogger(),
       }),
     );
-    http = await startHttpServer({ host: "127.0.0.1", port: 0, router, logger: testLogger(), maxBodyBytes: 1024 * 1024 });
+    http = await startHttpServer({
+      host: "127.0.0.1",
+      port: 0,
+      router,
+      logger: testLogger(),
+      maxBodyBytes: 1024 * 1024,
+      // This test's server has no authentication: every request is let in.
+      admit: async () => ({ charge: () => {} }),
+      ticket: "test",
+      budget: new ByteBudget(64 * 1024 * 1024),
+      bodyTimeoutMs: 30_000,
+      headersTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 5_000,
+    });
     base = `http://127.0.0.1:${http.port}`;
   });
   afterAll(async () => {

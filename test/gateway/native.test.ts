@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestApp, type TestAccount, type TestApp } from "../helpers/app.js";
 import { distinctPng, solidImage } from "../helpers/images.js";
+import { ClientError } from "nice-grpc";
+import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
 
 /** One HTTP exchange with the bridge, JSON decoded when the answer is JSON. */
 interface Answer {
@@ -458,8 +460,31 @@ describe("native HTTP/JSON routes", () => {
       expect(res.json.code).toBe(9);
     });
 
-    it("answers 413 for a body over the limit", async () => {
+    it("answers an upload body over the limit as gRPC and multipart do: INVALID_ARGUMENT naming content and the limit", async () => {
       const res = await call("POST", "/v1/images", { body: { content: "A".repeat(1_700_000) } });
+      expect(res.status).toBe(400);
+      expect(res.json.code).toBe(3);
+      expect(res.json.message).toBe("content: image is larger than the limit of 195.3 KiB");
+      expect(res.json.details).toMatchObject([
+        {
+          "@type": "type.googleapis.com/google.rpc.BadRequest",
+          fieldViolations: [{ field: "content", description: "image is larger than the limit of 195.3 KiB" }],
+        },
+      ]);
+      const grpc = await t
+        .client(ImageServiceDefinition)
+        .uploadImage({ content: Buffer.alloc(200_001, 1) })
+        .catch((error: ClientError) => error);
+      expect((grpc as ClientError).details).toBe(res.json.message);
+      const form = new FormData();
+      form.append("content", new Blob([Buffer.alloc(200_001, 1)]), "big.png");
+      const multipart = await fetch(`${base}/v1/images`, { method: "POST", body: form, headers: { authorization: `Bearer ${t.adminKey}` } });
+      expect(multipart.status).toBe(400);
+      expect(((await multipart.json()) as { message: string }).message).toBe(res.json.message);
+    });
+
+    it("answers 413 for a body over the limit on a route that carries no image", async () => {
+      const res = await call("POST", "/v1/account/keys", { body: { name: "A".repeat(1_700_000) } });
       expect(res.status).toBe(413);
       expect(res.json.code).toBe(8);
     });

@@ -1,4 +1,5 @@
-import { ClientError, type CallOptions, type Metadata, type Status } from "nice-grpc";
+import { ClientError, Status, type CallOptions, type Metadata } from "nice-grpc";
+import { DomainError } from "../../errors.js";
 import { decodeStatusDetails } from "../../server/status-details.js";
 import type { HttpContext } from "../http.js";
 
@@ -12,6 +13,14 @@ export class CallFailure extends Error {
   ) {
     super(grpcMessage);
     this.name = "CallFailure";
+  }
+
+  /**
+   * A refusal the bridge made itself, before any call (admission, a busy server, a malformed
+   * body), as the failure a call would have given, so each surface answers it in its own shape.
+   */
+  static of(error: DomainError): CallFailure {
+    return new CallFailure(Status[error.code], error.message, error.violations, error.retryAfterMs);
   }
 }
 

@@ -3,7 +3,8 @@ import { AccountServiceDefinition } from "../../gen/glimpse/account/v1/account_s
 import { GenerationServiceDefinition } from "../../gen/glimpse/generation/v1/generation_service.js";
 import { ImageView } from "../../gen/glimpse/image/v1/image.js";
 import type { RouteDeps } from "../gateway.js";
-import { sendJson, type HttpContext, type Route } from "../http.js";
+import { DomainError } from "../../errors.js";
+import { BodyTimeout, BodyTooLarge, ClientGone, sendJson, type HttpContext, type Route } from "../http.js";
 import { CallFailure, callFor } from "./calls.js";
 import { SeedError, seedErrorOf, sendSeedError, type FailureContext } from "./getimages-errors.js";
 import { getimagesOpenApi } from "./getimages-openapi.js";
@@ -35,9 +36,11 @@ export function getimagesRoutes(deps: RouteDeps): Route[] {
     path: string,
     context: FailureContext,
     run: (ctx: HttpContext) => Promise<void>,
+    rpc?: string,
   ): Route => ({
     method,
     pattern: GETIMAGES_PREFIX + path,
+    rpc,
     handle: async (ctx) => {
       try {
         await run(ctx);
@@ -45,6 +48,10 @@ export function getimagesRoutes(deps: RouteDeps): Route[] {
         if (ctx.signal.aborted || ctx.res.headersSent) return;
         if (err instanceof SeedError) return sendSeedError(ctx, err);
         if (err instanceof CallFailure) return sendSeedError(ctx, seedErrorOf(err, context));
+        // Refusals before any call (admission, a busy server) in the seed's shape.
+        if (err instanceof DomainError) return sendSeedError(ctx, seedErrorOf(CallFailure.of(err), context));
+        // A body over the limit, too slow, or cut short: the bridge's own answers.
+        if (err instanceof BodyTooLarge || err instanceof BodyTimeout || err instanceof ClientGone) throw err;
         deps.logger.error("getimages handler failed", { error: err, path: ctx.url.pathname });
         const message = context.generating ? "Image generation failed unexpectedly." : "Internal server error.";
         sendSeedError(ctx, new SeedError(500, message));
@@ -62,7 +69,7 @@ export function getimagesRoutes(deps: RouteDeps): Route[] {
         image: imageOut(made!, { creditCost: false, bytes: true }),
         credits: { charged: Number(credits?.charged ?? 0), remaining: Number(credits?.remaining ?? 0) },
       });
-    }),
+    }, "/glimpse.generation.v1.GenerationService/GenerateImage"),
 
     route("GET", "/api/v1/images", QUERY, async (ctx) => {
       const paging = parsePaging(ctx.url);

@@ -25,13 +25,14 @@
 //   400, authentication_error 401, not_found_error 404, rate_limit_error 429 (with
 //   Retry-After), server_error 500. Search without an embedding model is a server_error with
 //   503: the request is fine, the service cannot run it now.
-import busboy from "busboy";
 import { createClient, Status, type Client } from "nice-grpc";
 import { IndexStatus, type Image } from "../../gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition, type UploadImageRequest } from "../../gen/glimpse/image/v1/image_service.js";
 import type { RouteDeps } from "../gateway.js";
 import { BodyTooLarge, sendJson, type HttpContext, type Route } from "../http.js";
 import { CallFailure, callFor, retryAfterSeconds } from "./calls.js";
+import { DomainError } from "../../errors.js";
+import { parseMultipart } from "../multipart.js";
 
 type ImageClient = Client<typeof ImageServiceDefinition>;
 
@@ -64,11 +65,13 @@ export function rekaRoutes(deps: RouteDeps): Route[] {
     {
       method: "POST",
       pattern: "/compat/reka/v1/images/upload",
+      rpc: "/glimpse.image.v1.ImageService/UploadImage",
       handle: (ctx) => answer(ctx, () => upload(ctx, images)),
     },
     {
       method: "POST",
       pattern: "/compat/reka/v1/images/search",
+      rpc: "/glimpse.image.v1.ImageService/SearchImages",
       handle: (ctx) => answer(ctx, () => search(ctx, images)),
     },
   ];
@@ -141,6 +144,8 @@ async function upload(ctx: HttpContext, images: ImageClient): Promise<unknown> {
   // One UploadImage per file, in order; a failure answers at once. Files stored before it stay
   // stored, and sending the same bytes again returns them (glimpse deduplicates by content).
   for (const [i, file] of form.files.entries()) {
+    // The request's admission paid for the first file; each further one costs a token.
+    if (i > 0) ctx.charge();
     const entry = perFile[i];
     const request: Partial<UploadImageRequest> = {
       content: file.content,
@@ -242,39 +247,19 @@ function metadataField(value: string | undefined, files: number): FileOptions[] 
 
 /** Reads a multipart/form-data body (within the bridge's body limit) into files and fields. */
 async function parseForm(ctx: HttpContext): Promise<UploadForm> {
-  if (!/^multipart\/form-data\b/i.test(ctx.req.headers["content-type"] ?? "")) {
+  const contentType = ctx.req.headers["content-type"] ?? "";
+  if (!/^multipart\/form-data\b/i.test(contentType)) {
     throw invalid("the body must be multipart/form-data with the image files");
   }
-  const raw = await ctx.body();
-  return new Promise((resolve, reject) => {
-    const files: FilePart[] = [];
-    const fields = new Map<string, string>();
-    let parser: busboy.Busboy;
-    try {
-      parser = busboy({ headers: ctx.req.headers, limits: { files: MAX_FILES, fieldSize: 1024 * 1024 } });
-    } catch (err) {
-      return reject(invalid(`the multipart body cannot be read: ${(err as Error).message}`));
-    }
-    // The form is complete once the parser has closed and every file stream has ended.
-    let open = 1;
-    const settle = () => --open === 0 && resolve({ files, fields });
-    parser.on("file", (_name, stream, info) => {
-      const chunks: Buffer[] = [];
-      const file: FilePart = { fileName: info.filename ?? "", content: Buffer.alloc(0) };
-      files.push(file);
-      open++;
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("end", () => {
-        file.content = Buffer.concat(chunks);
-        settle();
-      });
-    });
-    parser.on("field", (name, value) => fields.set(name, value));
-    parser.on("filesLimit", () => reject(invalid(`at most ${MAX_FILES} files per upload`, "images")));
-    parser.on("error", (err: Error) => reject(invalid(`the multipart body cannot be read: ${err.message}`)));
-    parser.on("close", settle);
-    parser.end(raw);
+  const parts = await parseMultipart(await ctx.body(), contentType, {
+    maxFiles: MAX_FILES,
+    filesField: "images",
+    maxFieldBytes: 1024 * 1024,
   });
+  return {
+    files: parts.files.map((f) => ({ fileName: f.filename, content: f.data })),
+    fields: new Map(parts.fields.map((f) => [f.name, f.value])),
+  };
 }
 
 /** Unix time in seconds, as Reka's upload_timestamp. */
@@ -329,6 +314,7 @@ async function answer(ctx: HttpContext, handler: () => Promise<unknown>): Promis
   } catch (err) {
     if (err instanceof RekaError) error = err;
     else if (err instanceof CallFailure) error = errorOf(err);
+    else if (err instanceof DomainError) error = errorOf(CallFailure.of(err));
     else if (err instanceof BodyTooLarge) error = new RekaError(413, "validation_error", err.message);
     else throw err;
   }

@@ -25,6 +25,7 @@ import { ImageServiceDefinition } from "../../gen/glimpse/image/v1/image_service
 import type { SearchResult } from "../../gen/glimpse/image/v1/search.js";
 import type { RouteDeps } from "../gateway.js";
 import { BodyTooLarge, sendJson, type HttpContext, type Route } from "../http.js";
+import { DomainError } from "../../errors.js";
 import { CallFailure, callFor, retryAfterSeconds } from "./calls.js";
 
 type ImageClient = Client<typeof ImageServiceDefinition>;
@@ -79,6 +80,7 @@ export function roboflowRoutes(deps: RouteDeps): Route[] {
     {
       method: "POST",
       pattern: "/compat/roboflow/{workspace}/{project}/search",
+      rpc: "/glimpse.image.v1.ImageService/SearchImages",
       handle: (ctx) => answer(ctx, () => search(ctx, images)),
     },
   ];
@@ -97,6 +99,8 @@ function authenticate(ctx: HttpContext): void {
     if (!fromQuery) {
       throw new RoboflowError(401, "unauthorized", "this endpoint needs an API key: add ?api_key=<key> to the URL");
     }
+    // gRPC metadata carries printable ASCII only, as every API key is.
+    if (!/^[\x20-\x7e]*$/.test(fromQuery)) throw new RoboflowError(401, "unauthorized", "api_key is not a valid API key");
     ctx.metadata.set("x-api-key", fromQuery);
   }
 }
@@ -346,10 +350,17 @@ function seconds(date: Date | undefined): number | null {
 }
 
 
-/** glimpse's request paths in the seed's names: `filter.tags[0]` -> `tag`, `like_image_id` -> `like_image`. */
+/**
+ * glimpse's request paths in the seed's names: `filter.tags[0]` -> `tag`, `like_image_id` ->
+ * `like_image`, `filter.meta_equals[batch_id]` -> `batch_id` (the dataset is in_dataset's, or
+ * the URL's project).
+ */
 function seedMessage(message: string): string {
   return message
     .replace(/\blike_image_id\b/g, "like_image")
+    .replace(/\bfilter\.meta_equals\[(\w+)\]/g, (_m, key: string) =>
+      key === "dataset" ? "in_dataset (or the URL's project)" : key,
+    )
     .replace(/\bfilter\.tags(\[\d+\])?/g, "tag")
     .replace(/\bfilter\./g, "");
 }
@@ -394,6 +405,7 @@ async function answer(ctx: HttpContext, handler: () => Promise<unknown>): Promis
   } catch (err) {
     if (err instanceof RoboflowError) error = err;
     else if (err instanceof CallFailure) error = errorOf(err);
+    else if (err instanceof DomainError) error = errorOf(CallFailure.of(err));
     else if (err instanceof BodyTooLarge) error = new RoboflowError(413, "invalid_request", err.message);
     else throw err;
   }

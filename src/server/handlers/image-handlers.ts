@@ -138,6 +138,8 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
       for await (const item of requests) {
         const requestId = item.request?.requestId ?? "";
         try {
+          // The call's own token pays for the first item; every further item costs one more.
+          if (index > 0) context.charge();
           if (!item.request) throw invalidArgument({ field: "request", description: "is required" });
           const { image, deduplicated } = await catalogue.upload(context.caller, { ...uploadIn(item.request, "request."), signal: context.signal });
           yield { index, requestId, result: { $case: "image", value: imageOut(image, publicUrl, { deduplicated }) } };

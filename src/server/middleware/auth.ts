@@ -1,4 +1,6 @@
-import type { CallContext } from "nice-grpc-common";
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import type { Metadata } from "nice-grpc-common";
+import type { Caller } from "../../catalogue/types.js";
 import type { AccountService } from "../../accounts/account-service.js";
 import type { RateLimiter } from "../../accounts/token-bucket.js";
 import { DomainError } from "../../errors.js";
@@ -37,78 +39,131 @@ export interface AuthConfig {
 }
 
 /**
- * The secret a call presents: `authorization: Bearer <key>` or `x-api-key: <key>`; undefined
- * when it sends neither.
+ * Metadata key of the HTTP bridge's admission ticket: a call carrying it was already admitted
+ * (authenticated, and charged its rate-limit token) by the bridge before it read the request
+ * body, so the gRPC side charges nothing more for it. Its value is a per-process random
+ * secret, so no client can forge it; the bridge drops any header of this name a client sends.
  */
-export function presentedSecret(context: CallContext): string | undefined {
-  const authorization = context.metadata.get("authorization");
-  if (authorization !== undefined) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-    if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
-    return match[1];
-  }
-  const key = context.metadata.get("x-api-key")?.trim();
-  return key === undefined || key === "" ? undefined : key;
-}
+export const ADMISSION_TICKET_KEY = "x-glimpse-internal-admitted";
 
-/** The client address of a gRPC peer (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`), without its port. */
-function peerAddress(peer: string): string {
-  return peer.replace(/:\d+$/, "");
-}
-
-const LOOPBACK = /^(ipv4:127\.|ipv6:\[::1\]|ipv6:\[::ffff:127\.)/;
+/** Prefix of metadata keys only glimpse itself may set. */
+export const INTERNAL_METADATA_PREFIX = "x-glimpse-internal-";
 
 /**
- * Who to rate-limit an anonymous call as: the peer, or, for calls the HTTP bridge makes over
- * loopback on a client's behalf, the client address it forwards in `x-forwarded-for`.
+ * The secret a call presents: `authorization: Bearer <key>` or `x-api-key: <key>`; undefined
+ * when it sends neither. The same key sent several ways is one credential; two different
+ * ones are refused, whatever their order.
  */
-function clientAddress(context: CallContext): string {
-  const forwarded = context.metadata.get("x-forwarded-for")?.split(",")[0]?.trim();
-  if (forwarded && LOOPBACK.test(context.peer)) return forwarded;
-  return peerAddress(context.peer);
-}
-
-function admit(config: AuthConfig, bucket: string, perMinute: number, who: string): void {
-  const admission = config.limiter.take(bucket, perMinute);
-  if (!admission.allowed) {
-    const seconds = Math.ceil(admission.retryAfterMs / 1000);
+export function presentedSecret(metadata: Metadata): string | undefined {
+  const secrets = new Set<string>();
+  for (const authorization of metadata.getAll("authorization")) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(String(authorization));
+    if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
+    secrets.add(match[1]);
+  }
+  for (const value of metadata.getAll("x-api-key")) {
+    const key = String(value).trim();
+    if (key !== "") secrets.add(key);
+  }
+  if (secrets.size > 1) {
     throw new DomainError(
-      "RESOURCE_EXHAUSTED",
-      `rate limit of ${perMinute} requests per minute exceeded for ${who}; retry in ${seconds} s`,
-      { retryAfterMs: admission.retryAfterMs },
+      "UNAUTHENTICATED",
+      "the request carries two different credentials (authorization / x-api-key); send one API key",
     );
   }
+  return secrets.values().next().value;
 }
 
-/**
- * API-key authentication, admin checks and per-key rate limits, as a caller resolver for the
- * caller middleware. Health and reflection stay open. A call without a key is refused
- * UNAUTHENTICATED, unless anonymous reads are on and it is one of the read RPCs: it then acts
- * as an anonymous caller who sees public images only, limited per client address. A key that
- * is sent must be valid, even on an RPC that would allow no key.
- */
-export function apiKeyResolver(config: AuthConfig): CallerResolver {
-  return async (method, context) => {
-    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return anonymousCaller;
-    const accounts = config.accounts();
+/** The client address of a gRPC peer (`1.2.3.4:5678`, `[::1]:5678`, `ipv4:1.2.3.4:5678`), without its port. */
+export function peerAddress(peer: string): string {
+  return peer.replace(/^ipv[46]:/, "").replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+}
+
+/** Decides who a call acts as and charges its rate limits; shared by gRPC and the HTTP bridge. */
+export class Gatekeeper {
+  /** The bridge's admission ticket (see {@link ADMISSION_TICKET_KEY}). */
+  readonly ticket = randomBytes(32).toString("base64url");
+  private readonly ticketBytes = Buffer.from(this.ticket);
+
+  constructor(private readonly config: AuthConfig) {}
+
+  /** Whether a call carries this process's admission ticket. */
+  admitted(metadata: Metadata): boolean {
+    const value = metadata.get(ADMISSION_TICKET_KEY);
+    if (typeof value !== "string") return false;
+    const given = Buffer.from(value);
+    return given.length === this.ticketBytes.length && timingSafeEqual(given, this.ticketBytes);
+  }
+
+  /**
+   * Authenticates a call to `method` from its metadata, checks that the caller may make it,
+   * and (unless `charge` is false) takes one token from each of its buckets: the key's and
+   * its account's, or, without a key, the client address's. Health and reflection stay open.
+   * A call without a key is refused UNAUTHENTICATED, unless anonymous reads are on and it is
+   * one of the read RPCs. A key that is sent must be valid, even on an RPC that allows none.
+   * The returned `charge` takes one more token for the same buckets (an item of a stream).
+   */
+  async admit(method: string, metadata: Metadata, clientAddress: string, charge = true): Promise<Admission> {
+    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: () => {} };
+    const accounts = this.config.accounts();
     if (!accounts) throw new DomainError("UNAVAILABLE", "glimpse is starting; retry shortly");
-    const secret = presentedSecret(context);
+    const secret = presentedSecret(metadata);
     if (secret === undefined) {
-      if (config.anonymousRead && ANONYMOUS_READ_METHODS.has(method)) {
-        const address = clientAddress(context);
-        admit(config, `anonymous ${address}`, config.anonymousRateLimit, "anonymous calls from this address");
-        return anonymousCaller;
+      if (this.config.anonymousRead && ANONYMOUS_READ_METHODS.has(method)) {
+        const buckets = [{ key: `anonymous ${clientAddress}`, perMinute: this.config.anonymousRateLimit }];
+        const take = () => this.take(buckets, "anonymous calls from this address");
+        if (charge) take();
+        return { caller: anonymousCaller, charge: take };
       }
       throw new DomainError(
         "UNAUTHENTICATED",
         "this call needs an API key: send 'authorization: Bearer <key>' or 'x-api-key: <key>'",
       );
     }
-    const { caller, keyId, rateLimitPerMinute } = await accounts.authenticate(secret);
-    admit(config, `key ${keyId}`, rateLimitPerMinute, "this API key");
+    const { caller, keyId, rateLimitPerMinute, accountRateLimitPerMinute } = await accounts.authenticate(secret);
+    const buckets = [
+      { key: `key ${keyId}`, perMinute: rateLimitPerMinute },
+      { key: `account ${caller.accountId}`, perMinute: accountRateLimitPerMinute },
+    ];
+    const take = () => this.take(buckets, "this API key (an account's keys also share one budget)");
+    if (charge) take();
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
       throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
     }
-    return caller;
+    return { caller, charge: take };
+  }
+
+  private take(buckets: { key: string; perMinute: number }[], who: string): void {
+    const admission = this.config.limiter.takeAll(buckets);
+    if (!admission.allowed) {
+      const seconds = Math.ceil(admission.retryAfterMs / 1000);
+      throw new DomainError(
+        "RESOURCE_EXHAUSTED",
+        `rate limit of ${buckets[0].perMinute} requests per minute exceeded for ${who}; retry in ${seconds} s`,
+        { retryAfterMs: admission.retryAfterMs },
+      );
+    }
+  }
+}
+
+/** A call let in: who it acts as, and how to charge it for more work (each item of a stream). */
+export interface Admission {
+  caller: Caller;
+  /** Takes one more token from the call's buckets; throws RESOURCE_EXHAUSTED when empty. */
+  charge: () => void;
+}
+
+/**
+ * The gatekeeper as the caller middleware's resolver. A call carrying the bridge's admission
+ * ticket was charged by the bridge, and its client address is the one the bridge forwards
+ * (`x-forwarded-for`); any other call is charged here and limited by its own peer address, so
+ * a forwarded address from anyone else is ignored.
+ */
+export function apiKeyResolver(gatekeeper: Gatekeeper): CallerResolver {
+  return async (method, context) => {
+    const bridged = gatekeeper.admitted(context.metadata);
+    const forwarded = bridged ? context.metadata.get("x-forwarded-for")?.split(",")[0]?.trim() : undefined;
+    const address = forwarded || peerAddress(context.peer);
+    return gatekeeper.admit(method, context.metadata, address, !bridged);
   };
 }
