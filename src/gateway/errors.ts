@@ -130,7 +130,7 @@ export function fieldViolations(status: GatewayStatus): { field: string; descrip
 
 /**
  * Answers an error: grpc-gateway's HTTP status and google.rpc.Status JSON body, `Retry-After`
- * (seconds) for RESOURCE_EXHAUSTED with RetryInfo, `WWW-Authenticate` for UNAUTHENTICATED,
+ * (seconds) for a status with RetryInfo, `WWW-Authenticate` for UNAUTHENTICATED,
  * 413 for a body over the limit. `headers` are added (for example `x-request-id`).
  */
 export function sendError(
@@ -141,7 +141,8 @@ export function sendError(
   const status = statusOfError(error, options.trailer);
   const headers: Record<string, string> = { ...options.headers };
   if (error instanceof RpcError && error.requestId) headers["x-request-id"] = error.requestId;
-  const retryAfter = status.code === Status.RESOURCE_EXHAUSTED ? retryAfterSeconds(status) : undefined;
+  // RESOURCE_EXHAUSTED (a rate limit) and UNAVAILABLE (a busy server) say when to come back.
+  const retryAfter = retryAfterSeconds(status);
   if (retryAfter !== undefined) headers["retry-after"] = String(retryAfter);
   if (status.code === Status.UNAUTHENTICATED) headers["www-authenticate"] = 'Bearer realm="glimpse"';
   // The rest of an oversized body is never read, so the connection cannot carry another request.

@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import { Metadata } from "nice-grpc";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
-import { ADMISSION_TICKET_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
+import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
 import { ByteBudget } from "./byte-budget.js";
 
 /** What a route handler gets for one HTTP request. */
@@ -221,7 +221,8 @@ export interface HttpServer {
  */
 export async function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
   const { router, logger, maxBodyBytes, budget, bodyTimeoutMs } = options;
-  const server: Server = createServer((req, res) => {
+  // Header and body deadlines are checked every second (Node's default is every 30 s).
+  const server: Server = createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     try {
       serve(req, res);
     } catch (error) {
@@ -260,6 +261,9 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     let admitted: Promise<void> | undefined;
     let charge: (() => void) | undefined;
     const metadata = metadataOf(req);
+    // Calls on the client's behalf may name its address (x-forwarded-for): the gRPC side
+    // believes that only of calls carrying this process's secret.
+    metadata.set(BRIDGE_KEY, options.ticket);
     const admit = () =>
       (admitted ??= (async () => {
         if (!route.rpc) throw new Error(`route ${route.method} ${route.pattern} reads a body but names no RPC to admit it by`);

@@ -5,7 +5,7 @@ import { uploadTooLarge } from "../catalogue/limits.js";
 import { loadContract, type Contract, type HttpBinding, type MethodInfo } from "./descriptors.js";
 import { RpcError, sendError, statusJson } from "./errors.js";
 import type { RouteDeps } from "./gateway.js";
-import { sendJson, type HttpContext, type Route } from "./http.js";
+import { BodyTimeout, BodyTooLarge, ClientGone, sendJson, type HttpContext, type Route } from "./http.js";
 import { fieldToJson, messageToJson } from "./json-out.js";
 import { requestFromHttp, requestStreamFromHttp } from "./request.js";
 import { LoopbackRpc, type CallSettings, type RpcStream } from "./rpc.js";
@@ -104,7 +104,7 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
   try {
     const settings: CallSettings = { metadata: ctx.metadata, signal: ctx.signal, deadline: deadlineOf(ctx.req) };
     // Admitted (and charged) before any of the body is read; the calls below carry the ticket.
-    if (binding.body || method.requestStream) await ctx.admit();
+    await ctx.admit();
     const requests = method.requestStream ? requestStreamFromHttp(contract, method, binding, ctx, deps.maxBodyBytes) : undefined;
     const request = requests
       ? undefined
@@ -124,7 +124,9 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
     sendJson(ctx.res, 200, render(target, message), echo);
   } catch (error) {
     if (ctx.signal.aborted || ctx.res.headersSent) return;
-    if (!(error instanceof RpcError || error instanceof DomainError)) {
+    // A body that came too slowly or not at all: the HTTP server's own answers.
+    if (error instanceof BodyTimeout || error instanceof ClientGone) throw error;
+    if (!(error instanceof RpcError || error instanceof DomainError || error instanceof BodyTooLarge)) {
       deps.logger.error("HTTP bridge failed", { error, method: method.path });
     }
     sendError(ctx.res, error, { headers: echo });

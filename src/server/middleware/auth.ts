@@ -46,6 +46,12 @@ export interface AuthConfig {
  */
 export const ADMISSION_TICKET_KEY = "x-glimpse-internal-admitted";
 
+/**
+ * Metadata key that marks a call made by this process's HTTP bridge (same secret as the
+ * ticket): only such calls may name the client's address in `x-forwarded-for`.
+ */
+export const BRIDGE_KEY = "x-glimpse-internal-bridge";
+
 /** Prefix of metadata keys only glimpse itself may set. */
 export const INTERNAL_METADATA_PREFIX = "x-glimpse-internal-";
 
@@ -56,13 +62,15 @@ export const INTERNAL_METADATA_PREFIX = "x-glimpse-internal-";
  */
 export function presentedSecret(metadata: Metadata): string | undefined {
   const secrets = new Set<string>();
-  for (const authorization of metadata.getAll("authorization")) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(String(authorization));
+  // HTTP/2 joins repeated headers with commas; no key contains one.
+  const authorizations = metadata.getAll("authorization").flatMap((value) => String(value).split(/\s*,\s*/));
+  for (const authorization of authorizations) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
     if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
     secrets.add(match[1]);
   }
-  for (const value of metadata.getAll("x-api-key")) {
-    const key = String(value).trim();
+  for (const value of metadata.getAll("x-api-key").flatMap((v) => String(v).split(","))) {
+    const key = value.trim();
     if (key !== "") secrets.add(key);
   }
   if (secrets.size > 1) {
@@ -89,7 +97,16 @@ export class Gatekeeper {
 
   /** Whether a call carries this process's admission ticket. */
   admitted(metadata: Metadata): boolean {
-    const value = metadata.get(ADMISSION_TICKET_KEY);
+    return this.carries(metadata, ADMISSION_TICKET_KEY);
+  }
+
+  /** Whether a call comes from this process's HTTP bridge. */
+  bridged(metadata: Metadata): boolean {
+    return this.carries(metadata, BRIDGE_KEY);
+  }
+
+  private carries(metadata: Metadata, key: string): boolean {
+    const value = metadata.get(key);
     if (typeof value !== "string") return false;
     const given = Buffer.from(value);
     return given.length === this.ticketBytes.length && timingSafeEqual(given, this.ticketBytes);
@@ -155,15 +172,16 @@ export interface Admission {
 
 /**
  * The gatekeeper as the caller middleware's resolver. A call carrying the bridge's admission
- * ticket was charged by the bridge, and its client address is the one the bridge forwards
- * (`x-forwarded-for`); any other call is charged here and limited by its own peer address, so
- * a forwarded address from anyone else is ignored.
+ * ticket was charged by the bridge. A call from the bridge is limited by the client address
+ * the bridge forwards (`x-forwarded-for`); any other call by its own peer address, so a
+ * forwarded address from anyone else is ignored.
  */
 export function apiKeyResolver(gatekeeper: Gatekeeper): CallerResolver {
   return async (method, context) => {
-    const bridged = gatekeeper.admitted(context.metadata);
-    const forwarded = bridged ? context.metadata.get("x-forwarded-for")?.split(",")[0]?.trim() : undefined;
+    const forwarded = gatekeeper.bridged(context.metadata)
+      ? context.metadata.get("x-forwarded-for")?.split(",")[0]?.trim()
+      : undefined;
     const address = forwarded || peerAddress(context.peer);
-    return gatekeeper.admit(method, context.metadata, address, !bridged);
+    return gatekeeper.admit(method, context.metadata, address, !gatekeeper.admitted(context.metadata));
   };
 }
