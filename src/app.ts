@@ -5,8 +5,10 @@ import type { Options } from "./config/options.js";
 import { createLogger, type Logger } from "./logging/logger.js";
 import { startGrpcServer, type GrpcServer } from "./server/grpc-server.js";
 import { FileBlobStore, type BlobStore } from "./blobs/blob-store.js";
-import { analyseImage } from "./catalogue/analyse.js";
+import { pooledAnalyse } from "./catalogue/analyse.js";
 import { CatalogueService } from "./catalogue/catalogue-service.js";
+import { DecodePool } from "./catalogue/decode-pool.js";
+import { startOrphanSweeping } from "./catalogue/orphan-sweep.js";
 import { ListingService } from "./catalogue/listing.js";
 import { SnowflakeGenerator } from "./catalogue/snowflake.js";
 import { systemClock, type Clock } from "./clock.js";
@@ -133,6 +135,8 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     const blobs = new FileBlobStore(path.join(options.dataDir, "blobs"));
     const images = new ImagesRepository(sql);
     const ids = new SnowflakeGenerator(await takeWorkerId(sql), clock);
+    // One pool for every full decode, uploads and search by image content alike.
+    const analyse = pooledAnalyse(new DecodePool({ concurrency: options.decodeConcurrency, maxQueue: options.decodeQueueMax }));
     const search = startSearch(options, sql, blobs, logger, deps.modelRegistry);
     closers.push(search.close);
     const catalogue = new CatalogueService({
@@ -142,16 +146,19 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       clock,
       ids,
       limits: { maxBytes: options.maxUploadBytes, maxPixels: options.maxImagePixels },
-      analyse: analyseImage,
+      analyse,
       indexing: search.hooks,
+      logger,
     });
+    const blobSweep = { intervalMs: options.blobSweepIntervalS * 1000, graceMs: options.blobOrphanGraceS * 1000 };
+    closers.push(startOrphanSweeping({ images, transaction: (fn) => transaction(sql, fn), blobs, logger }, blobSweep));
     const listing = new ListingService(images, clock);
     const searchService = new SearchService({
       embeddings: search.embeddings,
       catalogue,
       clock,
       engine: search.engine,
-      analyse: analyseImage,
+      analyse,
       limits: { maxBytes: options.maxUploadBytes, maxPixels: options.maxImagePixels },
       ef: options.searchEf,
       exactMax: options.searchExactMax,

@@ -1,8 +1,14 @@
 import { createHash, randomUUID } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { mkdir, open, opendir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { systemClock, type Clock } from "../clock.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
+
+/** One stored blob and when its file was last written. */
+export interface BlobEntry {
+  sha256: string;
+  modifiedAt: Date;
+}
 
 /** Image bytes keyed by their SHA-256, so identical uploads share one copy. */
 export interface BlobStore {
@@ -18,6 +24,17 @@ export interface BlobStore {
   pathOf(sha256: string): string;
   /** Every stored sha256 (tests and maintenance use it). */
   list(): Promise<string[]>;
+  /**
+   * Every stored blob with its modification time, read directory by directory as the caller
+   * iterates, so millions of blobs are never held at once. Blobs added or removed meanwhile
+   * may or may not appear.
+   */
+  entries(): AsyncIterable<BlobEntry>;
+  /**
+   * Removes partial writes older than `maxAgeMs` (left behind by a crash); younger ones may
+   * belong to a write in progress. Returns how many were removed.
+   */
+  sweepTemp(maxAgeMs?: number): Promise<number>;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -111,23 +128,47 @@ export class FileBlobStore implements BlobStore {
 
   async list(): Promise<string[]> {
     const found: string[] = [];
+    for await (const { sha256 } of this.files()) found.push(sha256);
+    return found.sort();
+  }
+
+  async *entries(): AsyncGenerator<BlobEntry> {
+    for await (const { sha256, file } of this.files()) {
+      try {
+        yield { sha256, modifiedAt: (await stat(file)).mtime };
+      } catch (error) {
+        // Deleted between the directory read and the stat.
+        if (!isMissing(error)) throw error;
+      }
+    }
+  }
+
+  /** The blob files, one fan-out directory at a time. */
+  private async *files(): AsyncGenerator<{ sha256: string; file: string }> {
     for (const first of await dirNames(this.root)) {
       if (!FAN_OUT.test(first)) continue; // skips tmp/ and anything foreign
       for (const second of await dirNames(path.join(this.root, first))) {
         if (!FAN_OUT.test(second)) continue;
-        const names = await readdir(path.join(this.root, first, second));
-        for (const name of names) {
-          if (SHA256_HEX.test(name) && name.startsWith(first + second)) found.push(name);
+        const dir = path.join(this.root, first, second);
+        let handle;
+        try {
+          handle = await opendir(dir);
+        } catch (error) {
+          if (isMissing(error)) continue;
+          throw error;
+        }
+        for await (const entry of handle) {
+          const name = entry.name;
+          if (SHA256_HEX.test(name) && name.startsWith(first + second)) yield { sha256: name, file: path.join(dir, name) };
         }
       }
     }
-    return found.sort();
   }
 
   /**
    * Removes temp files older than `maxAgeMs` (default one hour), which only a crashed or
    * killed write leaves behind; younger ones may belong to a write in progress.
-   * Returns how many were removed.
+   * Returns how many were removed. Age is judged by this store's clock against file times.
    */
   async sweepTemp(maxAgeMs: number = ONE_HOUR_MS): Promise<number> {
     let names: string[];

@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
+import { uploadTooLarge } from "./limits.js";
 import sharp, { type Metadata } from "sharp";
 import { encode as encodeBlurhash } from "blurhash";
 import { DomainError } from "../errors.js";
+import type { DecodePool } from "./decode-pool.js";
 
 /** Upper bounds on what `analyseImage` accepts, checked before any pixel is decoded. */
 export interface AnalyseLimits {
@@ -32,6 +34,34 @@ export interface ImageFacts {
   phash: bigint;
 }
 
+/** How `analyseImage` runs, beyond what it checks. */
+export interface AnalyseOptions {
+  /** Bounds how many full decodes run at once; without one the decode starts at once. */
+  pool?: DecodePool;
+  /** Gives up waiting for a decode slot (the call was cancelled or its deadline passed). */
+  signal?: AbortSignal;
+  /** The bytes' SHA-256 (lower-case hex) when the caller has computed it already. */
+  sha256?: string;
+}
+
+/** The analysis the catalogue and search use: `analyseImage`, possibly through a decode pool. */
+export type Analyse = (
+  bytes: Uint8Array,
+  limits: AnalyseLimits,
+  field: string,
+  options?: Pick<AnalyseOptions, "signal" | "sha256">,
+) => Promise<ImageFacts>;
+
+/** `analyseImage` with every full decode run through `pool`. */
+export function pooledAnalyse(pool: DecodePool): Analyse {
+  return (bytes, limits, field, options) => analyseImage(bytes, limits, field, { ...options, pool });
+}
+
+/** Lower-case hex SHA-256 of `bytes`: the blob store's key and the deduplication key. */
+export function contentSha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
 type Sniffed = { mediaType: string; label: string; sharpFormat: string };
 
 const SUPPORTED = "not a supported image (JPEG, PNG, WebP, GIF, AVIF or TIFF)";
@@ -51,17 +81,18 @@ const HASH_SIDE = 32;
  * Checks that `bytes` are one supported, intact image within `limits` and computes its facts.
  * Rejections are INVALID_ARGUMENT against `field`. Costs one decode, shrunk on load to 32x32,
  * so a 24-megapixel JPEG is cheap; bombs are refused from the header before any decode.
+ * Formats without shrink-on-load (PNG, GIF, TIFF) decode every pixel: a 100-megapixel
+ * 16-bit PNG takes seconds of CPU, which is what `options.pool` bounds (RESOURCE_EXHAUSTED
+ * when its queue is full).
  */
 export async function analyseImage(
   bytes: Uint8Array,
   limits: AnalyseLimits = DEFAULT_LIMITS,
   field = "content",
+  options: AnalyseOptions = {},
 ): Promise<ImageFacts> {
   if (bytes.length === 0) throw rejected(field, "is empty; expected the bytes of an image");
-  if (bytes.length > limits.maxBytes) {
-    const [size, limit] = formatPair(bytes.length, limits.maxBytes, formatBytes, "bytes");
-    throw rejected(field, `image is ${size}; the limit is ${limit}`);
-  }
+  if (bytes.length > limits.maxBytes) throw uploadTooLarge(field, limits.maxBytes);
   const sniffed = sniffImageType(bytes);
   if (!sniffed) throw rejected(field, SUPPORTED);
 
@@ -79,14 +110,15 @@ export async function analyseImage(
   }
   checkPixels(meta, limits.maxPixels, field);
 
-  const { data, info } = await decodeSmall(bytes, limits.maxPixels, sniffed, field);
+  const decode = () => decodeSmall(bytes, limits.maxPixels, sniffed, field);
+  const { data, info } = options.pool ? await options.pool.run(decode, options.signal) : await decode();
   const rgba = new Uint8ClampedArray(data.buffer, data.byteOffset, data.length);
   return {
     mediaType: sniffed.mediaType,
     width: meta.autoOrient.width,
     height: meta.autoOrient.height,
     byteSize: bytes.length,
-    sha256: createHash("sha256").update(bytes).digest("hex"),
+    sha256: options.sha256 ?? contentSha256(bytes),
     // BlurHash components live in coordinates normalised to the image, so hashing the
     // square squash gives the placeholder the full-aspect image would; no second resize.
     blurhash: encodeBlurhash(rgba, info.width, info.height, 4, 3),
@@ -225,12 +257,6 @@ function rejected(field: string, description: string, cause?: unknown): DomainEr
 function formatPair(value: number, limit: number, format: (n: number) => string, unit: string): [string, string] {
   const [a, b] = [format(value), format(limit)];
   return a === b ? [`${value} ${unit}`, `${limit} ${unit}`] : [a, b];
-}
-
-function formatBytes(n: number): string {
-  if (n >= 1024 * 1024) return `${trimmed(n / (1024 * 1024))} MiB`;
-  if (n >= 1024) return `${trimmed(n / 1024)} KiB`;
-  return `${n} bytes`;
 }
 
 function formatPixels(n: number): string {

@@ -1,15 +1,18 @@
 import type { BlobStore } from "../blobs/blob-store.js";
 import type { Clock } from "../clock.js";
 import { DomainError, notFound, Violations } from "../errors.js";
+import type { Logger } from "../logging/logger.js";
 import {
   lockContent,
   type ImagesRepository,
   type Tx,
 } from "../store/images-repository.js";
-import type { AnalyseLimits, ImageFacts } from "./analyse.js";
+import { contentSha256, type Analyse, type AnalyseLimits } from "./analyse.js";
+import { releaseBlob } from "./orphan-sweep.js";
 import type { SnowflakeGenerator } from "./snowflake.js";
 import { tagTerms } from "./tags.js";
 import type {
+  Annotations,
   Caller,
   Comment,
   ImageRecord,
@@ -26,7 +29,7 @@ export interface UploadInput extends ImageFieldsInput {
   index?: boolean;
   waitForIndex?: boolean;
   requestId?: string;
-  /** Ends a wait for indexing (the call was cancelled or its deadline passed). */
+  /** Ends a wait for a decode slot or for indexing (the call was cancelled or its deadline passed). */
   signal?: AbortSignal;
 }
 
@@ -54,9 +57,20 @@ export interface CatalogueDeps {
   clock: Clock;
   ids: SnowflakeGenerator;
   limits: AnalyseLimits;
-  analyse: (bytes: Uint8Array, limits: AnalyseLimits, field: string) => Promise<ImageFacts>;
+  analyse: Analyse;
   /** Absent when the server runs without search: wait_for_index is then refused. */
   indexing?: IndexingHooks;
+  /** Where failures to remove a blob after its last image went are reported (a sweep retries them). */
+  logger?: Logger;
+}
+
+/** What an upload of bytes already stored still decides: who, the boxes, indexing, idempotency. */
+interface RepeatUpload {
+  caller: Caller;
+  content: Uint8Array;
+  annotations: Annotations;
+  index: boolean;
+  requestId: string | null;
 }
 
 const COMMENT_MAX = 2000;
@@ -81,9 +95,10 @@ export class CatalogueService {
   constructor(private readonly deps: CatalogueDeps) {}
 
   /**
-   * Stores an image: validates every field, analyses the bytes (format, size, bomb check,
-   * hashes), then in one transaction stores the blob and the row. Bytes the account already
-   * uploaded return the existing image. Anything invalid stores nothing.
+   * Stores an image: validates every field, hashes the bytes, answers bytes the account
+   * already uploaded with the existing image (no decode), otherwise analyses them (format,
+   * size, bomb check, hashes; the decode waits for a slot in the decode pool) and in one
+   * transaction stores the blob and the row. Anything invalid stores nothing.
    */
   async upload(caller: Caller, input: UploadInput): Promise<UploadResult> {
     const result = await this.store(caller, input);
@@ -123,8 +138,30 @@ export class CatalogueService {
       if (earlier) return this.replay(caller, earlier);
     }
 
-    const facts = await this.deps.analyse(input.content, this.deps.limits, "content");
+    const sha256 = contentSha256(input.content);
     const annotations = fields.annotations ?? { classes: {}, boxes: [] };
+    const again: RepeatUpload = { caller, content: input.content, annotations, index, requestId };
+    // Bytes this account already stored cost one indexed lookup instead of a decode (seconds
+    // of CPU for a large PNG). Over-size bytes go on to analysis, which refuses them.
+    if (input.content.length <= this.deps.limits.maxBytes && (await images.findByContent(caller.accountId, sha256))) {
+      const found = await transaction(async (tx) => {
+        if (requestId) {
+          await images.lockRequest(caller.accountId, requestId, tx);
+          const earlier = await images.findUploadRequest(caller.accountId, requestId, tx);
+          if (earlier) return this.replay(caller, earlier, tx);
+        }
+        await lockContent(sha256, tx);
+        const existing = await images.findByContent(caller.accountId, sha256, tx);
+        // Deleted meanwhile: store the bytes anew below.
+        return existing && this.uploadedAgain(existing, again, tx);
+      });
+      if (found) return found;
+    }
+
+    const facts = await this.deps.analyse(input.content, this.deps.limits, "content", {
+      signal: input.signal,
+      sha256,
+    });
     checkBoxesInside(annotations, facts.width, facts.height, "annotations", v);
     v.throwIfAny();
 
@@ -136,18 +173,10 @@ export class CatalogueService {
           const earlier = await images.findUploadRequest(caller.accountId, requestId, tx);
           if (earlier) return this.replay(caller, earlier, tx);
         }
+        // Held until commit: a blob stored here cannot be released before its row is visible.
         await lockContent(facts.sha256, tx);
         const existing = await images.findByContent(caller.accountId, facts.sha256, tx);
-        if (existing) {
-          if (requestId) await images.recordUploadRequest(caller.accountId, requestId, existing.id, true, tx);
-          // Bytes first stored without indexing (or whose indexing failed), now uploaded
-          // asking for it: (re)index them.
-          if (index && (existing.indexStatus === "not_indexed" || existing.indexStatus === "failed")) {
-            const queued = await images.markPending(existing.id, tx);
-            return { image: queued, deduplicated: true };
-          }
-          return { image: existing, deduplicated: true };
-        }
+        if (existing) return this.uploadedAgain(existing, again, tx);
         if (!(await blobs.has(facts.sha256))) {
           await blobs.put(input.content, facts.sha256);
           wroteBlob = true;
@@ -185,12 +214,37 @@ export class CatalogueService {
         return { image, deduplicated: false };
       });
     } catch (err) {
-      // The row never committed: a blob this call created must not outlive it.
-      if (wroteBlob && (await images.countByContent(facts.sha256).catch(() => 1)) === 0) {
-        await blobs.delete(facts.sha256).catch(() => undefined);
-      }
+      // The row never committed: a blob this call created must not outlive it, unless an
+      // upload of the same bytes has referenced it since (releaseBlob checks under the lock).
+      if (wroteBlob) await this.release(facts.sha256);
       throw err;
     }
+  }
+
+  /**
+   * The answer to bytes the account already stored: the existing image, queued for indexing
+   * when it was stored without (or failed) and indexing is asked for now. Runs under the
+   * content lock. Annotations are still checked, so a bad box fails as it would on a first
+   * upload; bytes lost by an earlier fault are written back.
+   */
+  private async uploadedAgain(existing: ImageRecord, again: RepeatUpload, tx: Tx): Promise<UploadResult> {
+    const { images, blobs } = this.deps;
+    const v = new Violations();
+    checkBoxesInside(again.annotations, existing.width, existing.height, "annotations", v);
+    v.throwIfAny();
+    if (!(await blobs.has(existing.sha256))) await blobs.put(again.content, existing.sha256);
+    if (again.requestId) await images.recordUploadRequest(again.caller.accountId, again.requestId, existing.id, true, tx);
+    if (again.index && (existing.indexStatus === "not_indexed" || existing.indexStatus === "failed")) {
+      return { image: await images.markPending(existing.id, tx), deduplicated: true };
+    }
+    return { image: existing, deduplicated: true };
+  }
+
+  /** Removes a blob no image references any more; a failure is left to the orphan sweep. */
+  private async release(sha256: string): Promise<void> {
+    await releaseBlob(this.deps, sha256).catch((error) =>
+      this.deps.logger?.warn("removing an unreferenced blob failed; the orphan sweep will retry", { error }),
+    );
   }
 
   private async replay(caller: Caller, earlier: { imageId: bigint; deduplicated: boolean }, tx?: Tx) {
@@ -244,16 +298,22 @@ export class CatalogueService {
     });
   }
 
-  /** Deletes an image with its reactions and comments; its blob goes with the last reference. */
+  /**
+   * Deletes an image with its reactions and comments; its blob goes with the last reference.
+   * The row goes first and commits; only then is the blob removed, if no image references it
+   * any more. A crash in between leaves an orphan file for the sweep, never an image whose
+   * bytes are gone.
+   */
   async delete(caller: Caller, id: bigint): Promise<void> {
-    const { images, blobs } = this.deps;
-    await this.deps.transaction(async (tx) => {
+    const { images } = this.deps;
+    const sha256 = await this.deps.transaction(async (tx) => {
       const image = await this.writable(caller, id, tx);
+      // Orders the delete with an upload of the same bytes that may be answering with this row.
       await lockContent(image.sha256, tx);
       await images.delete(id, tx);
-      // Still under the content lock: no upload can re-reference the blob until we commit.
-      if ((await images.countByContent(image.sha256, tx)) === 0) await blobs.delete(image.sha256);
+      return image.sha256;
     });
+    await this.release(sha256);
   }
 
   /** Adds or removes the caller's reaction of one kind; counts stay exact under concurrency. */

@@ -1,4 +1,5 @@
 import { statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import path from "node:path";
 import { MODELS } from "../embedding/registry.js";
 
@@ -29,6 +30,14 @@ export interface Options {
   maxUploadBytes: number;
   /** Largest accepted image, in pixels (width x height x frames); larger is a decompression bomb. */
   maxImagePixels: number;
+  /** Image decodes (upload analysis, search by image content) running at once. */
+  decodeConcurrency: number;
+  /** Decodes allowed to wait for a slot; beyond it, RESOURCE_EXHAUSTED. */
+  decodeQueueMax: number;
+  /** Seconds between sweeps for blob files no image references (and stale temp files); also swept at start. */
+  blobSweepIntervalS: number;
+  /** Seconds an unreferenced blob or temp file is left alone before a sweep may remove it. */
+  blobOrphanGraceS: number;
   /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
   model: string;
   /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
@@ -102,6 +111,12 @@ function integer(min: number, max: number) {
     if (value < min || value > max) throw new Error(`${env} must be between ${min} and ${max}, got ${value}`);
     return value;
   };
+}
+
+/** A count of CPU-heavy workers; 0 means one fewer than the cores, at most 3 (libuv has 4 threads, blob reads need one). */
+function workers(raw: string | undefined, env: string): number {
+  const value = integer(0, 256)(raw, env);
+  return value > 0 ? value : Math.max(1, Math.min(availableParallelism() - 1, 3));
 }
 
 function oneOf<T extends string>(values: readonly T[]) {
@@ -300,6 +315,34 @@ export const optionSpecs = [
     doc: "Largest accepted image in pixels, all frames together (default 100 megapixels).",
     parse: integer(1, 2_000_000_000),
   } satisfies OptionSpec<"maxImagePixels">,
+  {
+    key: "decodeConcurrency",
+    env: "GLIMPSE_DECODE_CONCURRENCY",
+    default: "0",
+    doc: "Image decodes (upload analysis, search by image content) running at once; 0: one fewer than the CPU cores, at most 3.",
+    parse: workers,
+  } satisfies OptionSpec<"decodeConcurrency">,
+  {
+    key: "decodeQueueMax",
+    env: "GLIMPSE_DECODE_QUEUE_MAX",
+    default: "16",
+    doc: "Decodes allowed to wait for a slot; more get RESOURCE_EXHAUSTED with a retry delay.",
+    parse: integer(0, 100_000),
+  } satisfies OptionSpec<"decodeQueueMax">,
+  {
+    key: "blobSweepIntervalS",
+    env: "GLIMPSE_BLOB_SWEEP_INTERVAL_S",
+    default: "3600",
+    doc: "Seconds between sweeps removing blob files no image references and partial writes (also swept at start).",
+    parse: integer(1, 604_800),
+  } satisfies OptionSpec<"blobSweepIntervalS">,
+  {
+    key: "blobOrphanGraceS",
+    env: "GLIMPSE_BLOB_ORPHAN_GRACE_S",
+    default: "3600",
+    doc: "Seconds an unreferenced blob file or partial write is kept before a sweep may remove it.",
+    parse: integer(60, 2_592_000),
+  } satisfies OptionSpec<"blobOrphanGraceS">,
   {
     key: "model",
     env: "GLIMPSE_MODEL",

@@ -1,4 +1,4 @@
-import type { AnalyseLimits, ImageFacts } from "../catalogue/analyse.js";
+import type { Analyse, AnalyseLimits } from "../catalogue/analyse.js";
 import { hammingDistance } from "../catalogue/analyse.js";
 import type { CatalogueService } from "../catalogue/catalogue-service.js";
 import { parseFilter, type ImageFilterInput } from "../catalogue/listing.js";
@@ -87,7 +87,8 @@ export interface SearchDeps {
   clock: Clock;
   /** The engine, or a DomainError (FAILED_PRECONDITION) saying why there is none yet. */
   engine: () => SearchEngine;
-  analyse: (bytes: Uint8Array, limits: AnalyseLimits, field: string) => Promise<ImageFacts>;
+  /** Checks like-image content as an upload would (through the shared decode pool). */
+  analyse: Analyse;
   limits: AnalyseLimits;
   /** Default HNSW breadth. */
   ef: number;
@@ -163,7 +164,7 @@ export class SearchService {
       vector = stored;
       exclude = image.id;
     } else if (q.kind === "like_image_content") {
-      await this.deps.analyse(q.content, this.deps.limits, "like_image_content");
+      await this.deps.analyse(q.content, this.deps.limits, "like_image_content", { signal });
       vector = await engine.embedder.embedImage(q.content, signal);
     } else {
       throw new Error("unreachable: validated query");

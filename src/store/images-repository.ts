@@ -244,6 +244,14 @@ export class ImagesRepository {
     return Number(row.n);
   }
 
+  /** Which of these blobs at least one image, of any owner, references (one indexed query). */
+  async referencedContent(sha256s: readonly string[], db: Db = this.sql): Promise<Set<string>> {
+    if (sha256s.length === 0) return new Set();
+    const rows = await db<{ sha256: string }[]>`
+      select distinct sha256 from images where sha256 = any(${sha256s as string[]}::text[])`;
+    return new Set(rows.map((r) => r.sha256));
+  }
+
   /** Inserts a new image row; the caller has validated everything. */
   async insert(image: Omit<ImageRecord, "stats" | "updatedAt" | "indexError">, tagTerms: string[], db: Db) {
     const [row] = await db<ImageRow[]>`
@@ -292,7 +300,6 @@ export class ImagesRepository {
     return row ? toImage(row) : undefined;
   }
 
-  /** Deletes the row; reactions, comments and idempotency records cascade. */
   /** Queues an image for indexing (index_status pending) and returns it. */
   async markPending(id: bigint, db: Db): Promise<ImageRecord> {
     const [row] = await db<ImageRow[]>`
@@ -301,6 +308,7 @@ export class ImagesRepository {
     return toImage(row);
   }
 
+  /** Deletes the row; reactions, comments and idempotency records cascade. Never touches blobs. */
   async delete(id: bigint, db: Db): Promise<void> {
     await db`delete from images where id = ${id.toString()}`;
   }

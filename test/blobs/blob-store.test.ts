@@ -98,6 +98,27 @@ describe("FileBlobStore", () => {
     expect(await new FileBlobStore(path.join(root, "never-created")).list()).toEqual([]);
   });
 
+  it("iterates every blob with its modification time, ignoring foreign files", async () => {
+    const a = await store.put(Buffer.from("entry a"));
+    const b = await store.put(Buffer.from("entry b"));
+    const lastWeek = new Date(Date.now() - 7 * 24 * 60 * 60 * 1000);
+    await utimes(store.pathOf(a), lastWeek, lastWeek);
+    // Not blobs: a temp file, a stray name in a fan-out directory, a foreign top-level folder.
+    await mkdir(path.join(root, "tmp"), { recursive: true });
+    await writeFile(path.join(root, "tmp", `${a}.partial`), "half");
+    await writeFile(path.join(path.dirname(store.pathOf(b)), "notes.txt"), "x");
+    await mkdir(path.join(root, "zz"), { recursive: true });
+
+    const seen = new Map<string, Date>();
+    for await (const entry of store.entries()) seen.set(entry.sha256, entry.modifiedAt);
+    expect([...seen.keys()].sort()).toEqual([a, b].sort());
+    expect(Math.abs(seen.get(a)!.getTime() - lastWeek.getTime())).toBeLessThan(1000);
+    expect(Date.now() - seen.get(b)!.getTime()).toBeLessThan(60_000);
+    for await (const entry of new FileBlobStore(path.join(root, "never-created")).entries()) {
+      throw new Error(`unexpected blob ${entry.sha256}`);
+    }
+  });
+
   it("sweepTemp removes only temp files older than an hour", async () => {
     const tmp = path.join(root, "tmp");
     await mkdir(tmp, { recursive: true });
