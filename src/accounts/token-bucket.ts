@@ -35,6 +35,15 @@ export class RateLimiter {
    * when any is empty nothing is taken and the answer is the longest wait among them.
    */
   takeAll(limits: readonly { key: string; perMinute: number }[]): Admission {
+    return this.admit(limits, true);
+  }
+
+  /** Whether {@link takeAll} would admit now, without taking anything. */
+  wouldAdmit(limits: readonly { key: string; perMinute: number }[]): Admission {
+    return this.admit(limits, false);
+  }
+
+  private admit(limits: readonly { key: string; perMinute: number }[], take: boolean): Admission {
     const now = this.clock.now().getTime();
     if (++this.checks % SWEEP_EVERY === 0) this.sweep(now);
     const buckets = limits.map(({ key, perMinute }) => this.refilled(key, perMinute, now));
@@ -45,7 +54,7 @@ export class RateLimiter {
       }
     }
     if (retryAfterMs > 0) return { allowed: false, retryAfterMs };
-    for (const bucket of buckets) bucket.tokens -= 1;
+    if (take) for (const bucket of buckets) bucket.tokens -= 1;
     return { allowed: true };
   }
 

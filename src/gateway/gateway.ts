@@ -5,7 +5,7 @@ import { getimagesRoutes } from "./compat/getimages.js";
 import { mikiRoutes } from "./compat/miki.js";
 import { rekaRoutes } from "./compat/reka.js";
 import { roboflowRoutes } from "./compat/roboflow.js";
-import { ByteBudget } from "./byte-budget.js";
+import type { ByteBudget } from "../server/byte-budget.js";
 import { Router, sendJson, startHttpServer, type Admit, type HttpServer, type Route } from "./http.js";
 import { contentRoutes } from "./content.js";
 import { nativeRoutes } from "./native.js";
@@ -31,8 +31,8 @@ export interface GatewayDeps {
   admit: Admit;
   /** The ticket that calls of an admitted request carry. */
   ticket: string;
-  /** Bytes of request bodies held at once in the whole process. */
-  maxBodyBytesInFlight: number;
+  /** Bytes of request bodies held at once in the whole process (shared with the gRPC uploads). */
+  budget: ByteBudget;
   bodyTimeoutMs: number;
   headersTimeoutMs: number;
   keepAliveTimeoutMs: number;
@@ -96,7 +96,7 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
       maxBodyBytes: deps.maxBodyBytes,
       admit: deps.admit,
       ticket: deps.ticket,
-      budget: new ByteBudget(deps.maxBodyBytesInFlight),
+      budget: deps.budget,
       bodyTimeoutMs: deps.bodyTimeoutMs,
       headersTimeoutMs: deps.headersTimeoutMs,
       keepAliveTimeoutMs: deps.keepAliveTimeoutMs,

@@ -5,7 +5,7 @@ import { Metadata } from "nice-grpc";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
-import { ByteBudget } from "./byte-budget.js";
+import { ByteBudget } from "../server/byte-budget.js";
 
 /** What a route handler gets for one HTTP request. */
 export interface HttpContext {

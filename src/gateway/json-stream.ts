@@ -1,5 +1,5 @@
 import { DomainError } from "../errors.js";
-import type { ByteBudget } from "./byte-budget.js";
+import type { ByteBudget } from "../server/byte-budget.js";
 import { BodyTooLarge } from "./http.js";
 
 /**

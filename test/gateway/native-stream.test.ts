@@ -6,7 +6,7 @@ import {
   type GetImageRequest,
   type StreamSearchImagesRequest,
 } from "../../src/gen/glimpse/image/v1/image_service.js";
-import { ByteBudget } from "../../src/gateway/byte-budget.js";
+import { ByteBudget } from "../../src/server/byte-budget.js";
 import { startHttpServer, Router, type HttpServer } from "../../src/gateway/http.js";
 import { nativeRoutes } from "../../src/gateway/native.js";
 import { deadlineInterceptor, deadlineMiddleware, type DeadlineContext } from "../../src/server/middleware/deadline.js";

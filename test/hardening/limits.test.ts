@@ -72,7 +72,13 @@ describe("limits charged before the body is read", () => {
   const clock = new ManualClock();
   beforeAll(async () => {
     t = await startTestApp(
-      { maxUploadBytesInFlight: 1024 * 1024, rateLimitPerMinute: 3, maxKeysPerAccount: 3, httpBodyTimeoutS: 1 },
+      {
+        maxUploadBytes: 400_000,
+        maxUploadBytesInFlight: 2_000_000,
+        rateLimitPerMinute: 3,
+        maxKeysPerAccount: 3,
+        httpBodyTimeoutS: 1,
+      },
       { clock },
     );
   });
@@ -97,11 +103,11 @@ describe("limits charged before the body is read", () => {
   it("answers 503 with Retry-After once the process holds its budget of body bytes", async () => {
     const account = await t.newAccount();
     clock.advance(60_000);
-    // The first upload declares 800 KB and sends only part of it, so it holds its reservation.
+    // The first upload declares 1.2 MB and sends only part of it, so it holds its reservation.
     const holding = send(t.app.httpPort, {
       method: "POST",
       path: "/v1/images",
-      headers: { authorization: `Bearer ${t.adminKey}`, "content-type": "application/json", "content-length": String(800 * 1024) },
+      headers: { authorization: `Bearer ${t.adminKey}`, "content-type": "application/json", "content-length": String(1_200_000) },
       body: '{"content":"AAAA',
       partial: true,
     });
@@ -109,7 +115,7 @@ describe("limits charged before the body is read", () => {
     const refused = await send(t.app.httpPort, {
       method: "POST",
       path: "/v1/images",
-      headers: { authorization: `Bearer ${account.key}`, "content-type": "application/json", "content-length": String(800 * 1024) },
+      headers: { authorization: `Bearer ${account.key}`, "content-type": "application/json", "content-length": String(1_200_000) },
       body: '{"content":"',
       partial: true,
     });
@@ -128,6 +134,19 @@ describe("limits charged before the body is read", () => {
     });
     expect(small.image?.id).toBeTruthy();
     expect(ok.status).toBe(200);
+  });
+
+  it("refuses a keyless or rate-limited gRPC upload from its headers", async () => {
+    const content = Buffer.alloc(300_000, 7);
+    const keyless = await t.client(ImageServiceDefinition, "").uploadImage({ content }).catch((e: unknown) => e);
+    expect(grpcCode(keyless)).toBe(Status.UNAUTHENTICATED);
+    const account = await t.newAccount();
+    clock.advance(60_000);
+    const images = t.client(ImageServiceDefinition, account.key);
+    for (let i = 0; i < 3; i++) await images.listImages({});
+    const limited = await images.uploadImage({ content }).catch((e: unknown) => e);
+    expect(grpcCode(limited)).toBe(Status.RESOURCE_EXHAUSTED);
+    expect((limited as ClientError).details).toMatch(/rate limit of 3 requests per minute/);
   });
 
   it("shares one budget among an account's keys and caps how many keys it holds", async () => {

@@ -121,6 +121,24 @@ export class Gatekeeper {
    * The returned `charge` takes one more token for the same buckets (an item of a stream).
    */
   async admit(method: string, metadata: Metadata, clientAddress: string, charge = true): Promise<Admission> {
+    return this.decide(method, metadata, clientAddress, charge ? "take" : "none");
+  }
+
+  /**
+   * Whether {@link admit} would let the call in, taking nothing: for refusing a call from its
+   * headers before its (large) request message is read.
+   */
+  async precheck(method: string, metadata: Metadata, clientAddress: string): Promise<void> {
+    await this.decide(method, metadata, clientAddress, "peek");
+  }
+
+  private async decide(
+    method: string,
+    metadata: Metadata,
+    clientAddress: string,
+    tokens: "take" | "peek" | "none",
+  ): Promise<Admission> {
+    const charge = tokens === "take";
     if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: () => {} };
     const accounts = this.config.accounts();
     if (!accounts) throw new DomainError("UNAVAILABLE", "glimpse is starting; retry shortly");
@@ -130,6 +148,7 @@ export class Gatekeeper {
         const buckets = [{ key: `anonymous ${clientAddress}`, perMinute: this.config.anonymousRateLimit }];
         const take = () => this.take(buckets, "anonymous calls from this address");
         if (charge) take();
+        else if (tokens === "peek") this.take(buckets, "anonymous calls from this address", false);
         return { caller: anonymousCaller, charge: take };
       }
       throw new DomainError(
@@ -144,14 +163,15 @@ export class Gatekeeper {
     ];
     const take = () => this.take(buckets, "this API key (an account's keys also share one budget)");
     if (charge) take();
+    else if (tokens === "peek") this.take(buckets, "this API key (an account's keys also share one budget)", false);
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
       throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
     }
     return { caller, charge: take };
   }
 
-  private take(buckets: { key: string; perMinute: number }[], who: string): void {
-    const admission = this.config.limiter.takeAll(buckets);
+  private take(buckets: { key: string; perMinute: number }[], who: string, take = true): void {
+    const admission = take ? this.config.limiter.takeAll(buckets) : this.config.limiter.wouldAdmit(buckets);
     if (!admission.allowed) {
       const seconds = Math.ceil(admission.retryAfterMs / 1000);
       throw new DomainError(

@@ -1,0 +1,109 @@
+import { Metadata as GrpcMetadata, ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
+import { Metadata, Status, type ServerMiddleware } from "nice-grpc-common";
+import { DomainError } from "../../errors.js";
+import type { ByteBudget } from "../byte-budget.js";
+import { encodeStatusDetails } from "../status-details.js";
+import { peerAddress, type Gatekeeper } from "./auth.js";
+import { STATUS_DETAILS_KEY } from "./errors.js";
+
+/** RPCs whose request messages carry uploads of up to the upload limit. */
+export const UPLOAD_METHODS: ReadonlySet<string> = new Set([
+  "/glimpse.image.v1.ImageService/UploadImage",
+  "/glimpse.image.v1.ImageService/BatchUploadImages",
+]);
+
+/**
+ * Refuses an upload call from its headers, before grpc-js reads its request message: an
+ * unknown key, a missing one or a spent rate limit answers at once, so a refused caller makes
+ * the server hold none of its (up to 25 MiB) bytes. Nothing is charged here: the caller
+ * middleware charges a call that gets through. Calls the HTTP bridge already admitted pass.
+ */
+export function uploadAdmissionInterceptor(gatekeeper: Gatekeeper): ServerInterceptor {
+  return (method, call) => {
+    if (!UPLOAD_METHODS.has(method.path)) return new ServerInterceptingCall(call);
+    return new ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(grpcMetadata, forward) {
+            const metadata = niceMetadata(grpcMetadata);
+            if (gatekeeper.admitted(metadata)) return forward(grpcMetadata);
+            gatekeeper.precheck(method.path, metadata, peerAddress(call.getPeer())).then(
+              () => forward(grpcMetadata),
+              (error: unknown) => {
+                if (!(error instanceof DomainError)) return forward(grpcMetadata); // the middleware reports it
+                const trailer = new GrpcMetadata();
+                const code = Status[error.code];
+                trailer.set(STATUS_DETAILS_KEY, Buffer.from(encodeStatusDetails(code, error.message, error)));
+                call.sendStatus({ code, details: error.message, metadata: trailer });
+              },
+            );
+          },
+        });
+      },
+    });
+  };
+}
+
+/** grpc-js metadata as nice-grpc metadata (the gatekeeper's view). */
+function niceMetadata(metadata: GrpcMetadata): Metadata {
+  const out = Metadata();
+  for (const [key, values] of Object.entries(metadata.toJSON())) {
+    for (const value of values as (string | Buffer)[]) out.append(key, value);
+  }
+  return out;
+}
+
+/**
+ * Holds the bytes of each received upload in the process-wide budget while the call works on
+ * them (for a stream, each item until the next is read), and refuses with RESOURCE_EXHAUSTED
+ * and a retry delay when the budget is full, so concurrent uploads cannot grow memory without
+ * bound. Calls the HTTP bridge admitted are not counted again: the bridge holds their bodies.
+ */
+export function uploadBudgetMiddleware(budget: ByteBudget, gatekeeper: Gatekeeper): ServerMiddleware {
+  return async function* (call, context) {
+    if (!UPLOAD_METHODS.has(call.method.path) || gatekeeper.admitted(context.metadata)) {
+      return yield* call.next(call.request, context);
+    }
+    if (call.requestStream) {
+      const items = heldEach(call.request as AsyncIterable<unknown>, budget);
+      return yield* call.next(items as typeof call.request, context);
+    }
+    const bytes = uploadBytes(call.request);
+    hold(budget, bytes);
+    try {
+      return yield* call.next(call.request, context);
+    } finally {
+      budget.give(bytes);
+    }
+  };
+}
+
+/** Items of a request stream, each held in the budget until the next is asked for. */
+async function* heldEach<T>(items: AsyncIterable<T>, budget: ByteBudget): AsyncGenerator<T> {
+  for await (const item of items) {
+    const bytes = uploadBytes(item);
+    hold(budget, bytes);
+    try {
+      yield item;
+    } finally {
+      budget.give(bytes);
+    }
+  }
+}
+
+function hold(budget: ByteBudget, bytes: number): void {
+  try {
+    budget.take(bytes);
+  } catch (error) {
+    const retryAfterMs = error instanceof DomainError ? error.retryAfterMs : 1000;
+    throw new DomainError("RESOURCE_EXHAUSTED", "glimpse is receiving as many uploads as it can hold; retry shortly", {
+      retryAfterMs,
+    });
+  }
+}
+
+/** Bytes of the byte fields of an upload request (`content`, or `request.content` of a stream item). */
+function uploadBytes(message: unknown): number {
+  const m = message as { content?: Uint8Array; request?: { content?: Uint8Array } } | undefined;
+  return (m?.content?.length ?? 0) + (m?.request?.content?.length ?? 0);
+}
