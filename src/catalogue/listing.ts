@@ -4,7 +4,7 @@ import { rankColumn, type ImagesRepository, type Keyset } from "../store/images-
 import { decodePageToken, encodePageToken, queryFingerprint } from "./page-token.js";
 import { MAX_FILTER_TAGS, normaliseTags, parseTagExpression } from "./tags.js";
 import type { Caller, ImageFilter, ImageRecord, ImageSort, IndexStatus, NsfwLevel, Period, Visibility } from "./types.js";
-import { positiveId } from "./validate.js";
+import { isInt64Digits, positiveId } from "./validate.js";
 
 export const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 200;
@@ -146,9 +146,9 @@ export class ListingService {
     let offset = 0;
     let currentPage = 1;
     let rankedAsOf: Date | undefined;
-    if (form === "cursor" && /^\d{1,19}$/.test(tokenText)) {
+    if (form === "cursor" && /^\d+$/.test(tokenText)) {
       // A plain image id: start at that image, wherever the sort puts it.
-      const start = await this.images.get(BigInt(tokenText), caller);
+      const start = isInt64Digits(tokenText) ? await this.images.get(BigInt(tokenText), caller) : undefined;
       if (!start) throw invalidArgument({ field: "cursor", description: `no image with id ${tokenText} to start at` });
       const rank = rankColumn(input.sort);
       after = {

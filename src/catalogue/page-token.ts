@@ -2,6 +2,17 @@ import { createHash } from "node:crypto";
 import { invalidArgument } from "../errors.js";
 import type { Keyset } from "../store/images-repository.js";
 import type { ImageFilter, ImageSort } from "./types.js";
+import { isInt64Digits } from "./validate.js";
+
+/** Latest time a JavaScript Date holds (PostgreSQL's timestamptz reaches further). */
+const MAX_TIME_MS = 8.64e15;
+/** Largest page number a token carries: the next one must still fit an int32. */
+const MAX_PAGE = 2 ** 31 - 2;
+
+/** A reaction or comment count as PostgreSQL's integer columns hold it. */
+function isCount(value: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= 2 ** 31 - 1;
+}
 
 /** What a ListImages page token remembers about the walk it continues. */
 export interface PageToken {
@@ -51,9 +62,14 @@ export function decodePageToken(text: string, field: string, expectedQuery: stri
     typeof body.q !== "string" ||
     !(body.r === null || typeof body.r === "number") ||
     typeof body.i !== "string" ||
-    !/^\d{1,20}$/.test(body.i) ||
     typeof body.t !== "number" ||
-    typeof body.p !== "number"
+    typeof body.p !== "number" ||
+    // The id must fit a bigint, the rank (a counter) an integer column, the time a Date, and
+    // the page's successor an int32: anything else was not issued here.
+    !isInt64Digits(body.i) ||
+    !(body.r === null || isCount(body.r)) ||
+    !(Number.isInteger(body.t) && body.t >= 0 && body.t <= MAX_TIME_MS) ||
+    !(Number.isInteger(body.p) && body.p >= 1 && body.p <= MAX_PAGE)
   ) {
     throw bad("is not a page token returned by ListImages");
   }

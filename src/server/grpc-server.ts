@@ -9,6 +9,8 @@ import { errorMiddleware } from "./middleware/errors.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
 import { loggingMiddleware } from "./middleware/logging.js";
 import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
+import { textInputMiddleware } from "./middleware/text-input.js";
+import { loadContract } from "../gateway/descriptors.js";
 
 /** Adds one service to the server; built by the composition root for each service. */
 export type ServiceRegistration = {
@@ -48,7 +50,8 @@ export interface GrpcServer {
 /**
  * Builds the nice-grpc server with the middleware chain (outermost first): logging with a
  * request id, lifecycle (readiness, draining, abort on shutdown), deadline, error mapping, and
- * the caller (authentication: which account the call acts as, admin checks, rate limits).
+ * the caller (authentication: which account the call acts as, admin checks, rate limits), and
+ * the text check (no request string holds U+0000, which PostgreSQL cannot store).
  * It listens at once with health NOT_SERVING, so probes can watch start-up.
  */
 export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcServer> {
@@ -70,7 +73,8 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     .use(lifecycle.middleware)
     .use(deadlineMiddleware)
     .use(errorMiddleware)
-    .use(callerMiddleware(config.resolveCaller)) as Server<AppCallContext>;
+    .use(callerMiddleware(config.resolveCaller))
+    .use(textInputMiddleware(loadContract(config.descriptorSet))) as Server<AppCallContext>;
 
   server.add(HealthDefinition, HealthServiceImpl(health));
   server.add(

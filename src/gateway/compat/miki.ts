@@ -6,6 +6,7 @@ import type { HttpContext, Route } from "../http.js";
 import {
   badParameter,
   callOnBehalf,
+  CompatError,
   compatRoute,
   exactNumber,
   positiveId,
@@ -72,6 +73,10 @@ function seedAuthentication(ctx: HttpContext) {
   const header = ctx.req.headers["authentication"];
   const value = Array.isArray(header) ? header[0] : header;
   if (value && !ctx.metadata.has("authorization") && !ctx.metadata.has("x-api-key")) {
+    // gRPC metadata carries printable ASCII only, as every API key is.
+    if (!/^[\x20-\x7e]*$/.test(value)) {
+      throw new CompatError(401, "the Authentication header holds no valid API key", { "www-authenticate": "Bearer" });
+    }
     ctx.metadata.set("authorization", /^Bearer\s/i.test(value) ? value : `Bearer ${value}`);
   }
   return ctx.metadata;
