@@ -18,6 +18,7 @@ import { AccountService } from "./accounts/account-service.js";
 import { RateLimiter } from "./accounts/token-bucket.js";
 import { GenerationService } from "./generation/generation-service.js";
 import { abandonedAfterMs, buildProviders } from "./generation/providers/index.js";
+import { ReplicaLease } from "./generation/replica-lease.js";
 import { accountHandlers } from "./server/handlers/account-handlers.js";
 import { generationHandlers } from "./server/handlers/generation-handlers.js";
 import { apiKeyResolver } from "./server/middleware/auth.js";
@@ -174,6 +175,8 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       defaultRateLimit: options.rateLimitPerMinute,
     });
     if (options.adminKey !== undefined) await accountsService.ensureAdminKey(options.adminKey);
+    const replica = await ReplicaLease.start({ url, logger });
+    closers.push(() => replica.stop());
     const generation = new GenerationService({
       generations: new GenerationsRepository(sql),
       ledger,
@@ -183,6 +186,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       providers: buildProviders(options),
       clock,
       logger,
+      replica,
     });
     const stopSweeping = generation.startSweeping(abandonedAfterMs(options));
     closers.push(async () => stopSweeping());

@@ -20,6 +20,7 @@ import type {
   GenerationRecord,
   ModelInfo,
 } from "./types.js";
+import type { ReplicaIdentity } from "./replica-lease.js";
 import { checkGenerateInput, type Checked } from "./validate.js";
 
 /** What the generation service is built from. */
@@ -32,11 +33,16 @@ export interface GenerationDeps {
   providers: Record<ProviderId, ImageProvider>;
   clock: Clock;
   logger: Logger;
+  /** This process's lease on the store: its reservations name it, and die with it. */
+  replica: ReplicaIdentity;
   /** How often a waiting retry looks for the result of a generation running on another replica. */
   pollMs?: number;
 }
 
 const CHARGE_DESCRIPTION = "Generated image";
+
+/** How long a dead replica's row is kept (for operators) before the sweep deletes it. */
+const FORGET_REPLICAS_AFTER_MS = 24 * 60 * 60_000;
 
 /**
  * Image generation paid in credits: validate, reserve the model's cost (the balance never goes
@@ -71,7 +77,9 @@ export class GenerationService {
 
   /**
    * Generates one image for the caller. With a request id, a retry (also one racing the first
-   * call) returns the first result and is not charged again.
+   * call) returns the first result and is not charged again. A retry that finds the first call's
+   * replica dead (killed mid-generation) releases its reservation and runs afresh, as after a
+   * failed first call.
    */
   async generate(caller: Caller, input: GenerateInput, signal: AbortSignal, deadline?: Date): Promise<GenerateResult> {
     const req = checkGenerateInput(input);
@@ -80,7 +88,8 @@ export class GenerationService {
         const found = await this.deps.generations.findByRequest(caller.accountId, req.requestId);
         if (found.state === "done") return this.replay(caller, found.generation);
         if (found.state === "running") {
-          await this.waitFor(caller.accountId, req.requestId, signal);
+          if (this.isOrphan(found)) await this.releaseOrphan(found.id);
+          else await this.waitFor(caller.accountId, req.requestId, signal);
           continue;
         }
       }
@@ -103,6 +112,10 @@ export class GenerationService {
     const unavailable = provider.unavailableReason();
     if (unavailable) throw new DomainError("FAILED_PRECONDITION", `${req.model.id} is unavailable: ${unavailable}`);
     signal.throwIfAborted();
+    // Another replica may already count this one as dead and would release what it reserves.
+    if (!this.deps.replica.held()) {
+      throw new DomainError("UNAVAILABLE", "this server lost its lease on the database; retry");
+    }
 
     const id = randomUUID();
     const cost = req.model.creditCost;
@@ -119,6 +132,7 @@ export class GenerationService {
           style: req.style,
           thinkingLevel: req.thinkingLevel,
           creditCost: cost,
+          replicaId: this.deps.replica.id(),
         },
         tx,
       );
@@ -265,8 +279,23 @@ export class GenerationService {
     for (;;) {
       await delay(this.deps.pollMs ?? 200, undefined, { signal });
       const found = await this.deps.generations.findByRequest(accountId, requestId);
-      if (found.state !== "running") return;
+      if (found.state !== "running" || this.isOrphan(found)) return;
     }
+  }
+
+  /**
+   * Whether a running generation was left by a dead replica. This replica's own are never
+   * orphans: it is alive, and it finishes or releases them itself (even while its lease
+   * connection reconnects and the others may briefly see it as dead).
+   */
+  private isOrphan(found: { replicaId: number | null; orphaned: boolean }): boolean {
+    return found.orphaned && found.replicaId !== this.deps.replica.id();
+  }
+
+  /** Returns a dead replica's reservation to its account (a no-op when another call did first). */
+  private async releaseOrphan(id: string): Promise<void> {
+    const released = await this.deps.generations.releaseOrphaned({ id, except: this.deps.replica.id() });
+    if (released > 0) this.deps.logger.warn("released the reservation of a dead replica for a retry", { id });
   }
 
   /** The caller's completed generations, newest first. */
@@ -294,19 +323,26 @@ export class GenerationService {
 
   /**
    * Returns to their accounts the credits of generations whose process stopped without
-   * finishing or releasing them. Safe to run on every replica at any time.
+   * finishing or releasing them: at once those of a replica known to be dead, and any older
+   * than `olderThanMs` (reserved before replicas were recorded, or whose replica's death went
+   * unnoticed). Safe to run on every replica at any time.
    */
   async releaseAbandoned(olderThanMs: number): Promise<number> {
-    const released = await this.deps.generations.releaseAbandoned(olderThanMs);
-    if (released > 0) this.deps.logger.warn("released abandoned credit reservations", { released });
-    return released;
+    const { generations, logger, replica } = this.deps;
+    const orphaned = await generations.releaseOrphaned({ except: replica.id() });
+    if (orphaned > 0) logger.warn("released the reservations of dead replicas", { released: orphaned });
+    const old = await generations.releaseAbandoned(olderThanMs);
+    if (old > 0) logger.warn("released abandoned credit reservations", { released: old });
+    await generations.forgetDeadReplicas(FORGET_REPLICAS_AFTER_MS);
+    return orphaned + old;
   }
 
   /**
    * Runs {@link releaseAbandoned} now and then every `everyMs` until the returned function is
-   * called.
+   * called. The default is short because a dead replica's reservations should return within
+   * seconds; each run is a few indexed statements.
    */
-  startSweeping(olderThanMs: number, everyMs = 60_000): () => void {
+  startSweeping(olderThanMs: number, everyMs = 5_000): () => void {
     const sweep = () =>
       void this.releaseAbandoned(olderThanMs).catch((error) =>
         this.deps.logger.warn("sweeping abandoned reservations failed", { error }),
