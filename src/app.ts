@@ -21,7 +21,8 @@ import { abandonedAfterMs, buildProviders } from "./generation/providers/index.j
 import { ReplicaLease } from "./generation/replica-lease.js";
 import { accountHandlers } from "./server/handlers/account-handlers.js";
 import { generationHandlers } from "./server/handlers/generation-handlers.js";
-import { apiKeyResolver } from "./server/middleware/auth.js";
+import { apiKeyResolver, Gatekeeper } from "./server/middleware/auth.js";
+import { ByteBudget } from "./server/byte-budget.js";
 import { AccountsRepository } from "./store/accounts-repository.js";
 import { GenerationsRepository } from "./store/generations-repository.js";
 import { LedgerRepository } from "./store/ledger-repository.js";
@@ -90,6 +91,22 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   let grpc: GrpcServer | undefined;
   let gateway: Gateway | undefined;
   let serving = false;
+  // One gatekeeper for both transports: the bridge admits a request by its headers before
+  // reading its body, and the gRPC calls it then makes are not charged again.
+  const gatekeeper = new Gatekeeper({
+    accounts: () => servingAccounts,
+    limiter: new RateLimiter(clock),
+    anonymousRead: options.anonymousRead,
+    anonymousRateLimit: options.rateLimitPerMinute,
+  });
+  // One bound on upload bytes held in memory, for both transports; it must hold one request.
+  const maxBodyBytes = Math.ceil((options.maxUploadBytes * 4) / 3) + 1024 * 1024;
+  if (options.maxUploadBytesInFlight < maxBodyBytes) {
+    throw new Error(
+      `GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT (${options.maxUploadBytesInFlight}) must be at least the largest request body, ${maxBodyBytes} bytes (GLIMPSE_MAX_UPLOAD_BYTES as base64 in JSON)`,
+    );
+  }
+  const uploadBudget = new ByteBudget(options.maxUploadBytesInFlight);
   try {
     const descriptors = await readFile(DESCRIPTORS);
     grpc = await startGrpcServer({
@@ -100,12 +117,12 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       descriptorSet: descriptors,
       // Room for the largest upload plus protobuf framing; the catalogue names the real limit.
       maxReceiveMessageBytes: Math.max(64 * 1024 * 1024, options.maxUploadBytes * 2),
-      resolveCaller: apiKeyResolver({
-        accounts: () => servingAccounts,
-        limiter: new RateLimiter(clock),
-        anonymousRead: options.anonymousRead,
-        anonymousRateLimit: options.rateLimitPerMinute,
-      }),
+      resolveCaller: apiKeyResolver(gatekeeper),
+      gatekeeper,
+      uploadBudget,
+      idleTimeoutMs: options.grpcIdleTimeoutS * 1000,
+      keepaliveMs: options.grpcKeepaliveS * 1000,
+      maxConnectionAgeMs: options.grpcMaxConnectionAgeS * 1000,
     });
     gateway = await startGateway({
       host: options.grpcHost,
@@ -114,7 +131,14 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       descriptors,
       publicUrl: () => options.publicUrl,
       ready: () => serving,
-      maxBodyBytes: Math.ceil((options.maxUploadBytes * 4) / 3) + 1024 * 1024,
+      maxBodyBytes,
+      maxUploadBytes: options.maxUploadBytes,
+      admit: (rpc, metadata, clientAddress) => gatekeeper.admit(rpc, metadata, clientAddress),
+      ticket: gatekeeper.ticket,
+      budget: uploadBudget,
+      bodyTimeoutMs: options.httpBodyTimeoutS * 1000,
+      headersTimeoutMs: options.httpHeadersTimeoutS * 1000,
+      keepAliveTimeoutMs: options.httpKeepAliveTimeoutS * 1000,
       logger,
     });
     // The default public URL names the HTTP port; with port 0 it is known only now.
@@ -173,6 +197,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       clock,
       logger,
       defaultRateLimit: options.rateLimitPerMinute,
+      maxKeysPerAccount: options.maxKeysPerAccount,
     });
     if (options.adminKey !== undefined) await accountsService.ensureAdminKey(options.adminKey);
     const replica = await ReplicaLease.start({ url, logger });

@@ -226,7 +226,8 @@ export class AccountService {
     let before: bigint | null = null;
     if (pageToken !== "") {
       const text = Buffer.from(pageToken, "base64url").toString();
-      if (v.check(/^k\d{1,19}$/.test(text), "page_token", "is not a token returned by ListApiKeys")) {
+      const valid = /^k\d{1,19}$/.test(text) && BigInt(text.slice(1)) <= 9_223_372_036_854_775_807n;
+      if (v.check(valid, "page_token", "is not a token returned by ListApiKeys")) {
         before = BigInt(text.slice(1));
       }
     }

@@ -42,6 +42,8 @@ export interface AnalyseOptions {
   signal?: AbortSignal;
   /** The bytes' SHA-256 (lower-case hex) when the caller has computed it already. */
   sha256?: string;
+  /** Wait for a decode slot even when the pool's queue is full (work already paid for). */
+  queueAlways?: boolean;
 }
 
 /** The analysis the catalogue and search use: `analyseImage`, possibly through a decode pool. */
@@ -49,7 +51,7 @@ export type Analyse = (
   bytes: Uint8Array,
   limits: AnalyseLimits,
   field: string,
-  options?: Pick<AnalyseOptions, "signal" | "sha256">,
+  options?: Pick<AnalyseOptions, "signal" | "sha256" | "queueAlways">,
 ) => Promise<ImageFacts>;
 
 /** `analyseImage` with every full decode run through `pool`. */
@@ -111,7 +113,7 @@ export async function analyseImage(
   checkPixels(meta, limits.maxPixels, field);
 
   const decode = () => decodeSmall(bytes, limits.maxPixels, sniffed, field);
-  const { data, info } = options.pool ? await options.pool.run(decode, options.signal) : await decode();
+  const { data, info } = options.pool ? await options.pool.run(decode, options.signal, { queueAlways: options.queueAlways }) : await decode();
   const rgba = new Uint8ClampedArray(data.buffer, data.byteOffset, data.length);
   return {
     mediaType: sniffed.mediaType,

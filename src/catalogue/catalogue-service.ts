@@ -25,6 +25,11 @@ import { checkBoxesInside, cleanImageFields, requestIdOf, type ImageFieldsInput 
 /** An upload as the transport hands it over. */
 export interface UploadInput extends ImageFieldsInput {
   content: Uint8Array;
+  /**
+   * The bytes come from glimpse itself (a generation that holds its credits), not a caller:
+   * their decode waits for a slot rather than being refused when the decode queue is full.
+   */
+  internal?: boolean;
   /** Embed for search; default true. */
   index?: boolean;
   waitForIndex?: boolean;
@@ -161,6 +166,7 @@ export class CatalogueService {
     const facts = await this.deps.analyse(input.content, this.deps.limits, "content", {
       signal: input.signal,
       sha256,
+      queueAlways: input.internal,
     });
     checkBoxesInside(annotations, facts.width, facts.height, "annotations", v);
     v.throwIfAny();

@@ -50,10 +50,12 @@ export class DecodePool {
   /**
    * Runs `task` once a slot is free. Rejects at once with RESOURCE_EXHAUSTED when the queue
    * is full; when `signal` aborts while the task waits, it leaves the queue and the promise
-   * rejects with the signal's reason. A task that has started runs to its end.
+   * rejects with the signal's reason. A task that has started runs to its end. `queueAlways`
+   * waits even past a full queue: for work already admitted and paid for (an image a
+   * generation produced), which a caller cannot multiply.
    */
-  async run<T>(task: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    await this.acquire(signal);
+  async run<T>(task: () => Promise<T>, signal?: AbortSignal, options: { queueAlways?: boolean } = {}): Promise<T> {
+    await this.acquire(signal, options.queueAlways ?? false);
     const started = performance.now();
     try {
       return await task();
@@ -64,13 +66,13 @@ export class DecodePool {
     }
   }
 
-  private acquire(signal?: AbortSignal): Promise<void> {
+  private acquire(signal: AbortSignal | undefined, queueAlways: boolean): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.running < this.options.concurrency) {
       this.running++;
       return Promise.resolve();
     }
-    if (this.waiting.length >= this.options.maxQueue) {
+    if (this.waiting.length >= this.options.maxQueue && !queueAlways) {
       return Promise.reject(
         new DomainError("RESOURCE_EXHAUSTED", "too many images are being decoded; retry later", {
           retryAfterMs: this.retryAfterMs(),

@@ -70,6 +70,22 @@ export interface Options {
   anonymousRead: boolean;
   /** Requests per minute of keys created without their own limit (and of anonymous callers, per address). */
   rateLimitPerMinute: number;
+  /** API keys (not revoked) a non-admin account may hold at once. */
+  maxKeysPerAccount: number;
+  /** Bytes of request bodies carrying uploads held in memory at once, across the whole process. */
+  maxUploadBytesInFlight: number;
+  /** Seconds an HTTP client has to send a whole request body (each message, for streamed bodies). */
+  httpBodyTimeoutS: number;
+  /** Seconds an HTTP client has to send its request headers. */
+  httpHeadersTimeoutS: number;
+  /** Seconds an HTTP connection may sit idle between requests. */
+  httpKeepAliveTimeoutS: number;
+  /** Seconds a gRPC connection without calls stays open (also a client that never sends the HTTP/2 preface). */
+  grpcIdleTimeoutS: number;
+  /** Seconds between keepalive pings the gRPC server sends; an unanswered ping closes the connection. */
+  grpcKeepaliveS: number;
+  /** Seconds after which a gRPC connection is asked to go away (its calls get a grace period); 0: never. */
+  grpcMaxConnectionAgeS: number;
   /** Root of the OpenAI API. */
   openaiBaseUrl: string;
   /** OpenAI API key; unset makes OpenAI models unavailable. */
@@ -457,6 +473,62 @@ export const optionSpecs = [
     doc: "Requests per minute per API key unless the key has its own limit (also per address for anonymous reads).",
     parse: integer(1, 100_000),
   } satisfies OptionSpec<"rateLimitPerMinute">,
+  {
+    key: "maxKeysPerAccount",
+    env: "GLIMPSE_MAX_KEYS_PER_ACCOUNT",
+    default: "20",
+    doc: "API keys (not revoked) a non-admin account may hold at once; its keys share the account's rate limit.",
+    parse: integer(1, 100_000),
+  } satisfies OptionSpec<"maxKeysPerAccount">,
+  {
+    key: "maxUploadBytesInFlight",
+    env: "GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT",
+    default: String(256 * 1024 * 1024),
+    doc: "Bytes of upload request bodies held at once in the whole process; past it uploads get 503 / RESOURCE_EXHAUSTED with a retry delay.",
+    parse: integer(1024, 64 * 1024 * 1024 * 1024),
+  } satisfies OptionSpec<"maxUploadBytesInFlight">,
+  {
+    key: "httpBodyTimeoutS",
+    env: "GLIMPSE_HTTP_BODY_TIMEOUT_S",
+    default: "60",
+    doc: "Seconds an HTTP client has to send a request body (each message of a streamed body); slower gets 408.",
+    parse: integer(1, 3600),
+  } satisfies OptionSpec<"httpBodyTimeoutS">,
+  {
+    key: "httpHeadersTimeoutS",
+    env: "GLIMPSE_HTTP_HEADERS_TIMEOUT_S",
+    default: "20",
+    doc: "Seconds an HTTP client has to send its request headers.",
+    parse: integer(1, 3600),
+  } satisfies OptionSpec<"httpHeadersTimeoutS">,
+  {
+    key: "httpKeepAliveTimeoutS",
+    env: "GLIMPSE_HTTP_KEEPALIVE_TIMEOUT_S",
+    default: "5",
+    doc: "Seconds an idle HTTP keep-alive connection stays open.",
+    parse: integer(1, 3600),
+  } satisfies OptionSpec<"httpKeepAliveTimeoutS">,
+  {
+    key: "grpcIdleTimeoutS",
+    env: "GLIMPSE_GRPC_IDLE_TIMEOUT_S",
+    default: "120",
+    doc: "Seconds a gRPC connection with no call in progress stays open (also one that never completes the HTTP/2 handshake).",
+    parse: integer(1, 86_400),
+  } satisfies OptionSpec<"grpcIdleTimeoutS">,
+  {
+    key: "grpcKeepaliveS",
+    env: "GLIMPSE_GRPC_KEEPALIVE_S",
+    default: "60",
+    doc: "Seconds between the gRPC server's keepalive pings; a ping unanswered for 20 s closes the connection.",
+    parse: integer(1, 86_400),
+  } satisfies OptionSpec<"grpcKeepaliveS">,
+  {
+    key: "grpcMaxConnectionAgeS",
+    env: "GLIMPSE_GRPC_MAX_CONNECTION_AGE_S",
+    default: "1800",
+    doc: "Seconds after which a gRPC connection is asked to reconnect (its calls get 5 more minutes); 0 never.",
+    parse: integer(0, 604_800),
+  } satisfies OptionSpec<"grpcMaxConnectionAgeS">,
   {
     key: "openaiBaseUrl",
     env: "GLIMPSE_OPENAI_BASE_URL",

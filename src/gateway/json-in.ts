@@ -26,7 +26,13 @@ export interface ReadOptions {
   discardUnknown: boolean;
 }
 
-const MAX_DEPTH = 100;
+/**
+ * Deepest nesting accepted, counted as protobuf counts it (each message level one; a JSON
+ * object inside a Struct three: Value, Struct and the map entry; a list two): the gRPC
+ * server's decoder refuses past 100 levels, so deeper JSON is a 400 here rather than a
+ * failed decode there.
+ */
+const MAX_DEPTH = 96;
 
 /** Reads a JSON value (already parsed) as a message of `typeName`. */
 export function messageFromJson(contract: Contract, typeName: string, json: unknown, options: ReadOptions, path = ""): Plain {
@@ -225,7 +231,7 @@ class Reader {
         return { fields: this.structFields(json, path, depth) };
       case "google.protobuf.ListValue":
         if (!Array.isArray(json)) bad(path, `expected an array, got ${describe(json)}`);
-        return { values: json.map((v, i) => this.jsonValue(v, `${path}[${i}]`, depth + 1)) };
+        return { values: json.map((v, i) => this.jsonValue(v, `${path}[${i}]`, depth + 2)) };
       case "google.protobuf.Value":
         return this.jsonValue(json, path, depth);
       case "google.protobuf.Any":
@@ -238,7 +244,7 @@ class Reader {
 
   private structFields(json: Record<string, unknown>, path: string, depth: number): Plain {
     const fields = dictionary();
-    for (const [key, value] of Object.entries(json)) fields[key] = this.jsonValue(value, `${path}.${key}`, depth + 1);
+    for (const [key, value] of Object.entries(json)) fields[key] = this.jsonValue(value, `${path}.${key}`, depth + 3);
     return fields;
   }
 
@@ -248,7 +254,7 @@ class Reader {
     if (typeof json === "number") return { numberValue: json };
     if (typeof json === "string") return { stringValue: json };
     if (typeof json === "boolean") return { boolValue: json };
-    if (Array.isArray(json)) return { listValue: { values: json.map((v, i) => this.jsonValue(v, `${path}[${i}]`, depth + 1)) } };
+    if (Array.isArray(json)) return { listValue: { values: json.map((v, i) => this.jsonValue(v, `${path}[${i}]`, depth + 2)) } };
     return { structValue: { fields: this.structFields(json as Record<string, unknown>, path, depth) } };
   }
 

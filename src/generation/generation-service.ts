@@ -192,6 +192,7 @@ export class GenerationService {
           },
           visibility: req.visibility,
           index: true,
+          internal: true,
         })
         .catch((err) => {
           if (err instanceof DomainError && err.code === "INVALID_ARGUMENT") {

@@ -9,6 +9,9 @@ import { errorMiddleware } from "./middleware/errors.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
 import { loggingMiddleware } from "./middleware/logging.js";
 import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
+import type { Gatekeeper } from "./middleware/auth.js";
+import { uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
+import type { ByteBudget } from "./byte-budget.js";
 import { textInputMiddleware } from "./middleware/text-input.js";
 import { loadContract } from "../gateway/descriptors.js";
 
@@ -30,6 +33,16 @@ export interface GrpcServerConfig {
   maxReceiveMessageBytes?: number;
   /** Decides which account each call acts as (API-key authentication, admin checks, rate limits). */
   resolveCaller: CallerResolver;
+  /** Lets upload calls in or out from their headers, before their message is read. */
+  gatekeeper?: Gatekeeper;
+  /** Bytes of uploads held at once in the whole process (shared with the HTTP bridge). */
+  uploadBudget?: ByteBudget;
+  /** A connection with no call in progress (or that never completes its handshake) is closed after this long. */
+  idleTimeoutMs?: number;
+  /** Interval of keepalive pings; a ping unanswered within 20 s closes the connection. */
+  keepaliveMs?: number;
+  /** A connection older than this is asked to go away (its calls get 5 minutes more); 0: never. */
+  maxConnectionAgeMs?: number;
 }
 
 /** A listening gRPC server with its health state and shutdown. */
@@ -65,8 +78,17 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
   setHealth("unhealthy");
 
   const options: ServerOptions & ChannelOptions = {
-    interceptors: [deadlineInterceptor],
+    interceptors: [deadlineInterceptor, ...(config.gatekeeper ? [uploadAdmissionInterceptor(config.gatekeeper)] : [])],
     "grpc.max_receive_message_length": config.maxReceiveMessageBytes ?? 64 * 1024 * 1024,
+    // Connections cannot be held open for free: an idle one (a client that never sends the
+    // HTTP/2 preface included) is closed, a silent peer is found by keepalive pings, and
+    // long-lived ones are recycled.
+    "grpc.max_connection_idle_ms": config.idleTimeoutMs ?? 120_000,
+    "grpc.keepalive_time_ms": config.keepaliveMs ?? 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    ...(config.maxConnectionAgeMs
+      ? { "grpc.max_connection_age_ms": config.maxConnectionAgeMs, "grpc.max_connection_age_grace_ms": 300_000 }
+      : {}),
   };
   const server = createServer(options)
     .use(loggingMiddleware(config.logger))
@@ -74,6 +96,13 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     .use(deadlineMiddleware)
     .use(errorMiddleware)
     .use(callerMiddleware(config.resolveCaller))
+    .use(
+      config.uploadBudget && config.gatekeeper
+        ? uploadBudgetMiddleware(config.uploadBudget, config.gatekeeper)
+        : async function* (call, context) {
+            return yield* call.next(call.request, context);
+          },
+    )
     .use(textInputMiddleware(loadContract(config.descriptorSet))) as Server<AppCallContext>;
 
   server.add(HealthDefinition, HealthServiceImpl(health));

@@ -115,6 +115,9 @@ export function nextPageUrl(request: ListImagesRequest, page: ListPage): string 
   return `/v1/images?${params}`;
 }
 
+/** The largest value PostgreSQL's bigint holds. */
+const INT64_MAX = 9_223_372_036_854_775_807n;
+
 /** The catalogue RPCs of glimpse.image.v1.ImageService. */
 export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImplementation<Ctx>> {
   const { catalogue, listing, publicUrl } = deps;
@@ -253,7 +256,8 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
       let after = 0n;
       if (request.pageToken !== "") {
         const text = Buffer.from(request.pageToken, "base64url").toString();
-        if (!/^c\d{1,20}$/.test(text)) {
+        // The sequence must fit PostgreSQL's bigint: a forged token is the caller's mistake.
+        if (!/^c\d{1,19}$/.test(text) || BigInt(text.slice(1)) > INT64_MAX) {
           throw invalidArgument({ field: "page_token", description: "is not a token returned by ListComments" });
         }
         after = BigInt(text.slice(1));
