@@ -15,6 +15,7 @@ import { systemClock, type Clock } from "./clock.js";
 import { imageHandlers } from "./server/handlers/image-handlers.js";
 import { serviceRegistrations, type HandlerSet } from "./server/handlers/index.js";
 import { AccountService } from "./accounts/account-service.js";
+import { KeyCache } from "./accounts/key-cache.js";
 import { RateLimiter } from "./accounts/token-bucket.js";
 import { GenerationService } from "./generation/generation-service.js";
 import { abandonedAfterMs, buildProviders } from "./generation/providers/index.js";
@@ -39,6 +40,9 @@ import { Indexer } from "./search/indexer.js";
 import { SearchService, type SearchEngine } from "./search/search-service.js";
 import { searchHandlers } from "./server/handlers/search-handlers.js";
 import { DomainError } from "./errors.js";
+
+/** Verified API keys held in memory at most (each well under a kilobyte). */
+const KEY_CACHE_ENTRIES = 10_000;
 
 const DESCRIPTORS = path.join(path.dirname(fileURLToPath(import.meta.url)), "gen", "descriptors.binpb");
 
@@ -198,7 +202,10 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       logger,
       defaultRateLimit: options.rateLimitPerMinute,
       maxKeysPerAccount: options.maxKeysPerAccount,
+      keyCache: new KeyCache({ ttlMs: options.keyCacheTtlS * 1000, maxEntries: KEY_CACHE_ENTRIES, clock }),
     });
+    // Listening before the first call is served, so no revocation can slip past the cache.
+    closers.push(await accountsService.followKeyChanges());
     if (options.adminKey !== undefined) await accountsService.ensureAdminKey(options.adminKey);
     const replica = await ReplicaLease.start({ url, logger });
     closers.push(() => replica.stop());

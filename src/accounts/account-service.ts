@@ -8,8 +8,9 @@ import type { Tx } from "../store/images-repository.js";
 import type { LedgerRepository } from "../store/ledger-repository.js";
 import { offsetPage } from "./paging.js";
 import { emailOf, usernameOf, uuidField } from "./validate.js";
+import type { KeyCache, VerifiedKey } from "./key-cache.js";
 import { generateSecret, hashSecret, plausibleSecret, prefixOf, secretMatches } from "./keys.js";
-import type { AccountRecord, ApiKeyRecord, LedgerEntry, UsagePage } from "./types.js";
+import type { AccountRecord, ApiKeyRecord, KeyChange, LedgerEntry, UsagePage } from "./types.js";
 
 /** The account that owns everything uploaded before keys existed; an admin (migration 0001). */
 export const DEFAULT_ACCOUNT_ID = "00000000-0000-4000-8000-000000000001";
@@ -25,6 +26,11 @@ export interface AccountDeps {
   defaultRateLimit: number;
   /** Keys (not revoked) a non-admin account may hold at once. */
   maxKeysPerAccount: number;
+  /**
+   * Verified keys kept in memory, so a call with a known key makes no query; without it
+   * every call reads its key from the store (the command line, which serves no calls).
+   */
+  keyCache?: KeyCache;
 }
 
 /** A key that authenticated a call. */
@@ -76,27 +82,86 @@ export class AccountService {
   constructor(private readonly deps: AccountDeps) {}
 
   /**
-   * The account a secret belongs to. Every call consults the store, so a revoked key stops
-   * working on the very next call on every replica.
+   * The account a secret belongs to. A key verified recently is answered from memory (see
+   * {@link KeyCache}); otherwise, and for unknown or revoked keys always, from the store. A
+   * revocation made through any replica reaches this one with its notification (see
+   * {@link followKeyChanges}), one made here at once. The key's last use is written at most
+   * about once a minute, in the background.
    * @throws UNAUTHENTICATED for an unknown or revoked key.
    */
   async authenticate(secret: string): Promise<Authenticated> {
     const unknown = () => new DomainError("UNAUTHENTICATED", "unknown API key");
     if (!plausibleSecret(secret)) throw unknown();
-    const key = await this.deps.accounts.findKeyByPrefix(prefixOf(secret));
-    if (!key || !secretMatches(secret, key.secretHash)) throw unknown();
-    if (key.revokedAt) throw new DomainError("UNAUTHENTICATED", `API key ${key.prefix}… was revoked`);
+    const cache = this.deps.keyCache;
+    // Held by the secret's SHA-256, never the secret; a lookup's timing can only tell
+    // something about the hash, which reveals nothing of the secret.
+    const hash = hashSecret(secret).toString("base64");
     const now = this.deps.clock.now();
-    if (!key.lastUsedAt || now.getTime() - key.lastUsedAt.getTime() >= LAST_USED_GRANULARITY_MS) {
-      await this.deps.accounts.touchKey(key.id, now, new Date(now.getTime() - LAST_USED_GRANULARITY_MS));
+    let verified = cache?.get(hash);
+    if (verified) {
+      if (cache!.useIsDue(hash, now, LAST_USED_GRANULARITY_MS)) this.recordUse(verified.keyId, now);
+    } else {
+      const epoch = cache?.epoch() ?? 0;
+      const key = await this.deps.accounts.findKeyByPrefix(prefixOf(secret));
+      if (!key || !secretMatches(secret, key.secretHash)) throw unknown();
+      if (key.revokedAt) throw new DomainError("UNAUTHENTICATED", `API key ${key.prefix}… was revoked`);
+      verified = {
+        keyId: key.id,
+        accountId: key.accountId,
+        prefix: key.prefix,
+        isAdmin: key.isAdmin,
+        rateLimitPerMinute: key.rateLimitPerMinute,
+      };
+      let lastUsedAt = key.lastUsedAt;
+      if (!lastUsedAt || now.getTime() - lastUsedAt.getTime() >= LAST_USED_GRANULARITY_MS) {
+        this.recordUse(key.id, now);
+        lastUsedAt = now;
+      }
+      cache?.set(hash, verified, lastUsedAt, epoch);
     }
+    return this.authenticated(verified);
+  }
+
+  private authenticated(key: VerifiedKey): Authenticated {
     const rate = key.rateLimitPerMinute ?? this.deps.defaultRateLimit;
     return {
       caller: { accountId: key.accountId, isAdmin: key.isAdmin },
-      keyId: key.id,
+      keyId: key.keyId,
       rateLimitPerMinute: rate,
       accountRateLimitPerMinute: Math.max(rate, this.deps.defaultRateLimit),
     };
+  }
+
+  /** Writes a key's last use without holding up the call; a failure is only logged. */
+  private recordUse(keyId: string, now: Date): void {
+    const staleBefore = new Date(now.getTime() - LAST_USED_GRANULARITY_MS);
+    this.deps.accounts
+      .touchKey(keyId, now, staleBefore)
+      .catch((error) => this.deps.logger.warn("recording an API key's last use failed", { keyId, error }));
+  }
+
+  /**
+   * Keeps the key cache in step with changes made by every replica: each notification drops
+   * what it names, and every (re)connection of the listening connection drops everything,
+   * since notifications sent while it was down are lost. Resolves once listening, with the
+   * function that stops it. Without a cache there is nothing to follow.
+   */
+  async followKeyChanges(): Promise<() => Promise<void>> {
+    const cache = this.deps.keyCache;
+    if (!cache?.enabled) return async () => {};
+    return this.deps.accounts.listenKeyChanges(
+      (change) => this.forget(change),
+      () => cache.clear(),
+    );
+  }
+
+  /** Drops from the key cache what a change makes stale. */
+  private forget(change: KeyChange): void {
+    const cache = this.deps.keyCache;
+    if (!cache) return;
+    if (change.kind === "key") cache.forgetKey(change.id);
+    else if (change.kind === "account") cache.forgetAccount(change.id);
+    else cache.clear();
   }
 
   /**
@@ -126,6 +191,7 @@ export class AccountService {
           tx,
         );
       });
+      this.forget({ kind: "account", id: DEFAULT_ACCOUNT_ID });
       logger.info("admin API key from GLIMPSE_ADMIN_KEY stored", { prefix: prefixOf(secret) });
     } catch (err) {
       // Another replica starting at the same time stored it first.
@@ -247,6 +313,8 @@ export class AccountService {
     v.throwIfAny();
     const key = await this.deps.accounts.revokeKey(caller.accountId, keyId!, this.deps.clock.now());
     if (!key) throw notFound("API key", keyId!);
+    // The notification reaches this replica too, but the very next call here must see it.
+    this.forget({ kind: "key", id: key.id });
     return key;
   }
 
@@ -352,7 +420,7 @@ export class AccountService {
     const accountId = target.accountId === undefined ? undefined : uuidField(target.accountId, "--account", v);
     const email = target.email === undefined ? undefined : emailOf(target.email, "--email", v);
     v.throwIfAny();
-    return this.deps.transaction(async (tx) => {
+    const issued = await this.deps.transaction(async (tx) => {
       let account: AccountRecord | undefined;
       if (accountId) {
         account = await accounts.get(accountId, tx);
@@ -372,5 +440,7 @@ export class AccountService {
       const issued = await this.issueKey(account.id, name, null, tx);
       return { ...issued, account };
     });
+    if (target.admin) this.forget({ kind: "account", id: issued.account.id });
+    return issued;
   }
 }

@@ -57,3 +57,10 @@ export interface UsagePage {
   limit: number;
   offset: number;
 }
+
+/**
+ * A change to what authentication knows of keys, announced to every replica: one key's
+ * validity, every key of one account (its admin flag), or, when the announcement cannot be
+ * read, anything.
+ */
+export type KeyChange = { kind: "key"; id: string } | { kind: "account"; id: string } | { kind: "any" };

@@ -70,6 +70,8 @@ export interface Options {
   anonymousRead: boolean;
   /** Requests per minute of keys created without their own limit (and of anonymous callers, per address). */
   rateLimitPerMinute: number;
+  /** Seconds a verified API key is trusted from memory without a change notification; 0 reads every call's key from PostgreSQL. */
+  keyCacheTtlS: number;
   /** API keys (not revoked) a non-admin account may hold at once. */
   maxKeysPerAccount: number;
   /** Bytes of request bodies carrying uploads held in memory at once, across the whole process. */
@@ -473,6 +475,13 @@ export const optionSpecs = [
     doc: "Requests per minute per API key unless the key has its own limit (also per address for anonymous reads).",
     parse: integer(1, 100_000),
   } satisfies OptionSpec<"rateLimitPerMinute">,
+  {
+    key: "keyCacheTtlS",
+    env: "GLIMPSE_KEY_CACHE_TTL_S",
+    default: "30",
+    doc: "Seconds a verified API key is trusted from memory; changes through glimpse reach every replica at once, this bounds staleness if a notification is lost. 0 looks every call's key up in PostgreSQL.",
+    parse: integer(0, 3600),
+  } satisfies OptionSpec<"keyCacheTtlS">,
   {
     key: "maxKeysPerAccount",
     env: "GLIMPSE_MAX_KEYS_PER_ACCOUNT",

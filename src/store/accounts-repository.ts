@@ -1,4 +1,4 @@
-import type { AccountRecord, ApiKeyRecord, KeyForAuth } from "../accounts/types.js";
+import type { AccountRecord, ApiKeyRecord, KeyChange, KeyForAuth } from "../accounts/types.js";
 import type { Sql } from "./db.js";
 import type { Tx } from "./images-repository.js";
 
@@ -68,6 +68,19 @@ export interface NewKey {
   createdAt: Date;
 }
 
+/**
+ * Channel of the notifications that tell every replica a key's validity or an account's admin
+ * flag changed; sent in the transaction that makes the change, so it arrives once committed.
+ * Payloads are `key:<id>` and `account:<id>`.
+ */
+export const KEY_CHANGES_CHANNEL = "glimpse_keys";
+
+/** A notification's payload as a change; anything unreadable stands for any change. */
+export function keyChangeOf(payload: string): KeyChange {
+  const match = /^(key|account):([0-9a-f-]{36})$/.exec(payload);
+  return match ? { kind: match[1] as "key" | "account", id: match[2] } : { kind: "any" };
+}
+
 /** Accounts and API keys. */
 export class AccountsRepository {
   constructor(private readonly sql: Sql) {}
@@ -91,8 +104,11 @@ export class AccountsRepository {
     return toAccount(row);
   }
 
+  /** Sets an account's admin flag and tells every replica (on commit) that its keys changed. */
   async setAdmin(id: string, isAdmin: boolean, db: Tx = this.sql): Promise<void> {
-    await db`update accounts set is_admin = ${isAdmin} where id = ${id}`;
+    await db`
+      with changed as (update accounts set is_admin = ${isAdmin} where id = ${id} returning id)
+      select pg_notify(${KEY_CHANGES_CHANNEL}, 'account:' || changed.id::text) from changed`;
   }
 
   /** Stores a key; a prefix already taken surfaces as the unique violation (23505). */
@@ -154,12 +170,30 @@ export class AccountsRepository {
     return { keys: page.map(toKey), next: rows.length > options.limit ? page[page.length - 1].seq : null };
   }
 
-  /** Marks the account's key revoked (keeping an earlier revocation time); undefined if it has none such. */
+  /**
+   * Marks the account's key revoked (keeping an earlier revocation time) and, in the same
+   * statement, tells every replica; undefined if the account has no such key.
+   */
   async revokeKey(accountId: string, keyId: string, now: Date): Promise<ApiKeyRecord | undefined> {
     const [row] = await this.sql<KeyRow[]>`
-      update api_keys set revoked_at = coalesce(revoked_at, ${now})
-      where id = ${keyId} and account_id = ${accountId}
-      returning *`;
+      with revoked as (
+        update api_keys set revoked_at = coalesce(revoked_at, ${now})
+        where id = ${keyId} and account_id = ${accountId}
+        returning *)
+      select revoked.*, pg_notify(${KEY_CHANGES_CHANNEL}, 'key:' || revoked.id::text) from revoked`;
     return row ? toKey(row) : undefined;
+  }
+
+  /**
+   * Follows key changes made by any replica (this one included). `onListen` runs each time
+   * the listening connection is (re)established: notifications sent while it was down are
+   * lost, so whatever was learnt before must be treated as stale. Resolves once listening,
+   * with the function that stops it.
+   */
+  async listenKeyChanges(onChange: (change: KeyChange) => void, onListen: () => void): Promise<() => Promise<void>> {
+    const listener = await this.sql.listen(KEY_CHANGES_CHANNEL, (payload) => onChange(keyChangeOf(payload)), onListen);
+    return async () => {
+      await listener.unlisten();
+    };
   }
 }
