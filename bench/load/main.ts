@@ -1,0 +1,538 @@
+/**
+ * Load harness: drives a glimpse server from separate worker processes and reports requests/s,
+ * latency percentiles and errors by status.
+ *
+ *   npm run bench:load -- seed [--images 100000]
+ *   npm run bench:load -- --scenario search-user [--concurrency 16 | --rate 200/s] [--duration 30s]
+ *                         [--target grpc|http] [--share 0.01] [--images 100000]
+ *                         [--address 127.0.0.1:50051 --key glk_...] [--workers 2] [--warmup 3s]
+ *   npm run bench:load -- compare --base 3bcb0a1 [--scenarios search-admin,search-user,search-user-tag:0.01]
+ *                         [--concurrency 1,16,64] [--duration 15s]
+ *
+ * Without --address the harness seeds (or reuses) the template data set, copies it into a
+ * database of its own, starts this tree's glimpse as a child process on it (a test model of
+ * dimension 512 named like the seeded embeddings, so search is ready without running any
+ * model: every scenario searches by like_image_id, a stored vector) and removes all of it
+ * afterwards. `compare` does the same for this tree and for a base commit checked out in a
+ * git worktree (/tmp/glimpse-base-<commit>), and runs every scenario x concurrency against
+ * both, alternating, in one run. Only loopback addresses are accepted; every run is bounded in
+ * time (--duration, plus the warm-up and the per-call timeout) and in count (--max-requests).
+ */
+import { execFileSync, fork, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import { writeClipTestModel } from "../../test/fixtures/clip-test-model.js";
+import { ADMIN_DATABASE_URL, markdownTable, REPO_ROOT, round, runBenchmark, runEnvironment, writeResults, type Cleanup } from "../lib.js";
+import { SCENARIOS, type ScenarioSpec, type Target } from "./scenarios.js";
+import { ADMIN_KEY, cloneTemplate, DIMENSION, ensureTemplate, MODEL_ID, queryIds, SHARE_TAGS, tagForShare, USERS } from "./seed.js";
+import type { RunReply, RunRequest } from "./worker.js";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const argv = process.argv.slice(2);
+const command = argv[0] === "seed" || argv[0] === "compare" ? argv.shift()! : "run";
+
+const { values: opt } = parseArgs({
+  args: argv,
+  options: {
+    scenario: { type: "string" },
+    scenarios: { type: "string", default: "search-admin,search-user,search-user-tag:0.01,search-user-tag:0.1,get-image" },
+    concurrency: { type: "string" },
+    rate: { type: "string" },
+    duration: { type: "string", default: "30s" },
+    warmup: { type: "string", default: "3s" },
+    target: { type: "string", default: "grpc" },
+    address: { type: "string" },
+    key: { type: "string" },
+    share: { type: "string", default: "0.01" },
+    images: { type: "string", default: "100000" },
+    workers: { type: "string", default: String(Math.max(1, Math.min(4, os.cpus().length))) },
+    "max-requests": { type: "string", default: "2000000" },
+    "max-in-flight": { type: "string", default: "2000" },
+    timeout: { type: "string", default: "10s" },
+    k: { type: "string", default: "10" },
+    base: { type: "string" },
+    ids: { type: "string" },
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+function duration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw new Error(`bad duration ${text} (e.g. 30s, 500ms, 2m)`);
+  const x = Number(m[1]);
+  return m[2] === "ms" ? x : m[2] === "m" ? x * 60_000 : x * 1000;
+}
+
+function rate(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(\/s)?$/.exec(text.trim());
+  if (!m || Number(m[1]) <= 0) throw new Error(`bad rate ${text} (e.g. 200/s)`);
+  return Number(m[1]);
+}
+
+function loopback(address: string): string {
+  const host = address.slice(0, address.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  if (!["127.0.0.1", "localhost", "::1"].includes(host) && !host.startsWith("127.")) {
+    throw new Error(`--address must be a loopback address (127.0.0.1:PORT), not ${address}`);
+  }
+  return address;
+}
+
+/** "search-user-tag:0.01" -> scenario and share. */
+function parseScenario(text: string, defaultShare: number): { name: string; scenario: string; share?: number } {
+  const [scenario, shareText] = text.split(":");
+  if (!SCENARIOS[scenario]) throw new Error(`unknown scenario ${scenario}; known: ${Object.keys(SCENARIOS).join(", ")}`);
+  if (scenario !== "search-user-tag") return { name: scenario, scenario };
+  const share = shareText ? Number(shareText) : defaultShare;
+  tagForShare(share);
+  return { name: `${scenario}:${share}`, scenario, share };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+
+class WorkerPool {
+  private readonly children: ChildProcess[] = [];
+  private runId = 0;
+
+  static async start(count: number, cleanup: Cleanup): Promise<WorkerPool> {
+    const pool = new WorkerPool();
+    cleanup.add("stop load workers", async () => pool.stop());
+    await Promise.all(
+      Array.from({ length: count }, async () => {
+        const child = fork(path.join(HERE, "worker.ts"), [], {
+          cwd: REPO_ROOT,
+          execArgv: ["--import", "tsx"],
+          serialization: "advanced",
+          stdio: ["ignore", "inherit", "inherit", "ipc"],
+        });
+        pool.children.push(child);
+        await new Promise<void>((resolve, reject) => {
+          child.once("message", () => resolve());
+          child.once("exit", (code) => reject(new Error(`load worker exited (${code}) before starting`)));
+        });
+      }),
+    );
+    return pool;
+  }
+
+  get size() {
+    return this.children.length;
+  }
+
+  /** Sends one run to every worker (each its share of callers or rate) and merges the replies. */
+  async run(base: Omit<RunRequest, "type" | "runId" | "concurrency" | "rate" | "phaseMs" | "maxRequests">, total: { concurrency?: number; rate?: number; maxRequests: number }) {
+    const runId = ++this.runId;
+    // Never more workers than callers.
+    const used = total.concurrency !== undefined ? this.children.slice(0, Math.min(this.children.length, total.concurrency)) : this.children;
+    const replies = await Promise.all(
+      used.map(
+        (child, w) =>
+          new Promise<RunReply>((resolve, reject) => {
+            const onMessage = (msg: RunReply) => {
+              if (msg.type !== "result" || msg.runId !== runId) return;
+              child.off("message", onMessage);
+              child.off("exit", onExit);
+              resolve(msg);
+            };
+            const onExit = (code: number | null) => reject(new Error(`load worker exited (${code}) during a run`));
+            child.on("message", onMessage);
+            child.once("exit", onExit);
+            const share = (n: number) => Math.floor(n / used.length) + (w < n % used.length ? 1 : 0);
+            const interval = total.rate ? 1000 / (total.rate / used.length) : 0;
+            child.send({
+              ...base,
+              type: "run",
+              runId,
+              concurrency: total.concurrency !== undefined ? share(total.concurrency) : 0,
+              rate: total.rate ? total.rate / used.length : 0,
+              phaseMs: (interval * w) / used.length,
+              maxRequests: Math.max(1, share(total.maxRequests)),
+            } satisfies RunRequest);
+          }),
+      ),
+    );
+    const failed = replies.find((r) => r.error);
+    if (failed) throw new Error(`load worker failed: ${failed.error}`);
+    return replies;
+  }
+
+  stop() {
+    for (const child of this.children) if (child.connected) child.send({ type: "exit" });
+    for (const child of this.children) if (child.exitCode === null) child.kill("SIGTERM");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+export interface Summary {
+  requests: number;
+  ok: number;
+  requests_per_s: number;
+  ok_per_s: number;
+  p50_ms: number;
+  p90_ms: number;
+  p99_ms: number;
+  p999_ms: number;
+  max_ms: number;
+  mean_ms: number;
+  /** Non-OK outcomes by status name (gRPC) or code (HTTP); CLIENT_TIMEOUT: the call's deadline passed. */
+  errors: Record<string, number>;
+  /** Open loop: calls not sent because max-in-flight were out (k6's dropped_iterations). */
+  dropped: number;
+}
+
+function summarise(replies: RunReply[], durationMs: number): Summary {
+  const n = replies.reduce((a, r) => a + r.samples.length, 0);
+  const all = new Float64Array(n);
+  let at = 0;
+  for (const r of replies) {
+    all.set(r.samples, at);
+    at += r.samples.length;
+  }
+  all.sort();
+  const pct = (p: number) => (n === 0 ? Number.NaN : all[Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1))]);
+  const outcomes: Record<string, number> = {};
+  for (const r of replies) for (const [k, v] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + v;
+  const ok = outcomes.OK ?? 0;
+  delete outcomes.OK;
+  // The measured window: the configured duration, or less when the count bound ended it first.
+  const windowS = Math.min(durationMs, Math.max(...replies.map((r) => r.windowMs))) / 1000;
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += all[i];
+  return {
+    requests: n,
+    ok,
+    requests_per_s: round(n / windowS, 1),
+    ok_per_s: round(ok / windowS, 1),
+    p50_ms: round(pct(50), 3),
+    p90_ms: round(pct(90), 3),
+    p99_ms: round(pct(99), 3),
+    p999_ms: round(pct(99.9), 3),
+    max_ms: round(n ? all[n - 1] : Number.NaN, 3),
+    mean_ms: round(n ? sum / n : Number.NaN, 3),
+    errors: outcomes,
+    dropped: replies.reduce((a, r) => a + r.dropped, 0),
+  };
+}
+
+const errorsText = (s: Summary) =>
+  Object.keys(s.errors).length === 0 ? "none" : Object.entries(s.errors).map(([k, v]) => `${k} ${v}`).join(", ");
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+interface Server {
+  label: string;
+  root: string;
+  commit: string;
+  grpc: string;
+  http: string;
+  facts: Record<string, unknown>;
+}
+
+function commitOf(root: string): string {
+  try {
+    const head = execFileSync("git", ["-C", root, "rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["-C", root, "status", "--porcelain", "--untracked-files=no", "--", "src", "native", "package.json"], {
+      encoding: "utf8",
+    }).trim();
+    return dirty ? `${head}+uncommitted changes in src/native` : head;
+  } catch {
+    return "unknown";
+  }
+}
+
+async function modelDir(cleanup: Cleanup): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "glimpse-load-model-"));
+  cleanup.add(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  await writeClipTestModel(dir, { dimension: DIMENSION });
+  await writeFile(path.join(dir, "glimpse-model.json"), JSON.stringify({ id: MODEL_ID }));
+  return dir;
+}
+
+/** Copies the template and starts the build at `root` on it as a child process; waits until search is ready. */
+async function startServer(cleanup: Cleanup, label: string, root: string, template: string, model: string): Promise<Server> {
+  const db = await cloneTemplate(template, label);
+  cleanup.add(`drop database ${db.name}`, () => db.drop());
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), `glimpse-load-${label}-`));
+  cleanup.add(`remove ${dataDir}`, () => rm(dataDir, { recursive: true, force: true }));
+  const started = Date.now();
+  const child = fork(
+    path.join(HERE, "server.ts"),
+    ["--root", root, "--database-url", db.url, "--data-dir", dataDir, "--model", model, "--admin-key", ADMIN_KEY],
+    { cwd: REPO_ROOT, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] },
+  );
+  cleanup.add(`stop ${label} server`, async () => {
+    if (child.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGTERM");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+    await exited;
+    clearTimeout(timer);
+  });
+  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${label} server not ready after 15 min`)), 15 * 60_000);
+    child.on("message", (msg: { type: string; message?: string }) => {
+      if (msg.type === "ready") {
+        clearTimeout(timer);
+        resolve(msg as Record<string, unknown>);
+      } else if (msg.type === "error") {
+        clearTimeout(timer);
+        reject(new Error(`${label} server failed to start: ${msg.message}`));
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${label} server exited (${code})`));
+    });
+  });
+  const server = {
+    label,
+    root,
+    commit: commitOf(root),
+    grpc: `127.0.0.1:${ready.grpcPort}`,
+    http: `127.0.0.1:${ready.httpPort}`,
+    facts: { ...ready, database: db.name, wall_to_ready_s: round((Date.now() - started) / 1000, 1) },
+  };
+  console.log(`${label} (${server.commit}) ready: gRPC ${server.grpc}, HTTP ${server.http}, search ready in ${ready.search_ready_s} s`);
+  return server;
+}
+
+/** A base commit's worktree, installed and built, made once and reused. */
+function baseWorktree(ref: string): string {
+  if (existsSync(ref) && existsSync(path.join(ref, "src", "app.ts"))) return path.resolve(ref);
+  const commit = execFileSync("git", ["-C", REPO_ROOT, "rev-parse", "--short", ref], { encoding: "utf8" }).trim();
+  const dir = path.join(os.tmpdir(), `glimpse-base-${commit}`);
+  const run = (cmd: string, args: string[], cwd: string) => execFileSync(cmd, args, { cwd, stdio: "inherit" });
+  if (!existsSync(path.join(dir, "src", "app.ts"))) run("git", ["worktree", "add", "--detach", dir, commit], REPO_ROOT);
+  if (!existsSync(path.join(dir, "node_modules", ".package-lock.json"))) {
+    run("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund"], dir);
+  }
+  if (!existsSync(path.join(dir, "native", "build", "kernel.wasm"))) run("npm", ["run", "build:native"], dir);
+  return dir;
+}
+
+// ---------------------------------------------------------------------------------------------
+// pgvector
+
+async function pgvectorAvailable(): Promise<string | null> {
+  const sql = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
+  try {
+    const rows = await sql<{ default_version: string }[]>`select default_version from pg_available_extensions where name = 'vector'`;
+    return rows[0]?.default_version ?? null;
+  } finally {
+    await sql.end();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One measured run
+
+interface RunConfig {
+  scenario: string;
+  name: string;
+  share?: number;
+  target: Target;
+  mode: "closed" | "open";
+  concurrency?: number;
+  rate?: number;
+  durationMs: number;
+  warmupMs: number;
+}
+
+async function measure(pool: WorkerPool, server: { grpc: string; http: string }, cfg: RunConfig, ids: string[], key?: string): Promise<Summary> {
+  const def = SCENARIOS[cfg.scenario];
+  const spec: ScenarioSpec = {
+    scenario: cfg.scenario,
+    target: cfg.target,
+    address: cfg.target === "grpc" ? server.grpc : server.http,
+    key: key ?? (def.key === "user" ? USERS[0].secret : ADMIN_KEY),
+    ids,
+    tag: cfg.share !== undefined ? tagForShare(cfg.share) : undefined,
+    k: Number(opt.k),
+    timeoutMs: duration(opt.timeout!),
+  };
+  const replies = await pool.run(
+    {
+      spec,
+      mode: cfg.mode,
+      startAt: Date.now() + 200,
+      warmupMs: cfg.warmupMs,
+      durationMs: cfg.durationMs,
+      maxInFlight: Number(opt["max-in-flight"]),
+    },
+    { concurrency: cfg.concurrency, rate: cfg.rate, maxRequests: Number(opt["max-requests"]) },
+  );
+  return summarise(replies, cfg.durationMs);
+}
+
+const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+
+// ---------------------------------------------------------------------------------------------
+
+await runBenchmark(`bench:load ${command}`, async (cleanup) => {
+  const images = Number(opt.images);
+  if (!Number.isInteger(images) || images < 100) throw new Error("--images must be an integer >= 100");
+
+  if (command === "seed") {
+    const facts = await ensureTemplate(REPO_ROOT, images);
+    console.log(JSON.stringify(facts, null, 2));
+    return;
+  }
+
+  if (command === "run") {
+    if (!opt.scenario) throw new Error("--scenario is required (" + Object.keys(SCENARIOS).join(", ") + ")");
+    const sc = parseScenario(opt.scenario, Number(opt.share));
+    const target = opt.target as Target;
+    if (target !== "grpc" && target !== "http") throw new Error("--target is grpc or http");
+    if (opt.rate && opt.concurrency) throw new Error("--concurrency (closed loop) or --rate (open loop), not both");
+    const cfg: RunConfig = {
+      scenario: sc.scenario,
+      name: sc.name,
+      share: sc.share,
+      target,
+      mode: opt.rate ? "open" : "closed",
+      concurrency: opt.rate ? undefined : Number(opt.concurrency ?? "16"),
+      rate: opt.rate ? rate(opt.rate) : undefined,
+      durationMs: duration(opt.duration!),
+      warmupMs: duration(opt.warmup!),
+    };
+    const environment = await runEnvironment();
+    let server: { grpc: string; http: string; commit?: string; facts?: unknown };
+    let ids: string[];
+    let dataset: unknown;
+    if (opt.address) {
+      const address = loopback(opt.address);
+      server = { grpc: address, http: address, commit: "running server" };
+      if (opt.ids) ids = opt.ids.split(",");
+      else {
+        const facts = await ensureTemplate(REPO_ROOT, images);
+        ids = await queryIds(facts.template, 2000);
+        dataset = facts;
+      }
+    } else {
+      const facts = await ensureTemplate(REPO_ROOT, images);
+      dataset = facts;
+      ids = await queryIds(facts.template, 2000);
+      server = await startServer(cleanup, "current", REPO_ROOT, facts.template, await modelDir(cleanup));
+    }
+    const pool = await WorkerPool.start(Number(opt.workers), cleanup);
+    console.log(`${cfg.name} over ${cfg.target}, ${cfg.mode} loop ${cfg.concurrency ?? `${cfg.rate}/s`}, ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warm-up, ${pool.size} worker processes`);
+    const summary = await measure(pool, server, cfg, ids, opt.key);
+    const line = markdownTable(
+      ["scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
+      [[cfg.name, cfg.target, cfg.mode, cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`, summary.requests_per_s, summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.max_ms, errorsText(summary)]],
+    );
+    const name = `load-${cfg.name.replace(":", "-")}-${stamp()}`;
+    const written = await writeResults(name, { benchmark: "load", environment, config: { ...cfg, workers: pool.size }, server, dataset, summary }, line);
+    console.log(JSON.stringify(summary, null, 2));
+    console.log(line);
+    console.log(`wrote ${written.join(", ")}`);
+    return;
+  }
+
+  // compare
+  if (!opt.base) throw new Error("compare needs --base <commit or worktree directory>");
+  const scenarios = opt.scenarios!.split(",").map((s) => parseScenario(s.trim(), Number(opt.share)));
+  const concurrencies = (opt.concurrency ?? "1,16,64").split(",").map(Number);
+  const target = opt.target as Target;
+  const durationMs = duration(opt.duration!);
+  const warmupMs = duration(opt.warmup!);
+  const environment = await runEnvironment();
+  const baseRoot = baseWorktree(opt.base);
+  // The oldest build migrates the template; the current one migrates its copy forward at start.
+  const dataset = await ensureTemplate(baseRoot, images);
+  const ids = await queryIds(dataset.template, 2000);
+  const model = await modelDir(cleanup);
+  const pgvector = await pgvectorAvailable();
+  const pgvectorNote = pgvector
+    ? `pgvector ${pgvector} is available on this server, but this harness has no pgvector series yet; series skipped`
+    : "pgvector not installed on this machine; series skipped";
+  console.log(pgvectorNote);
+  // Both servers start together (each builds its index from the embeddings table) and stay up;
+  // the runs alternate between them so both see the same machine state.
+  const [base, current] = await Promise.all([
+    startServer(cleanup, "base", baseRoot, dataset.template, model),
+    startServer(cleanup, "current", REPO_ROOT, dataset.template, model),
+  ]);
+  const pool = await WorkerPool.start(Number(opt.workers), cleanup);
+  const rows: {
+    scenario: string;
+    concurrency: number;
+    base: Summary;
+    current: Summary;
+    ratio_rps: number;
+    ratio_p50: number;
+    ratio_p99: number;
+  }[] = [];
+  let flip = false;
+  for (const sc of scenarios) {
+    for (const c of concurrencies) {
+      const cfg: RunConfig = { scenario: sc.scenario, name: sc.name, share: sc.share, target, mode: "closed", concurrency: c, durationMs, warmupMs };
+      // Alternate which build goes first, so neither always follows the other's load.
+      const order = flip ? [current, base] : [base, current];
+      flip = !flip;
+      const results: Record<string, Summary> = {};
+      for (const server of order) {
+        results[server.label] = await measure(pool, server, cfg, ids);
+        const s = results[server.label];
+        console.log(`  ${sc.name} c=${c} ${server.label}: ${s.requests_per_s} req/s, p50 ${s.p50_ms} ms, p99 ${s.p99_ms} ms, errors ${errorsText(s)}`);
+      }
+      rows.push({
+        scenario: sc.name,
+        concurrency: c,
+        base: results.base,
+        current: results.current,
+        ratio_rps: round(results.current.requests_per_s / results.base.requests_per_s, 2),
+        ratio_p50: round(results.current.p50_ms / results.base.p50_ms, 2),
+        ratio_p99: round(results.current.p99_ms / results.base.p99_ms, 2),
+      });
+    }
+  }
+  const table = markdownTable(
+    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "errors (base / current)"],
+    rows.map((r) => [
+      r.scenario,
+      r.concurrency,
+      r.base.requests_per_s,
+      r.base.p50_ms,
+      r.base.p99_ms,
+      r.current.requests_per_s,
+      r.current.p50_ms,
+      r.current.p99_ms,
+      r.ratio_rps,
+      r.ratio_p50,
+      `${errorsText(r.base)} / ${errorsText(r.current)}`,
+    ]),
+  );
+  const markdown = [
+    `# Load comparison: base ${base.commit} vs current ${current.commit}`,
+    "",
+    `- ${environment.date}; node ${environment.node}, PostgreSQL ${environment.postgres}; ${environment.cpu} x ${environment.cores} cores, ${environment.memory_gib} GiB`,
+    `- data: ${dataset.images} images (${dataset.public_images} public) over ${Object.keys(dataset.images_by_owner).length} accounts; tags ${SHARE_TAGS.map((t) => `${t.tag} ${dataset.tag_rows[t.tag] ?? 0}`).join(", ")}; ${DIMENSION}-d clustered unit vectors`,
+    `- ${target}, closed loop, ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per run, k = ${opt.k}; runs alternate between the builds; both servers up throughout`,
+    `- ${pgvectorNote}`,
+    "",
+    table,
+  ].join("\n");
+  const json = {
+    benchmark: "load-compare",
+    environment,
+    config: { scenarios: scenarios.map((s) => s.name), concurrencies, target, duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k) },
+    dataset,
+    servers: { base, current },
+    pgvector: pgvectorNote,
+    rows,
+  };
+  const written = await writeResults(`load-compare-${stamp()}`, json, markdown);
+  console.log(markdown);
+  console.log(`wrote ${written.join(", ")}`);
+});

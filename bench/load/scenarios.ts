@@ -1,0 +1,144 @@
+/**
+ * What each scenario sends, over gRPC and (where the bridge has a route) HTTP/JSON. A scenario
+ * turns a call number into one request; its outcome is "OK" or a status name (gRPC: the status
+ * code's name; HTTP: the status code).
+ */
+import http from "node:http";
+import { ClientError, createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
+import { HealthDefinition } from "nice-grpc-server-health";
+import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
+
+export type Target = "grpc" | "http";
+
+/** Everything a worker needs to build requests; sent by the parent. */
+export interface ScenarioSpec {
+  scenario: string;
+  target: Target;
+  /** host:port of the chosen transport. */
+  address: string;
+  /** API key sent as `authorization: Bearer`. */
+  key: string;
+  /** Image ids to ask for / search like, used round-robin. */
+  ids: string[];
+  /** Tag filter of search-user-tag. */
+  tag?: string;
+  k: number;
+  /** Per-call deadline. */
+  timeoutMs: number;
+}
+
+export const SCENARIOS: Record<string, { doc: string; key: "admin" | "user" | "none"; http: boolean }> = {
+  "grpc-noop": { doc: "grpc.health.v1.Health/Check: a bare gRPC round trip (no auth, no database)", key: "none", http: false },
+  "get-image": { doc: "GetImage (metadata view) of a public image, admin key", key: "admin", http: true },
+  "search-admin": { doc: "SearchImages like_image_id, limit k, admin key, no filter", key: "admin", http: true },
+  "search-user": { doc: "SearchImages like_image_id, limit k, ordinary account key, no filter", key: "user", http: true },
+  "search-user-tag": {
+    doc: "SearchImages like_image_id, limit k, ordinary key, filter tags [a tag on --share of the images]",
+    key: "user",
+    http: true,
+  },
+};
+
+export type Call = (i: number, signal: AbortSignal) => Promise<void>;
+
+/** Call outcome name of a thrown error. */
+export function outcomeOf(err: unknown): string {
+  if (err instanceof ClientError) return Status[err.code] ?? String(err.code);
+  const e = err as { name?: string; code?: string | number; status?: number };
+  if (e?.name === "AbortError") return "CLIENT_TIMEOUT";
+  if (typeof e?.status === "number") return String(e.status);
+  if (typeof e?.code === "string") return e.code;
+  return "CLIENT_ERROR";
+}
+
+class HttpStatusError extends Error {
+  constructor(readonly status: number) {
+    super(`HTTP ${status}`);
+  }
+}
+
+/** Builds the call function of a scenario, with what it holds open (channel, agent). */
+export function makeCall(spec: ScenarioSpec): { call: Call; close(): void } {
+  const def = SCENARIOS[spec.scenario];
+  if (!def) throw new Error(`unknown scenario ${spec.scenario}`);
+  const id = (i: number) => spec.ids[i % spec.ids.length];
+  const searchBody = (i: number) => ({
+    likeImageId: id(i),
+    limit: spec.k,
+    ...(spec.scenario === "search-user-tag" ? { filter: { tags: [spec.tag!] } } : {}),
+  });
+
+  if (spec.target === "grpc") {
+    const channel: Channel = createChannel(spec.address);
+    const metadata = def.key === "none" ? Metadata() : Metadata({ authorization: `Bearer ${spec.key}` });
+    const images = createClient(ImageServiceDefinition, channel, { "*": { metadata } });
+    const health = createClient(HealthDefinition, channel);
+    let call: Call;
+    switch (spec.scenario) {
+      case "grpc-noop":
+        call = async (_i, signal) => {
+          await health.check({ service: "" }, { signal });
+        };
+        break;
+      case "get-image":
+        call = async (i, signal) => {
+          await images.getImage({ id: id(i), view: 0 }, { signal });
+        };
+        break;
+      default:
+        call = async (i, signal) => {
+          const b = searchBody(i);
+          const res = await images.searchImages(
+            { query: { $case: "likeImageId", value: b.likeImageId }, limit: b.limit, filter: b.filter } as never,
+            { signal },
+          );
+          if (res.results.length === 0) throw Object.assign(new Error("no results"), { code: "EMPTY_RESULT" });
+        };
+    }
+    return { call, close: () => channel.close() };
+  }
+
+  if (!def.http) throw new Error(`scenario ${spec.scenario} has no HTTP route`);
+  const [host, port] = [spec.address.slice(0, spec.address.lastIndexOf(":")), Number(spec.address.slice(spec.address.lastIndexOf(":") + 1))];
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+  const request = (method: string, pathName: string, body: unknown, signal: AbortSignal) =>
+    new Promise<void>((resolve, reject) => {
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const req = http.request(
+        {
+          host,
+          port,
+          method,
+          path: pathName,
+          agent,
+          signal,
+          headers: {
+            authorization: `Bearer ${spec.key}`,
+            ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () => {
+            if (res.statusCode !== 200) return reject(new HttpStatusError(res.statusCode ?? 0));
+            if (spec.scenario.startsWith("search")) {
+              const parsed = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { results?: unknown[] };
+              if (!parsed.results || parsed.results.length === 0) {
+                return reject(Object.assign(new Error("no results"), { code: "EMPTY_RESULT" }));
+              }
+            }
+            resolve();
+          });
+          res.on("error", reject);
+        },
+      );
+      req.on("error", reject);
+      req.end(payload);
+    });
+  const call: Call =
+    spec.scenario === "get-image"
+      ? (i, signal) => request("GET", `/v1/images/${id(i)}`, undefined, signal)
+      : (i, signal) => request("POST", "/v1/images:search", searchBody(i), signal);
+  return { call, close: () => agent.destroy() };
+}
