@@ -349,6 +349,7 @@ function startSearch(
       ensureAvailable: () => void currentEngine(),
       notify: () => indexer.notify(),
       waitFor: (id: bigint, signal?: AbortSignal) => indexer.waitFor(id, signal),
+      changed: () => engine?.keeper.catchUp() ?? Promise.resolve(),
     },
     async close() {
       stopped = true;

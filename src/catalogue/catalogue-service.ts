@@ -46,6 +46,12 @@ export interface IndexingHooks {
   notify(): void;
   /** Resolves once the image is indexed or failed; rejects when the signal aborts. */
   waitFor(imageId: bigint, signal?: AbortSignal): Promise<void>;
+  /**
+   * An image's searchable attributes changed, or it went (the change is committed and in
+   * `index_log`): resolves once this replica's search index has applied it, so the caller's
+   * next search sees the change.
+   */
+  changed?(): Promise<void>;
 }
 
 /** A stored image and whether the upload matched bytes the account already had. */
@@ -301,7 +307,15 @@ export class CatalogueService {
       const updated = await this.deps.images.update(id, changes, terms, this.deps.clock.now(), tx);
       if (!updated) throw notFound("image", id);
       return updated;
+    }).then(async (updated) => {
+      await this.indexChanged();
+      return updated;
     });
+  }
+
+  /** Waits for the search index to apply a committed change; its failure fails no write. */
+  private async indexChanged(): Promise<void> {
+    await this.deps.indexing?.changed?.().catch((error) => this.deps.logger?.error("search index catch-up failed", { error }));
   }
 
   /**
@@ -319,6 +333,7 @@ export class CatalogueService {
       await images.delete(id, tx);
       return image.sha256;
     });
+    await this.indexChanged();
     await this.release(sha256);
   }
 

@@ -1,8 +1,9 @@
 import path from "node:path";
 import type { Logger } from "../logging/logger.js";
-import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
+import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
 import { SnapshotError, VectorIndex } from "../vector/vector-index.js";
+import { FilterIndex } from "./filter-index.js";
 
 /** When snapshots are written. */
 export interface SnapshotPolicy {
@@ -19,8 +20,12 @@ export interface IndexKeeperDeps {
   logger: Logger;
 }
 
+/** Where the indexes came from at start: a snapshot, or the tables (a rebuild). */
+export type IndexSource = "snapshot" | "database";
+
 /**
- * Keeps the in-process vector index equal to the `embeddings` table: loads the newest
+ * Keeps the in-process vector index equal to the `embeddings` table, and the filter index
+ * beside it equal to the attributes of those images: loads the newest
  * snapshot (or rebuilds from the table when there is none, it is corrupt, or it was written
  * for another model), replays `index_log` after the snapshot's sequence, then follows the log
  * (woken by NOTIFY, exact by sequence) so changes made by this or any other replica, or left
@@ -43,6 +48,10 @@ export class IndexKeeper {
 
   private constructor(
     readonly index: VectorIndex,
+    /** The attributes searches filter on, keyed by the vector index's slots. */
+    readonly filters: FilterIndex,
+    /** Where the indexes were loaded from when opened. */
+    readonly source: IndexSource,
     private readonly deps: IndexKeeperDeps,
     private readonly dir: string,
   ) {}
@@ -53,25 +62,34 @@ export class IndexKeeper {
     const dir = path.join(deps.snapshotRoot, safeName(modelId));
     const started = performance.now();
     let index: VectorIndex | null = null;
-    let source = "snapshot";
+    let filters: FilterIndex | null = null;
+    let source: IndexSource = "snapshot";
     try {
       index = await VectorIndex.loadSnapshot(dir, { modelId, dimension });
+      if (index !== null) filters = loadFilters(index);
     } catch (err) {
       if (!(err instanceof SnapshotError)) throw err;
+      index?.dispose();
+      index = null;
       logger.warn("index snapshot unusable; rebuilding from the database", { reason: err.message, dir });
     }
-    if (index === null) {
+    if (index === null || filters === null) {
       source = "database";
       index = await VectorIndex.create({ modelId, dimension });
-      // Everything logged up to here is in the table we are about to read; later entries replay.
+      filters = new FilterIndex();
+      // Everything logged up to here is in the tables we are about to read; later entries replay.
       index.lastSeq = await embeddings.lastSeq();
       for await (const page of embeddings.allVectors(modelId)) {
         for (const e of page) {
-          if (e.vector.length === dimension) index.upsert(e.imageId, e.vector);
+          if (e.vector.length !== dimension) continue;
+          index.upsert(e.imageId, e.vector);
+          filters.set(index.slot(e.imageId)!, e.attributes);
         }
+        // Let health checks and catalogue calls answer between pages.
+        await new Promise<void>((resolve) => setImmediate(resolve));
       }
     }
-    const keeper = new IndexKeeper(index, deps, dir);
+    const keeper = new IndexKeeper(index, filters, source, deps, dir);
     const fromSeq = index.lastSeq;
     // Listen before replaying, so nothing committed in between waits for the timer.
     await keeper.follow();
@@ -80,6 +98,7 @@ export class IndexKeeper {
       model: modelId,
       source,
       vectors: index.size,
+      filtered: filters.size,
       replayed,
       fromSeq: fromSeq.toString(),
       ms: Math.round(performance.now() - started),
@@ -110,7 +129,7 @@ export class IndexKeeper {
       const changes = this.changesSinceSnapshot;
       if (changes === 0) return;
       const started = performance.now();
-      await this.index.writeSnapshot(this.dir);
+      await this.index.writeSnapshot(this.dir, { filters: this.filters.serialize(this.index.slots) });
       this.changesSinceSnapshot -= changes;
       this.deps.logger.info("index snapshot written", {
         vectors: this.index.size,
@@ -150,11 +169,9 @@ export class IndexKeeper {
       const entries = await embeddings.logAfter(index.lastSeq);
       if (entries.length === 0) return applied;
       for (const e of entries) {
-        if (e.modelId === index.modelId) {
+        if (e.modelId === index.modelId || e.op === "attributes") {
           try {
-            // An upsert whose vector is gone was superseded by a later entry, which follows.
-            if (e.op === "upsert" && e.vector !== null) index.upsert(e.imageId, e.vector);
-            else if (e.op === "delete") index.remove(e.imageId);
+            this.apply(e);
             applied++;
           } catch (error) {
             logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
@@ -163,6 +180,28 @@ export class IndexKeeper {
         index.lastSeq = e.seq;
       }
       this.changesSinceSnapshot += entries.length;
+    }
+  }
+
+  /**
+   * One log entry. Entries carry the current vector and attributes, not those of their
+   * time: an upsert whose vector (or image) is gone was superseded by a later entry, which
+   * follows, so applying the current state converges on the tables.
+   */
+  private apply(e: LogEntry): void {
+    const { index, filters } = this;
+    if (e.op === "upsert") {
+      if (e.vector === null || e.attributes === null) return;
+      index.upsert(e.imageId, e.vector);
+      filters.set(index.slot(e.imageId)!, e.attributes);
+    } else if (e.op === "delete") {
+      const slot = index.slot(e.imageId);
+      if (slot === undefined) return;
+      index.remove(e.imageId);
+      filters.clear(slot);
+    } else {
+      const slot = index.slot(e.imageId);
+      if (slot !== undefined && e.attributes !== null) filters.set(slot, e.attributes);
     }
   }
 
@@ -196,4 +235,16 @@ export class IndexKeeper {
 /** A model id as a directory name. */
 function safeName(modelId: string): string {
   return modelId.replace(/[^A-Za-z0-9._-]/g, "_");
+}
+
+/** The filter index a loaded snapshot carries; SnapshotError when it has none or it is malformed. */
+function loadFilters(index: VectorIndex): FilterIndex {
+  const bytes = index.attachments.get("filters");
+  index.attachments.clear();
+  if (!bytes) throw new SnapshotError("snapshot has no filter index");
+  try {
+    return FilterIndex.deserialize(bytes, index.slots);
+  } catch (err) {
+    throw new SnapshotError(`snapshot's filter index is unusable: ${(err as Error).message}`);
+  }
 }

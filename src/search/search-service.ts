@@ -9,6 +9,8 @@ import { DomainError, Violations } from "../errors.js";
 import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
 import { IdList } from "../vector/id-list.js";
 import type { Neighbour, VectorIndex } from "../vector/vector-index.js";
+import type roaring from "roaring";
+import { needsDatabase } from "./filter-index.js";
 import type { IndexKeeper } from "./index-keeper.js";
 
 /** Result fields a caller can ask for (seed 3's `fields`). */
@@ -60,7 +62,13 @@ export interface SearchHit {
   score: number;
   image?: ImageRecord;
   embedding?: Float32Array;
+  /** Held in memory by the filter index: set whether or not the image row was loaded. */
+  created?: Date;
+  owner?: string;
 }
+
+/** Fields answered from memory (the vector and filter indexes); any other needs the image row. */
+const MEMORY_FIELDS: ReadonlySet<SearchField> = new Set(["id", "created", "owner", "url", "embedding"]);
 
 /** How the planner answered: useful in logs and benchmarks. */
 export type SearchPlan = "hnsw" | "hnsw_filtered" | "exact";
@@ -152,7 +160,13 @@ export class SearchService {
     if (q.kind === "prompt") {
       vector = await engine.embedder.embedText(q.text, signal);
     } else if (q.kind === "like_image_id") {
-      const image = await this.deps.catalogue.get(caller, q.id);
+      // An indexed image the caller may read is answered from memory; anything else asks the
+      // catalogue, which says why it cannot be searched by (not found, not indexed).
+      const slot = index.slot(q.id);
+      const image =
+        slot !== undefined && engine.keeper.filters.readable(slot, caller)
+          ? { id: q.id, indexStatus: "indexed", indexError: "" }
+          : await this.deps.catalogue.get(caller, q.id);
       const stored = index.vector(image.id);
       if (!stored) {
         throw new DomainError(
@@ -175,7 +189,7 @@ export class SearchService {
     const ranked = await this.rank(caller, plan, engine, vector, depth);
     let neighbours = ranked.neighbours.filter((n) => n.id !== exclude);
     let total = ranked.total;
-    if (exclude !== undefined && (ranked.candidates?.includes(exclude) ?? true)) total -= 1;
+    if (exclude !== undefined && (ranked.includes?.(exclude) ?? true)) total -= 1;
     let lowerBound = false;
     if (plan.threshold > 0) {
       const passes = (n: Neighbour) => n.id !== exclude && toScore(n.cosine) >= plan.threshold;
@@ -293,12 +307,20 @@ export class SearchService {
     };
   }
 
-  /** Fetches the candidates the filter lets through (none needed without one) and ranks. */
+  /**
+   * Works out which indexed images pass the filter and may be read, and ranks them. The
+   * filter index answers in memory with an exact bitmap; only filters it cannot answer
+   * (`needsDatabase`: meta) ask PostgreSQL.
+   */
   private async rank(caller: Caller, plan: Plan, engine: SearchEngine, vector: Float32Array, depth: number): Promise<Ranking> {
     const { embeddings, clock, exactMax } = this.deps;
     const options = { ef: plan.ef || this.deps.ef, exactMax, everyScore: plan.threshold > 0 };
-    if (!plan.filtered && caller.isAdmin) return rankCandidates(engine.keeper.index, vector, depth, null, options);
+    const { index, filters } = engine.keeper;
+    if (!plan.filtered && caller.isAdmin) return rankCandidates(index, vector, depth, null, options);
     const now = clock.now();
+    if (!needsDatabase(plan.filter)) {
+      return rankSlots(index, vector, depth, filters.candidates(plan.filter, caller, now), options);
+    }
     let candidates = await embeddings.candidateIds(plan.filter, caller, now, exactMax + 1);
     if (candidates.length > exactMax) candidates = await embeddings.candidateIds(plan.filter, caller, now, null);
     return rankCandidates(engine.keeper.index, vector, depth, candidates, options);
@@ -339,19 +361,33 @@ export class SearchService {
     return this.hydrate(caller, fields, this.deps.engine(), hits.map((h) => ({ id: h.id, cosine: 2 * h.score - 1 })));
   }
 
-  /** Loads what the selected fields need; images deleted or hidden meanwhile drop out. */
+  /**
+   * Fills the selected fields. Fields held in memory (MEMORY_FIELDS) need no query; any other
+   * loads the rows in one query. Images deleted or hidden meanwhile drop out either way (in
+   * memory: as far as the index has followed the log).
+   */
   private async hydrate(caller: Caller, fields: ReadonlySet<SearchField>, engine: SearchEngine, window: Neighbour[]) {
-    const needsImage = [...fields].some((f) => f !== "id" && f !== "embedding");
-    const images = new Map(
-      (await this.deps.embeddings.images(window.map((n) => n.id), caller)).map((image) => [image.id, image]),
-    );
+    const { index, filters } = engine.keeper;
+    const needsImage = [...fields].some((f) => !MEMORY_FIELDS.has(f));
+    const images = needsImage
+      ? new Map((await this.deps.embeddings.images(window.map((n) => n.id), caller)).map((image) => [image.id, image]))
+      : undefined;
     const hits: SearchHit[] = [];
     for (const n of window) {
-      const image = images.get(n.id);
-      if (!image) continue;
+      const slot = index.slot(n.id);
+      const image = images?.get(n.id);
+      if (images ? !image : slot === undefined || !filters.readable(slot, caller)) continue;
       const hit: SearchHit = { id: n.id, score: toScore(n.cosine) };
-      if (needsImage) hit.image = image;
-      if (fields.has("embedding")) hit.embedding = engine.keeper.index.vector(n.id);
+      if (image) hit.image = image;
+      if (slot !== undefined) {
+        if (fields.has("created")) hit.created = new Date(filters.createdAt(slot));
+        if (fields.has("owner")) hit.owner = filters.ownerOf(slot);
+      }
+      if (image) {
+        hit.created = image.createdAt;
+        hit.owner = image.ownerId;
+      }
+      if (fields.has("embedding")) hit.embedding = index.vector(n.id);
       hits.push(hit);
     }
     return hits;
@@ -367,8 +403,8 @@ export interface Ranking {
   total: number;
   /** Every candidate's score, when all were scored (exact thresholds and totals). */
   everyScore?: Neighbour[];
-  /** The candidate ids, when a filter applied. */
-  candidates?: IdList;
+  /** Whether an image passed the filter, when one applied. */
+  includes?: (id: bigint) => boolean;
 }
 
 export interface RankOptions {
@@ -424,15 +460,53 @@ export function rankCandidates(
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };
   }
   if (scanExactly(candidates.length, index.size, options.exactMax)) {
+    const includes = (id: bigint) => candidates.includes(id);
     if (options.everyScore) {
       const all = index.scoreAll(vector, candidates).sort(byCosine);
-      return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, candidates };
+      return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, includes };
     }
-    return { plan: "exact", neighbours: index.searchExact(vector, depth, candidates), total: candidates.length, candidates };
+    const neighbours = index.searchExact(vector, depth, candidates);
+    return { plan: "exact", neighbours, total: candidates.length, includes };
   }
   const ef = filteredEf(options.ef, depth, candidates.length / Math.max(index.size, 1));
   const neighbours = index.searchHnsw(vector, depth, ef, index.allowedSlots(candidates));
-  return { plan: "hnsw_filtered", neighbours, total: candidates.length, candidates };
+  return { plan: "hnsw_filtered", neighbours, total: candidates.length, includes: (id) => candidates.includes(id) };
+}
+
+/**
+ * The planner on an exact candidate bitmap (slots of the vector index, from the filter
+ * index): every indexed image -> plain HNSW; few (`scanExactly`) -> exact scan of just those
+ * rows; more -> HNSW with the bitmap as filter and ef raised as its share narrows.
+ */
+export function rankSlots(
+  index: VectorIndex,
+  vector: Float32Array,
+  depth: number,
+  slots: roaring.RoaringBitmap32,
+  options: RankOptions,
+): Ranking {
+  const count = slots.size;
+  const includes = (id: bigint) => {
+    const slot = index.slot(id);
+    return slot !== undefined && slots.has(slot);
+  };
+  const baseEf = Math.max(options.ef, depth);
+  if (count === index.size) {
+    return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
+  }
+  if (scanExactly(count, index.size, options.exactMax)) {
+    const rows = new Int32Array(slots.toUint32Array().buffer);
+    if (options.everyScore) {
+      const all = index.scoreSlots(vector, rows).sort(byCosine);
+      return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, includes };
+    }
+    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows), total: count, includes };
+  }
+  const ef = filteredEf(options.ef, depth, count / Math.max(index.size, 1));
+  const allowed = new Uint8Array(index.slots);
+  for (const slot of slots.toUint32Array()) allowed[slot] = 1;
+  const neighbours = index.searchHnsw(vector, depth, ef, allowed);
+  return { plan: "hnsw_filtered", neighbours, total: count, includes };
 }
 
 const byCosine = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);

@@ -8,16 +8,74 @@ export interface StoredEmbedding {
   imageId: bigint;
   modelId: string;
   vector: Float32Array;
+  attributes: ImageAttributes;
 }
 
-/** One `index_log` entry joined with the vector it refers to (null once removed). */
+/** The image columns behind `ImageAttributes`, as selected by `ATTRIBUTE_COLUMNS`. */
+interface AttributeRow {
+  a_owner: string | null;
+  a_visibility: number | null;
+  a_status: number | null;
+  a_terms: string[] | null;
+  a_nsfw: number | null;
+  a_post: bigint | null;
+  a_model: bigint | null;
+  a_version: bigint | null;
+  a_username: string | null;
+  a_classes: string[] | null;
+  a_created: Date | null;
+}
+
+function toAttributes(r: AttributeRow): ImageAttributes | null {
+  if (r.a_owner === null) return null;
+  return {
+    ownerId: r.a_owner,
+    isPublic: r.a_visibility === 1,
+    indexed: r.a_status === INDEXED,
+    tagTerms: r.a_terms ?? [],
+    nsfwLevel: r.a_nsfw ?? 0,
+    postId: r.a_post === null ? null : String(r.a_post),
+    modelId: r.a_model === null ? null : String(r.a_model),
+    modelVersionId: r.a_version === null ? null : String(r.a_version),
+    username: r.a_username ?? "",
+    classNames: r.a_classes ?? [],
+    createdMs: r.a_created!.getTime(),
+  };
+}
+
+/**
+ * What the search filter index holds of an image: the attributes `filterConditions` tests
+ * that live in columns (meta and free text stay in PostgreSQL).
+ */
+export interface ImageAttributes {
+  ownerId: string;
+  isPublic: boolean;
+  /** index_status is indexed (PostgreSQL's candidate queries require it). */
+  indexed: boolean;
+  /** The tag terms (tags plus namespaces) a tag filter matches. */
+  tagTerms: string[];
+  /** 0 none .. 3 x. */
+  nsfwLevel: number;
+  postId: string | null;
+  modelId: string | null;
+  modelVersionId: string | null;
+  username: string;
+  /** The annotation class names. */
+  classNames: string[];
+  createdMs: number;
+}
+
+/** One `index_log` entry joined with the vector and the attributes it refers to. */
 export interface LogEntry {
   seq: bigint;
   imageId: bigint;
-  op: "upsert" | "delete";
+  /** upsert and delete concern the vector; attributes, the filter attributes alone. */
+  op: "upsert" | "delete" | "attributes";
   modelId: string;
   /** The image's current vector for `modelId`; null for deletes and for vectors removed since. */
   vector: Float32Array | null;
+  /** The image's current attributes; null once the image is gone. */
+  attributes: ImageAttributes | null;
 }
 
 /** A pending image the indexer should embed. */
@@ -43,6 +101,17 @@ export function bytesToVector(bytes: Uint8Array): Float32Array {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true);
   return out;
+}
+
+/** The `images i` columns `toAttributes` reads (all null when the join found no image). */
+function attributeColumns(sql: Sql) {
+  return sql`
+    i.owner_id::text as a_owner, i.visibility as a_visibility, i.index_status as a_status,
+    i.tag_terms as a_terms, i.nsfw_level as a_nsfw, i.post_id as a_post, i.model_id as a_model,
+    i.model_version_id as a_version, i.username as a_username,
+    case when jsonb_typeof(i.annotations -> 'classes') = 'object'
+      then array(select jsonb_object_keys(i.annotations -> 'classes')) else '{}'::text[] end as a_classes,
+    i.created_at as a_created`;
 }
 
 /** Embeddings, the index log, and the image queries semantic search needs. */
@@ -130,14 +199,21 @@ export class EmbeddingsRepository {
 
   /** Every stored vector of a model, in image-id order, a page at a time (index rebuild). */
   async *allVectors(modelId: string, pageSize = 2000): AsyncGenerator<StoredEmbedding[]> {
+    const sql = this.sql;
     let after = -1n;
     for (;;) {
-      const rows = await this.sql<{ image_id: bigint; vector: Uint8Array }[]>`
-        select image_id, vector from embeddings
-        where model_id = ${modelId} and image_id > ${after.toString()}
-        order by image_id limit ${pageSize}`;
+      const rows = await sql<({ image_id: bigint; vector: Uint8Array } & AttributeRow)[]>`
+        select e.image_id, e.vector, ${attributeColumns(sql)}
+        from embeddings e join images i on i.id = e.image_id
+        where e.model_id = ${modelId} and e.image_id > ${after.toString()}
+        order by e.image_id limit ${pageSize}`;
       if (rows.length === 0) return;
-      yield rows.map((r) => ({ imageId: r.image_id, modelId, vector: bytesToVector(r.vector) }));
+      yield rows.map((r) => ({
+        imageId: r.image_id,
+        modelId,
+        vector: bytesToVector(r.vector),
+        attributes: toAttributes(r)!,
+      }));
       after = rows[rows.length - 1].image_id;
     }
   }
@@ -148,22 +224,25 @@ export class EmbeddingsRepository {
     return row.seq ?? 0n;
   }
 
-  /** Log entries after `seq`, oldest first, with the vectors they refer to. */
+  /** Log entries after `seq`, oldest first, with the vectors and attributes they refer to. */
   async logAfter(seq: bigint, limit = 1000): Promise<LogEntry[]> {
-    const rows = await this.sql<
-      { seq: bigint; image_id: bigint; op: number; model_id: string; vector: Uint8Array | null }[]
+    const sql = this.sql;
+    const rows = await sql<
+      ({ seq: bigint; image_id: bigint; op: number; model_id: string; vector: Uint8Array | null } & AttributeRow)[]
     >`
-      select l.seq, l.image_id, l.op, l.model_id, e.vector
+      select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
       from index_log l
       left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
+      left join images i on l.op <> 2 and i.id = l.image_id
       where l.seq > ${seq.toString()}
       order by l.seq limit ${limit}`;
     return rows.map((r) => ({
       seq: r.seq,
       imageId: r.image_id,
-      op: r.op === 1 ? "upsert" : "delete",
+      op: r.op === 1 ? "upsert" : r.op === 2 ? "delete" : "attributes",
       modelId: r.model_id,
       vector: r.vector ? bytesToVector(r.vector) : null,
+      attributes: toAttributes(r),
     }));
   }
 

@@ -31,7 +31,8 @@ interface SnapshotManifest {
   lastSeq: string;
   /** Slots in use (live or free) when written. */
   slots: number;
-  files: Record<"graph" | "vectors" | "ids", { name: string; bytes: number; sha256: string }>;
+  /** graph, vectors and ids, plus the owner's attachments (the filter index) by name. */
+  files: Record<string, { name: string; bytes: number; sha256: string }>;
   writtenAt: string;
 }
 
@@ -54,6 +55,8 @@ export class VectorIndex {
   readonly dimension: number;
   /** The last `index_log` sequence applied (maintained by the owner of the index). */
   lastSeq = 0n;
+  /** Files the loaded snapshot carried beside the vectors (`writeSnapshot`'s attachments). */
+  attachments = new Map<string, Buffer>();
 
   private readonly graph: hnswlib.HierarchicalNSW;
   private readonly matrix: VectorMatrix;
@@ -91,6 +94,16 @@ export class VectorIndex {
 
   has(id: bigint): boolean {
     return this.slotOf.has(id);
+  }
+
+  /** The slot of an indexed image, or undefined. */
+  slot(id: bigint): number | undefined {
+    return this.slotOf.get(id);
+  }
+
+  /** The image in a slot (0n for a free one). */
+  idAt(slot: number): bigint {
+    return this.slotIds[slot] ?? 0n;
   }
 
   /** The stored vector of an image, or undefined when it is not indexed. */
@@ -161,9 +174,22 @@ export class VectorIndex {
     return out;
   }
 
+  /** Exact top k among the given slots (live ones; the caller passes no free slot). */
+  searchExactSlots(query: Float32Array, k: number, rows: Int32Array): Neighbour[] {
+    if (rows.length === 0 || k <= 0) return [];
+    const top = this.matrix.topK(query, Math.min(k, rows.length), rows);
+    const out: Neighbour[] = new Array(top.rows.length);
+    for (let i = 0; i < top.rows.length; i++) out[i] = { id: this.slotIds[top.rows[i]], cosine: top.scores[i] };
+    return out;
+  }
+
   /** Exact similarity of the query to every given image that is indexed. */
   scoreAll(query: Float32Array, ids: IdList | ArrayLike<bigint>): Neighbour[] {
-    const rows = this.slotsOf(ids);
+    return this.scoreSlots(query, this.slotsOf(ids));
+  }
+
+  /** Exact similarity of the query to the image in every given slot. */
+  scoreSlots(query: Float32Array, rows: Int32Array): Neighbour[] {
     const scores = new Float32Array(rows.length);
     if (rows.length > 0) this.matrix.dot(query, rows, scores);
     const out: Neighbour[] = new Array(rows.length);
@@ -194,7 +220,7 @@ export class VectorIndex {
    * old one by rename. A crash at any point leaves the previous snapshot intact; files of
    * older snapshots are removed afterwards.
    */
-  async writeSnapshot(dir: string): Promise<void> {
+  async writeSnapshot(dir: string, attachments: Record<string, Uint8Array> = {}): Promise<void> {
     await mkdir(dir, { recursive: true });
     const stem = `snapshot-${this.lastSeq}-${Date.now().toString(36)}`;
     const graphName = `${stem}.hnsw`;
@@ -208,11 +234,14 @@ export class VectorIndex {
       if (this.slotIds[slot] !== 0n) vectors.set(this.matrix.get(slot), slot * this.dimension);
     }
     const ids = this.slotIds.slice(0, this.used);
-    const files = {
+    const files: SnapshotManifest["files"] = {
       graph: { name: graphName, ...(await describe(path.join(dir, graphName))) },
       vectors: await writeAtomic(dir, `${stem}.vec`, bytesOf(vectors)),
       ids: await writeAtomic(dir, `${stem}.ids`, bytesOf(ids)),
     };
+    for (const [key, bytes] of Object.entries(attachments)) {
+      files[key] = await writeAtomic(dir, `${stem}.${key}`, bytes);
+    }
     const manifest: SnapshotManifest = {
       format: 1,
       modelId: this.modelId,
@@ -256,8 +285,8 @@ export class VectorIndex {
       );
     }
     // Verify every file before handing it to hnswlib, which trusts what it reads.
-    const contents: Partial<Record<keyof SnapshotManifest["files"], Buffer>> = {};
-    for (const key of ["graph", "vectors", "ids"] as const) {
+    const contents: Record<string, Buffer> = {};
+    for (const key of Object.keys(manifest.files ?? {})) {
       const file = manifest.files[key];
       let bytes: Buffer;
       try {
@@ -269,6 +298,9 @@ export class VectorIndex {
         throw new SnapshotError(`snapshot file ${file.name} does not match its checksum`);
       }
       contents[key] = bytes;
+    }
+    if (!contents.graph || !contents.vectors || !contents.ids) {
+      throw new SnapshotError("snapshot.json does not name the graph, vectors and ids files");
     }
     const slots = manifest.slots;
     const dimension = options.dimension;
@@ -299,6 +331,9 @@ export class VectorIndex {
     }
     index.free.reverse(); // lowest free slot reused first
     index.lastSeq = BigInt(manifest.lastSeq);
+    for (const [key, bytes] of Object.entries(contents)) {
+      if (key !== "graph" && key !== "vectors" && key !== "ids") index.attachments.set(key, bytes);
+    }
     return index;
   }
 

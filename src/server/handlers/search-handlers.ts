@@ -52,6 +52,10 @@ function resultOut(hit: SearchHit, outcome: Pick<SearchOutcome, "fields">, publi
     url: "",
   };
   if (f.has("embedding") && hit.embedding) result.embedding = Array.from(hit.embedding);
+  // Fields the search index holds come without the image row.
+  if (f.has("owner") && hit.owner !== undefined) result.owner = hit.owner;
+  if (f.has("created") && hit.created !== undefined) result.created = hit.created;
+  if (f.has("url")) result.url = contentUrl(publicUrl, hit.id);
   if (!image) return result;
   if (f.has("name")) result.name = image.fileName;
   if (f.has("annotations") || f.has("image")) {
@@ -67,7 +71,6 @@ function resultOut(hit: SearchHit, outcome: Pick<SearchOutcome, "fields">, publi
   if (f.has("tags")) result.tags = image.tags;
   if (f.has("owner")) result.owner = image.ownerId;
   if (f.has("created")) result.created = image.createdAt;
-  if (f.has("url")) result.url = contentUrl(publicUrl, image.id);
   return result;
 }
 
