@@ -2,11 +2,11 @@
  * Load harness: drives a glimpse server from separate worker processes and reports requests/s,
  * latency percentiles and errors by status.
  *
- *   npm run bench:load -- seed [--images 100000]
+ *   npm run bench:load -- seed [--images 100000] [--base 3bcb0a1]
  *   npm run bench:load -- --scenario search-user [--concurrency 16 | --rate 200/s] [--duration 30s]
  *                         [--target grpc|http] [--share 0.01] [--images 100000]
  *                         [--address 127.0.0.1:50051 --key glk_...] [--workers 2] [--warmup 3s]
- *   npm run bench:load -- compare --base 3bcb0a1 [--scenarios search-admin,search-user,search-user-tag:0.01]
+ *   npm run bench:load -- compare --base 3bcb0a1 [--current HEAD] [--scenarios search-admin,search-user,search-user-tag:0.01]
  *                         [--concurrency 1,16,64] [--duration 15s]
  *
  * Without --address the harness seeds (or reuses) the template data set, copies it into a
@@ -56,6 +56,7 @@ const { values: opt } = parseArgs({
     timeout: { type: "string", default: "10s" },
     k: { type: "string", default: "10" },
     base: { type: "string" },
+    current: { type: "string" },
     ids: { type: "string" },
   },
 });
@@ -306,11 +307,14 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
   return server;
 }
 
-/** A base commit's worktree, installed and built, made once and reused. */
-function baseWorktree(ref: string): string {
+/**
+ * A build to measure: a directory holding one (a worktree made before), or a commit, checked
+ * out in a git worktree under the temp directory, installed and built, made once and reused.
+ */
+function worktreeFor(ref: string, prefix: string): string {
   if (existsSync(ref) && existsSync(path.join(ref, "src", "app.ts"))) return path.resolve(ref);
   const commit = execFileSync("git", ["-C", REPO_ROOT, "rev-parse", "--short", ref], { encoding: "utf8" }).trim();
-  const dir = path.join(os.tmpdir(), `glimpse-base-${commit}`);
+  const dir = path.join(os.tmpdir(), `${prefix}-${commit}`);
   const run = (cmd: string, args: string[], cwd: string) => execFileSync(cmd, args, { cwd, stdio: "inherit" });
   if (!existsSync(path.join(dir, "src", "app.ts"))) run("git", ["worktree", "add", "--detach", dir, commit], REPO_ROOT);
   if (!existsSync(path.join(dir, "node_modules", ".package-lock.json"))) {
@@ -383,7 +387,8 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
   if (!Number.isInteger(images) || images < 100) throw new Error("--images must be an integer >= 100");
 
   if (command === "seed") {
-    const facts = await ensureTemplate(REPO_ROOT, images);
+    // With --base, the template a compare against that build uses (migrated by the base build).
+    const facts = await ensureTemplate(opt.base ? worktreeFor(opt.base, "glimpse-base") : REPO_ROOT, images);
     console.log(JSON.stringify(facts, null, 2));
     return;
   }
@@ -432,7 +437,13 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       [[cfg.name, cfg.target, cfg.mode, cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`, summary.requests_per_s, summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.max_ms, errorsText(summary)]],
     );
     const name = `load-${cfg.name.replace(":", "-")}-${stamp()}`;
-    const written = await writeResults(name, { benchmark: "load", environment, config: { ...cfg, workers: pool.size }, server, dataset, summary }, line);
+    const loadAverage = os.loadavg().map((x) => round(x));
+    const written = await writeResults(
+      name,
+      { benchmark: "load", environment, load_average_after: loadAverage, config: { ...cfg, workers: pool.size }, server, dataset, summary },
+      line,
+    );
+    console.log(`load average (1, 5, 15 min) after the run: ${loadAverage.join(" ")}`);
     console.log(JSON.stringify(summary, null, 2));
     console.log(line);
     console.log(`wrote ${written.join(", ")}`);
@@ -447,7 +458,10 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
   const durationMs = duration(opt.duration!);
   const warmupMs = duration(opt.warmup!);
   const environment = await runEnvironment();
-  const baseRoot = baseWorktree(opt.base);
+  const loadBefore = os.loadavg().map((x) => round(x));
+  const baseRoot = worktreeFor(opt.base, "glimpse-base");
+  // By default the working tree as it is (uncommitted changes included); --current REF measures a commit.
+  const currentRoot = opt.current ? worktreeFor(opt.current, "glimpse-at") : REPO_ROOT;
   // The oldest build migrates the template; the current one migrates its copy forward at start.
   const dataset = await ensureTemplate(baseRoot, images);
   const ids = await queryIds(dataset.template, 2000);
@@ -461,7 +475,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
   // the runs alternate between them so both see the same machine state.
   const [base, current] = await Promise.all([
     startServer(cleanup, "base", baseRoot, dataset.template, model),
-    startServer(cleanup, "current", REPO_ROOT, dataset.template, model),
+    startServer(cleanup, "current", currentRoot, dataset.template, model),
   ]);
   const pool = await WorkerPool.start(Number(opt.workers), cleanup);
   const rows: {
@@ -472,6 +486,8 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     ratio_rps: number;
     ratio_p50: number;
     ratio_p99: number;
+    /** 1-minute load average of the machine after the pair of runs (other work on it shows here). */
+    load_average_1m: number;
   }[] = [];
   let flip = false;
   for (const sc of scenarios) {
@@ -494,11 +510,12 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
         ratio_rps: round(results.current.requests_per_s / results.base.requests_per_s, 2),
         ratio_p50: round(results.current.p50_ms / results.base.p50_ms, 2),
         ratio_p99: round(results.current.p99_ms / results.base.p99_ms, 2),
+        load_average_1m: round(os.loadavg()[0]),
       });
     }
   }
   const table = markdownTable(
-    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "errors (base / current)"],
+    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "errors (base / current)", "load avg 1m"],
     rows.map((r) => [
       r.scenario,
       r.concurrency,
@@ -511,6 +528,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       r.ratio_rps,
       r.ratio_p50,
       `${errorsText(r.base)} / ${errorsText(r.current)}`,
+      r.load_average_1m,
     ]),
   );
   const markdown = [
@@ -520,6 +538,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     `- data: ${dataset.images} images (${dataset.public_images} public) over ${Object.keys(dataset.images_by_owner).length} accounts; tags ${SHARE_TAGS.map((t) => `${t.tag} ${dataset.tag_rows[t.tag] ?? 0}`).join(", ")}; ${DIMENSION}-d clustered unit vectors`,
     `- ${target}, closed loop, ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per run, k = ${opt.k}; runs alternate between the builds; both servers up throughout`,
     `- ${pgvectorNote}`,
+    `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${os.loadavg().map((x) => round(x)).join(" ")} (the machine is shared: other processes' work shows in both builds' figures alike, as the runs alternate)`,
     "",
     table,
   ].join("\n");
