@@ -68,6 +68,8 @@ export interface App {
   blobs: BlobStore;
   /** Resolves once the embedding model is loaded and the vector index is caught up (never, if the model is unavailable). */
   searchReady: Promise<void>;
+  /** Resolves once every index_log entry committed before the call is in this replica's search index. */
+  searchCatchUp(): Promise<void>;
   /** Graceful stop: drain calls, stop transports, close the store (and the embedded server). */
   stop(): Promise<void>;
 }
@@ -255,6 +257,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       logger,
       blobs,
       searchReady: search.ready,
+      searchCatchUp: () => search.hooks.changed(),
       stop() {
         stopping ??= (async () => {
           logger.info("shutting down", { graceMs: options.shutdownGraceMs });

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rankCandidates } from "../../src/search/search-service.js";
+import roaring from "roaring";
+import { rankCandidates, rankSlots } from "../../src/search/search-service.js";
 import { VectorIndex } from "../../src/vector/vector-index.js";
 import { clusteredVectors, makeRandom } from "../../bench/vectors.js";
 
@@ -92,6 +93,45 @@ describe("vector search recall", () => {
         total += truth.length;
       }
       expect(hits / total).toBeGreaterThanOrEqual(0.95);
+    });
+  }
+
+  // The same on the filter index's path: the candidates as a bitmap of slots, uniform and
+  // farthest from the query, from 0.1% to 100%.
+  for (const [share, farthest] of [
+    [0.001, false], [0.01, false], [0.1, false], [0.5, false], [1, false],
+    [0.001, true], [0.01, true], [0.1, true], [0.5, true],
+  ] as const) {
+    const what = farthest ? `the ${share * 100}% of images farthest from the query` : `${share * 100}% of images`;
+    it(`keeps recall@10 >= 0.95 with a slot bitmap of ${what}`, () => {
+      let hits = 0;
+      let total = 0;
+      for (const query of queries.slice(0, 20)) {
+        let allowedIds: bigint[];
+        if (farthest) {
+          const scored = vectors.map((v, i) => {
+            let s = 0;
+            for (let d = 0; d < DIM; d++) s += v[d] * query[d];
+            return { id: ids[i], s };
+          });
+          scored.sort((a, b) => a.s - b.s);
+          allowedIds = scored.slice(0, Math.round(N * share)).map((x) => x.id);
+        } else {
+          allowedIds = share === 1 ? ids : ids.filter(() => random() < share);
+        }
+        const allowed = new Set(allowedIds);
+        const slots = new roaring.RoaringBitmap32(allowedIds.map((id) => index.slot(id)!));
+        const truth = bruteForce(vectors, ids, query, allowed);
+        const ranking = rankSlots(index, query, K, slots, { ef: 64, exactMax: EXACT_MAX });
+        expect(ranking.total).toBe(allowedIds.length);
+        expect(ranking.plan).toBe(share <= 0.01 ? "exact" : share === 1 ? "hnsw" : "hnsw_filtered");
+        const got = ranking.neighbours.map((n) => n.id);
+        for (const id of got) expect(allowed.has(id)).toBe(true);
+        if (ranking.plan === "exact") expect(got).toEqual(truth);
+        hits += got.filter((id) => truth.includes(id)).length;
+        total += truth.length;
+      }
+      expect(hits / total).toBeGreaterThanOrEqual(share <= 0.01 ? 1 : 0.95);
     });
   }
 
