@@ -19,7 +19,7 @@ import { distinctPng } from "../helpers/images.js";
 import { startSearchTestApp } from "../helpers/search.js";
 import { encodeRequest, rawExchange, show, type Delivery, type Framing, type RawAnswer, type RawRequest } from "./raw-http.js";
 
-/** Requests per property (five properties), each followed by two liveness requests. */
+/** Requests per property (batches: a tenth as many), each followed by two liveness requests. */
 const RUNS = Number(process.env.GLIMPSE_FUZZ_RUNS ?? 50);
 /** Longest a property runs, in seconds (it stops early, passing on what it tried). */
 const TIME_S = Number(process.env.GLIMPSE_FUZZ_TIME_S ?? 20);
@@ -166,7 +166,7 @@ async function expectAlive(after: Buffer): Promise<void> {
 }
 
 /** Sends one request, judges the answer, checks the app still answers, records what went wrong. */
-async function exchange(route: string, request: RawRequest, framing: Framing, delivery: Delivery): Promise<void> {
+async function exchange(route: string, request: RawRequest, framing: Framing, delivery: Delivery, alone = true): Promise<void> {
   const started = Date.now();
   const mark = escaped.length;
   const bytes = encodeRequest(request, framing);
@@ -176,6 +176,7 @@ async function exchange(route: string, request: RawRequest, framing: Framing, de
   const deadline = request.headers.some(([name]) => /^grpc-timeout$/i.test(name));
   const wrong = fault({ bytes, complete, delivery, deadline }, answer);
   if (wrong) record(wrong.kind, wrong.detail, route, bytes, how);
+  if (!alone) return;
   await expectAlive(bytes);
   judgeEscaped(mark, route, bytes, how);
   if (TRACE) console.log(`${Date.now() - started} ms ${answer.status ?? answer.ended} ${how} ${show(bytes, 160)}`);
@@ -581,6 +582,36 @@ describe("the HTTP bridge under malformed requests", () => {
         await exchange(`${method} ${template}`, { method, target: fillPath(template, [imageId, "REACTION_KIND_LIKE"]), headers, body: hasBody ? body : Buffer.alloc(0) }, hasBody ? frame : { kind: "none" }, { kind: "send" });
       }),
     );
+  });
+
+  it("answers batches of malformed requests arriving together, and stays whole after each", async () => {
+    const one = fc.record({
+      route: fc.constantFrom(...BODY_ROUTES, ...UPLOAD_ROUTES),
+      seg: fc.array(segment, { minLength: 2, maxLength: 2 }),
+      key: auth,
+      type: fc.constantFrom(...CONTENT_TYPES),
+      body: fc.oneof(jsonBody, fc.tuple(fc.array(part, { maxLength: 4 }), mangle).map(([parts, how]) => multipartBody("AAA", parts, how))),
+      frame: framing,
+      how: delivery,
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(one, { minLength: 5, maxLength: 25 }), async (batch) => {
+        const mark = escaped.length;
+        await Promise.all(
+          batch.map(({ route: [method, template], seg, key, type, body, frame, how }) => {
+            const headers = authHeaders(key);
+            if (type !== undefined) headers.push(["Content-Type", type]);
+            return exchange(`${method} ${template}`, { method, target: fillPath(template, seg), headers, body }, frame, how, false);
+          }),
+        );
+        const all = Buffer.from(`a batch of ${batch.length}`);
+        await expectAlive(all);
+        judgeEscaped(mark, "a batch", all, "together");
+      }),
+      { numRuns: Math.max(2, Math.ceil(RUNS / 10)), seed: SEED, endOnFailure: true, interruptAfterTimeLimit: TIME_S * 1000, markInterruptAsFailure: false },
+    );
+    expectNoFaults();
+    await expectBudgetReturned();
   });
 
   it("answers requests that are not HTTP, or barely, without harm", async () => {
