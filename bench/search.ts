@@ -15,12 +15,19 @@
  *
  * Recall truth is a plain-JS scan of every vector, independent of the WASM kernel.
  *
+ * 5. with --callers (alone, instead of 1-4): the app in-process over gRPC for an admin key and an
+ *    ordinary account's key, unfiltered and with tags on 0.1%, 1%, 10% and 50% of the images,
+ *    with --base <worktree> the same against that tree's code in the same run (each tree on a
+ *    database of its own, seeded alike), and the filter index's bytes per image.
+ *
  *   npm run bench:search [-- --quick]     (node --import tsx bench/search.ts; --quick: 10k, nothing written)
+ *   git worktree add /tmp/glimpse-base <commit> && npm run bench:search -- --callers --base /tmp/glimpse-base
  */
 import { randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import v8 from "node:v8";
 import vm from "node:vm";
@@ -29,6 +36,7 @@ import postgres from "postgres";
 import { DEFAULT_ACCOUNT_ID } from "../src/accounts/account-service.js";
 import { startApp, type App } from "../src/app.js";
 import { loadOptions, type Options } from "../src/config/options.js";
+import { AccountServiceDefinition } from "../src/gen/glimpse/account/v1/account_service.js";
 import { ImageServiceDefinition, type ImageServiceClient } from "../src/gen/glimpse/image/v1/image_service.js";
 import { createLogger, type LogFields } from "../src/logging/logger.js";
 import { filteredEf, rankCandidates, scanExactly, type SearchPlan } from "../src/search/search-service.js";
@@ -43,6 +51,8 @@ import {
   runBenchmark,
   runEnvironment,
   startTimer,
+  type Cleanup,
+  type RunEnvironment,
   summarise,
   watchProcessStalls,
   writeResults,
@@ -50,7 +60,13 @@ import {
 } from "./lib.js";
 import { clusteredVectors, makeRandom } from "./vectors.js";
 
-const { values: flags } = parseArgs({ options: { quick: { type: "boolean", default: false } } });
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    callers: { type: "boolean", default: false },
+    base: { type: "string" },
+  },
+});
 const QUICK = flags.quick;
 const COUNT = QUICK ? 10_000 : 100_000;
 const DIMENSION = 512;
@@ -72,6 +88,7 @@ const TAGS = [
   { tag: "pct1", share: 0.01 },
   { tag: "pct10", share: 0.1 },
   { tag: "pct50", share: 0.5 },
+  { tag: "pct01", share: 0.001 },
 ] as const;
 const MODEL_ID = "bench-512";
 /** Image ids: position i in the data set is image ID_BASE + i. */
@@ -249,7 +266,7 @@ async function seedCatalogue(url: string, vectors: Float32Array[], masks: Uint8A
                  'bench-' || u.id || '.jpg', 'image/jpeg', 512, 512, 100000, t.tags, t.tags, 1, 2
           from unnest(${ids}::bigint[], ${batchMasks}::int[]) as u(id, mask)
           cross join lateral (
-            select array_remove(array[${tagCase(0)}, ${tagCase(1)}, ${tagCase(2)}]::text[], null) as tags
+            select array_remove(array[${tagCase(0)}, ${tagCase(1)}, ${tagCase(2)}, ${tagCase(3)}]::text[], null) as tags
           ) t`;
         await tx`
           insert into embeddings (image_id, model_id, dimension, vector)
@@ -361,9 +378,190 @@ function readFigures(
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. Callers: admin and ordinary keys, this tree beside a base tree
+
+/** A tree whose app is measured: this one, or a worktree given with --base. */
+interface Tree {
+  label: string;
+  startApp: typeof startApp;
+  loadOptions: typeof loadOptions;
+}
+
+/**
+ * SearchImages by like_image_id through gRPC in this process, for the admin key and for an
+ * ordinary account's key (every image public: both see them all), unfiltered and with tags on
+ * 0.1%, 1%, 10% and 50% of the images; per tree, each on its own database seeded alike, so
+ * the base tree runs its own schema and code. Also the filter index's bytes per image.
+ */
+async function benchCallers(cleanup: Cleanup, environment: RunEnvironment): Promise<void> {
+  const random = makeRandom(7);
+  console.log(`generating ${COUNT} x ${DIMENSION} vectors in ${CLUSTERS} clusters`);
+  const { vectors } = clusteredVectors({ count: COUNT, dimension: DIMENSION, clusters: CLUSTERS, queries: 1, seed: 42 });
+  const masks = tagMasks(COUNT, random);
+  const trees: Tree[] = [];
+  if (flags.base) {
+    const root = path.resolve(flags.base);
+    const app = (await import(pathToFileURL(path.join(root, "src/app.ts")).href)) as { startApp: typeof startApp };
+    const config = (await import(pathToFileURL(path.join(root, "src/config/options.ts")).href)) as { loadOptions: typeof loadOptions };
+    trees.push({ label: `before (${flags.base})`, startApp: app.startApp, loadOptions: config.loadOptions });
+  }
+  trees.push({ label: "after (this tree)", startApp, loadOptions });
+
+  // The filter index's size for these images (the app holds the same attributes).
+  const { FilterIndex } = await import("../src/search/filter-index.js");
+  const filters = new FilterIndex();
+  const now = Date.now();
+  for (let i = 0; i < COUNT; i++) {
+    filters.set(i, {
+      ownerId: DEFAULT_ACCOUNT_ID,
+      isPublic: true,
+      indexed: true,
+      tagTerms: TAGS.filter((_, bit) => masks[i] & (1 << bit)).map((t) => t.tag),
+      nsfwLevel: 0,
+      postId: null,
+      modelId: null,
+      modelVersionId: null,
+      username: "",
+      classNames: [],
+      createdMs: now - i * 1000,
+    });
+  }
+  const filterBytes = {
+    in_memory_per_image: round(filters.memoryBytes() / COUNT, 1),
+    snapshot_per_image: round(filters.serialize(COUNT).length / COUNT, 1),
+  };
+
+  const likePositions = sample(COUNT, QUERIES, random);
+  for (let i = likePositions.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [likePositions[i], likePositions[j]] = [likePositions[j], likePositions[i]];
+  }
+  const filterSeries = [
+    { label: "no filter", tags: [] as string[], members: null as Int32Array | null },
+    ...[3, 0, 1, 2].map((bit) => {
+      const out: number[] = [];
+      for (let i = 0; i < COUNT; i++) if (masks[i] & (1 << bit)) out.push(i);
+      return { label: `tag ${TAGS[bit].tag} (${TAGS[bit].share * 100}%)`, tags: [TAGS[bit].tag], members: Int32Array.from(out) };
+    }),
+  ];
+  const truth = filterSeries.map(() => [] as number[][]);
+  for (const p of likePositions) {
+    const scores = scoresOf(vectors[p], vectors);
+    filterSeries.forEach((f, fi) => truth[fi].push(topPositions(scores, K, f.members, p)));
+  }
+  const modelDir = await createTempDir(cleanup, "glimpse-bench-model-");
+  await writeClipTestModel(modelDir, { dimension: DIMENSION });
+  await writeFile(path.join(modelDir, "glimpse-model.json"), JSON.stringify({ id: MODEL_ID }));
+
+  const rows: { tree: string; caller: string; filter: string; matching: number; recall_at_10: number; latency: LatencySummary }[] = [];
+  const starts: Record<string, unknown>[] = [];
+  for (const tree of trees) {
+    const db = await createTempDatabase();
+    cleanup.add(`drop database ${db.name}`, () => db.drop());
+    const dataDir = await createTempDir(cleanup, "glimpse-bench-data-");
+    const adminKey = `glk_bench${randomBytes(24).toString("base64url")}`;
+    const options = tree.loadOptions({}, [], {
+      dataDir,
+      databaseUrl: db.url,
+      grpcHost: "127.0.0.1",
+      grpcPort: 0,
+      httpPort: 0,
+      logLevel: "info",
+      shutdownGraceMs: 2000,
+      model: modelDir,
+      modelAutoPull: false,
+      adminKey,
+      rateLimitPerMinute: 1_000_000,
+    });
+    let app: App | undefined = await tree.startApp(options, { logger: captureLog().logger });
+    cleanup.add(`stop ${tree.label}`, async () => app?.stop());
+    await app.searchReady;
+    await app.stop();
+    console.log(`${tree.label}: seeding`);
+    await seedCatalogue(db.url, vectors, masks);
+    const { log, logger } = captureLog();
+    const t = startTimer();
+    app = await tree.startApp(options, { logger });
+    await app.searchReady;
+    const loaded = log.find("vector index loaded");
+    starts.push({ tree: tree.label, search_ready_s: round(t() / 1000, 1), source: loaded?.source, vectors: loaded?.vectors, filtered: loaded?.filtered ?? "-" });
+    const channel = createChannel(`127.0.0.1:${app.grpcPort}`);
+    const admin: ImageServiceClient = createClient(ImageServiceDefinition, channel, {
+      "*": { metadata: Metadata({ authorization: `Bearer ${adminKey}` }) },
+    });
+    const accounts = createClient(AccountServiceDefinition, channel, {
+      "*": { metadata: Metadata({ authorization: `Bearer ${adminKey}` }) },
+    });
+    const { apiKeySecret } = await accounts.createAccount({ email: "ordinary@bench.test", username: "ordinary", createApiKey: true });
+    const ordinary: ImageServiceClient = createClient(ImageServiceDefinition, channel, {
+      "*": { metadata: Metadata({ authorization: `Bearer ${apiKeySecret}` }) },
+    });
+    const series = [
+      ...filterSeries.map((f, fi) => ({ caller: "admin", client: admin, f, fi })),
+      ...filterSeries.map((f, fi) => ({ caller: "ordinary", client: ordinary, f, fi })),
+    ].map((x) => ({ ...x, stats: new Series() }));
+    console.log(`${tree.label}: ${series.length} series x ${QUERIES}`);
+    await interleave(series.length, QUERIES, WARMUP_ROUNDS, async (si, q, measured) => {
+      const s = series[si];
+      const timer = startTimer();
+      const response = await s.client.searchImages({
+        query: { $case: "likeImageId", value: idOf(likePositions[q]).toString() },
+        limit: K,
+        filter: s.f.tags.length > 0 ? { tags: s.f.tags } : undefined,
+      });
+      const ms = timer();
+      if (measured) s.stats.add(ms, response.results.map((r) => positionOf(r.id)), truth[s.fi][q]);
+    });
+    for (const s of series) {
+      const { recall_at_10, latency } = s.stats.summary();
+      rows.push({ tree: tree.label, caller: s.caller, filter: s.f.label, matching: s.f.members?.length ?? COUNT, recall_at_10, latency });
+    }
+    channel.close();
+    await app.stop();
+    app = undefined;
+  }
+
+  const after = rows.filter((r) => r.tree === trees[trees.length - 1].label);
+  const before = trees.length > 1 ? rows.filter((r) => r.tree === trees[0].label) : [];
+  const json = { benchmark: "search-callers", environment, config: { count: COUNT, dimension: DIMENSION, queries: QUERIES, k: K, base: flags.base ?? null }, filter_index_bytes: filterBytes, starts, rows };
+  const markdown = [
+    "# Search by caller: admin and ordinary keys, before and after",
+    "",
+    environmentMarkdown(environment),
+    `- ${COUNT} x ${DIMENSION} public images of the admin's account, SearchImages by like_image_id, limit ${K}, gRPC client in the server's process, ` +
+      `one call in flight; ${WARMUP_ROUNDS} warm-up then ${QUERIES} measured rounds, round-robin over the series`,
+    `- filter index for these images: ${filterBytes.in_memory_per_image} B per image in memory, ${filterBytes.snapshot_per_image} B per image in the snapshot`,
+    "",
+    markdownTable(["tree", "search ready s", "index from", "vectors", "with attributes"], starts.map((x) => [String(x.tree), String(x.search_ready_s), String(x.source), String(x.vectors), String(x.filtered)])),
+    "",
+    markdownTable(
+      ["caller", "filter", "matching", ...(before.length ? ["before p50 ms", "before p99 ms", "before recall"] : []), "after p50 ms", "after p99 ms", "after recall", ...(before.length ? ["p50 before/after"] : [])],
+      after.map((r, i) => {
+        const b = before[i];
+        return [
+          r.caller,
+          r.filter,
+          r.matching,
+          ...(b ? [b.latency.p50_ms, b.latency.p99_ms, b.recall_at_10] : []),
+          r.latency.p50_ms,
+          r.latency.p99_ms,
+          r.recall_at_10,
+          ...(b ? [`${round(b.latency.p50_ms / r.latency.p50_ms, 1)}x`] : []),
+        ];
+      }),
+    ),
+  ].join("\n");
+  console.log(markdown);
+  if (QUICK) return;
+  const written = await writeResults("search-callers", json, markdown);
+  console.log(`wrote ${written.join(", ")}`);
+}
+
+// ---------------------------------------------------------------------------------------------
 
 await runBenchmark("bench:search", async (cleanup) => {
   const environment = await runEnvironment();
+  if (flags.callers) return benchCallers(cleanup, environment);
   const loadBefore = os.loadavg().map((x) => round(x));
   const random = makeRandom(7);
 
