@@ -33,6 +33,22 @@ export class RpcError extends Error {
   }
 }
 
+/**
+ * The message a caller may see for a failure of the loopback call. A deadline that passed, or
+ * a failure grpc-js raised on its own side (no connection, a cut stream), carries grpc-js's
+ * internals (timings, the loopback address): those are replaced by a plain message; the
+ * server's own messages pass unchanged.
+ */
+export function publicMessage(code: number, message: string): string {
+  if (code === Status.DEADLINE_EXCEEDED) return "deadline exceeded";
+  if (/remote_addr|LB pick|No connection established|ECONNREFUSED|Received RST_STREAM|Call cancelled/.test(message)) {
+    if (code === Status.CANCELLED) return "the call was cancelled";
+    if (code === Status.UNAVAILABLE) return "glimpse is unavailable; retry shortly";
+    return "internal error";
+  }
+  return message;
+}
+
 /** A status as the bridge reports it; details are google.protobuf.Any messages. */
 export interface GatewayStatus {
   code: number;
@@ -80,7 +96,9 @@ export function httpStatusOf(code: number): number {
  */
 export function statusOfError(error: unknown, trailer?: Metadata): GatewayStatus {
   if (error instanceof RpcError) return withDetails(error.code, error.message, error.statusDetails);
-  if (error instanceof ClientError) return withDetails(error.code, error.details, trailer?.get(STATUS_DETAILS_TRAILER));
+  if (error instanceof ClientError) {
+    return withDetails(error.code, publicMessage(error.code, error.details), trailer?.get(STATUS_DETAILS_TRAILER));
+  }
   if (error instanceof DomainError) {
     const code = Status[error.code];
     return { ...domainStatus(code, error.message, error), code };

@@ -156,6 +156,23 @@ const METADATA_TEXT = /^[\x20-\x7e]*$/;
 const METADATA_KEY = /^[0-9a-z_.-]+$/;
 
 /**
+ * Names HTTP/2 forbids or gRPC owns: sent as metadata they would break the loopback call
+ * (a connection-specific header makes the HTTP/2 request itself fail), so they are dropped.
+ */
+const RESERVED_METADATA = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "host",
+  "content-type",
+  "content-length",
+  "user-agent",
+]);
+
+/**
  * The metadata a call on the HTTP caller's behalf carries. Headers gRPC could not carry (a
  * key it rejects, a value with control or non-ASCII characters) are left out, so the call
  * fails as if they were absent rather than the bridge failing; `-bin` values are base64,
@@ -164,7 +181,8 @@ const METADATA_KEY = /^[0-9a-z_.-]+$/;
 export function metadataOf(req: IncomingMessage): Metadata {
   const metadata = Metadata();
   const put = (key: string, text: string) => {
-    if (!METADATA_KEY.test(key) || key.startsWith("grpc-") || key.startsWith(INTERNAL_METADATA_PREFIX)) return;
+    if (!METADATA_KEY.test(key) || RESERVED_METADATA.has(key)) return;
+    if (key.startsWith("grpc-") || key.startsWith(INTERNAL_METADATA_PREFIX)) return;
     if (key.endsWith("-bin")) metadata.append(key, Buffer.from(text, "base64"));
     else if (METADATA_TEXT.test(text)) metadata.append(key, text);
   };

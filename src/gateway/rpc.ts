@@ -1,7 +1,7 @@
 import { once } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import type { Channel, Metadata } from "nice-grpc";
-import { RpcError, STATUS_DETAILS_TRAILER } from "./errors.js";
+import { publicMessage, RpcError, STATUS_DETAILS_TRAILER } from "./errors.js";
 
 /**
  * Raw calls over the loopback channel: messages travel as the bytes the bridge encoded from
@@ -178,7 +178,7 @@ function rpcErrorOf(err: grpc.ServiceError, requestId: string | undefined): RpcE
   const details = err.metadata?.get(STATUS_DETAILS_TRAILER)[0];
   return new RpcError(
     err.code,
-    err.details,
+    publicMessage(err.code, err.details),
     Buffer.isBuffer(details) ? details : undefined,
     requestId ?? requestIdOf(err.metadata),
   );

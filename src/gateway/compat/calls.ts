@@ -1,5 +1,6 @@
 import { ClientError, Status, type CallOptions, type Metadata } from "nice-grpc";
 import { DomainError } from "../../errors.js";
+import { publicMessage } from "../errors.js";
 import { decodeStatusDetails } from "../../server/status-details.js";
 import type { HttpContext } from "../http.js";
 
@@ -38,7 +39,7 @@ export async function callFor<T>(ctx: HttpContext, call: (options: CallOptions) 
     if (!(err instanceof ClientError)) throw err;
     const raw = trailer?.get("grpc-status-details-bin") as unknown as Uint8Array | undefined;
     const details = raw ? decodeStatusDetails(raw) : undefined;
-    throw new CallFailure(err.code, err.details, details?.violations ?? [], details?.retryAfterMs);
+    throw new CallFailure(err.code, publicMessage(err.code, err.details), details?.violations ?? [], details?.retryAfterMs);
   }
 }
 
