@@ -424,6 +424,8 @@ async function benchCallers(cleanup: Cleanup, environment: RunEnvironment): Prom
       username: "",
       classNames: [],
       createdMs: now - i * 1000,
+      fileName: `bench-${idOf(i)}.jpg`,
+      tags: TAGS.filter((_, bit) => masks[i] & (1 << bit)).map((t) => t.tag),
     });
   }
   const filterBytes = {

@@ -32,12 +32,16 @@ const POST = "p:";
 const MODEL = "m:";
 const VERSION = "v:";
 const CLASS = "c:";
+/** Tags as shown in results (dictionary only: filters use the tag terms). */
+const SHOWN_TAG = "g:";
 
 /** The snapshot form: the dictionary and the columns, from which the bitmaps are rebuilt. */
 interface SavedHeader {
   format: 1;
   slots: number;
   words: string[];
+  /** File names per slot. */
+  names: string[];
   arrays: { name: string; bytes: number }[];
 }
 
@@ -70,6 +74,9 @@ export class FilterIndex {
   private version = new Int32Array(0);
   /** Per slot: codes of tag terms and class names (several each). */
   private multi: (Uint32Array | undefined)[] = [];
+  /** Per slot, for results only: the file name, and the tags in order as codes (no postings). */
+  private names: string[] = [];
+  private tagCodes: (Uint32Array | undefined)[] = [];
 
   /** Images held. */
   get size(): number {
@@ -96,6 +103,8 @@ export class FilterIndex {
     this.version[slot] = a.modelVersionId === null ? NONE : this.post1(slot, VERSION + a.modelVersionId);
     const many = [...new Set([...a.tagTerms.map((t) => TAG + t), ...a.classNames.map((c) => CLASS + c)])];
     this.multi[slot] = many.length === 0 ? undefined : Uint32Array.from(many, (key) => this.post1(slot, key));
+    this.names[slot] = a.fileName;
+    this.tagCodes[slot] = a.tags.length === 0 ? undefined : Uint32Array.from(a.tags, (tag) => this.code(SHOWN_TAG + tag));
   }
 
   /** Forgets the image in `slot`. */
@@ -110,6 +119,8 @@ export class FilterIndex {
     }
     for (const code of this.multi[slot] ?? []) this.unpost(slot, code);
     this.multi[slot] = undefined;
+    this.names[slot] = "";
+    this.tagCodes[slot] = undefined;
     this.flags[slot] = 0;
   }
 
@@ -121,6 +132,16 @@ export class FilterIndex {
   /** The owner of the image in `slot`; undefined when none is held. */
   ownerOf(slot: number): string | undefined {
     return this.flags[slot] & FLAG_PRESENT ? this.words[this.owner[slot]].slice(OWNER.length) : undefined;
+  }
+
+  /** The file name of the image in `slot`. */
+  nameOf(slot: number): string {
+    return this.names[slot] ?? "";
+  }
+
+  /** The tags of the image in `slot`, in their stored order. */
+  tagsOf(slot: number): string[] {
+    return Array.from(this.tagCodes[slot] ?? [], (code) => this.words[code].slice(SHOWN_TAG.length));
   }
 
   /** Whether the caller may read the image in `slot`. */
@@ -182,6 +203,8 @@ export class FilterIndex {
       4 * 5 * this.owner.length +
       8 * this.multi.length;
     for (const m of this.multi) if (m) bytes += m.byteLength + 64;
+    for (const m of this.tagCodes) if (m) bytes += m.byteLength + 64;
+    for (const n of this.names) bytes += 2 * (n?.length ?? 0) + 16;
     for (const w of this.words) bytes += 2 * w.length + 16;
     const bitmaps = [this.present, this.publicSlots, this.indexedSlots, ...this.nsfwSlots, ...this.postings.values()];
     for (const b of bitmaps) bytes += b.getSerializationSizeInBytes("croaring") + 48;
@@ -192,9 +215,13 @@ export class FilterIndex {
   serialize(slots: number): Buffer {
     const offsets = new Uint32Array(slots + 1);
     const flat: number[] = [];
+    const tagOffsets = new Uint32Array(slots + 1);
+    const tagFlat: number[] = [];
     for (let slot = 0; slot < slots; slot++) {
       for (const code of this.multi[slot] ?? []) flat.push(code);
       offsets[slot + 1] = flat.length;
+      for (const code of this.tagCodes[slot] ?? []) tagFlat.push(code);
+      tagOffsets[slot + 1] = tagFlat.length;
     }
     this.reserve(slots);
     const arrays: [string, ArrayBufferView][] = [
@@ -208,11 +235,14 @@ export class FilterIndex {
       ["version", this.version.subarray(0, slots)],
       ["offsets", offsets],
       ["multi", Uint32Array.from(flat)],
+      ["tagOffsets", tagOffsets],
+      ["tags", Uint32Array.from(tagFlat)],
     ];
     const header: SavedHeader = {
       format: 1,
       slots,
       words: this.words,
+      names: Array.from({ length: slots }, (_, slot) => this.names[slot] ?? ""),
       arrays: arrays.map(([name, a]) => ({ name, bytes: a.byteLength })),
     };
     const json = Buffer.from(JSON.stringify(header));
@@ -262,6 +292,11 @@ export class FilterIndex {
     index.version = new Int32Array(get("version"));
     const offsets = new Uint32Array(get("offsets"));
     const flat = new Uint32Array(get("multi"));
+    const tagOffsets = new Uint32Array(get("tagOffsets"));
+    const tagFlat = new Uint32Array(get("tags"));
+    if (header.names.length !== slots || tagOffsets.length !== slots + 1) throw new Error("filter index names disagree");
+    index.names = header.names;
+    index.tagCodes = new Array(slots);
     if (index.flags.length !== slots || offsets.length !== slots + 1) throw new Error("filter index columns disagree");
     index.multi = new Array(slots);
     // Postings are rebuilt from the columns a value at a time (one native call per value).
@@ -289,6 +324,11 @@ export class FilterIndex {
       note(index.post[slot], slot);
       note(index.model[slot], slot);
       note(index.version[slot], slot);
+      if (tagOffsets[slot + 1] > tagOffsets[slot]) {
+        const tags = tagFlat.slice(tagOffsets[slot], tagOffsets[slot + 1]);
+        for (const code of tags) if (code >= header.words.length) throw new Error("filter index refers past its dictionary");
+        index.tagCodes[slot] = tags;
+      }
       if (offsets[slot + 1] > offsets[slot]) {
         const many = flat.slice(offsets[slot], offsets[slot + 1]);
         index.multi[slot] = many;
@@ -303,14 +343,20 @@ export class FilterIndex {
     return index;
   }
 
-  /** Adds `slot` to the postings of `key`; returns the key's code. */
-  private post1(slot: number, key: string): number {
+  /** The dictionary code of `key`, added when new. */
+  private code(key: string): number {
     let code = this.codes.get(key);
     if (code === undefined) {
       code = this.words.length;
       this.words.push(key);
       this.codes.set(key, code);
     }
+    return code;
+  }
+
+  /** Adds `slot` to the postings of `key`; returns the key's code. */
+  private post1(slot: number, key: string): number {
+    const code = this.code(key);
     let slots = this.postings.get(code);
     if (!slots) this.postings.set(code, (slots = new RoaringBitmap32()));
     slots.add(slot);

@@ -65,10 +65,12 @@ export interface SearchHit {
   /** Held in memory by the filter index: set whether or not the image row was loaded. */
   created?: Date;
   owner?: string;
+  name?: string;
+  tags?: string[];
 }
 
 /** Fields answered from memory (the vector and filter indexes); any other needs the image row. */
-const MEMORY_FIELDS: ReadonlySet<SearchField> = new Set(["id", "created", "owner", "url", "embedding"]);
+const MEMORY_FIELDS: ReadonlySet<SearchField> = new Set(["id", "created", "owner", "url", "embedding", "name", "tags"]);
 
 /** How the planner answered: useful in logs and benchmarks. */
 export type SearchPlan = "hnsw" | "hnsw_filtered" | "exact";
@@ -382,10 +384,14 @@ export class SearchService {
       if (slot !== undefined) {
         if (fields.has("created")) hit.created = new Date(filters.createdAt(slot));
         if (fields.has("owner")) hit.owner = filters.ownerOf(slot);
+        if (fields.has("name")) hit.name = filters.nameOf(slot);
+        if (fields.has("tags")) hit.tags = filters.tagsOf(slot);
       }
       if (image) {
         hit.created = image.createdAt;
         hit.owner = image.ownerId;
+        hit.name = image.fileName;
+        hit.tags = image.tags;
       }
       if (fields.has("embedding")) hit.embedding = index.vector(n.id);
       hits.push(hit);

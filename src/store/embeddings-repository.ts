@@ -24,6 +24,8 @@ interface AttributeRow {
   a_username: string | null;
   a_classes: string[] | null;
   a_created: Date | null;
+  a_name: string | null;
+  a_tags: string[] | null;
 }
 
 function toAttributes(r: AttributeRow): ImageAttributes | null {
@@ -40,6 +42,8 @@ function toAttributes(r: AttributeRow): ImageAttributes | null {
     username: r.a_username ?? "",
     classNames: r.a_classes ?? [],
     createdMs: r.a_created!.getTime(),
+    fileName: r.a_name ?? "",
+    tags: r.a_tags ?? [],
   };
 }
 
@@ -63,6 +67,9 @@ export interface ImageAttributes {
   /** The annotation class names. */
   classNames: string[];
   createdMs: number;
+  /** Held for search results (not filtered on). */
+  fileName: string;
+  tags: string[];
 }
 
 /** One `index_log` entry joined with the vector and the attributes it refers to. */
@@ -111,7 +118,7 @@ function attributeColumns(sql: Sql) {
     i.model_version_id as a_version, i.username as a_username,
     case when jsonb_typeof(i.annotations -> 'classes') = 'object'
       then array(select jsonb_object_keys(i.annotations -> 'classes')) else '{}'::text[] end as a_classes,
-    i.created_at as a_created`;
+    i.created_at as a_created, i.file_name as a_name, i.tags as a_tags`;
 }
 
 /** Embeddings, the index log, and the image queries semantic search needs. */

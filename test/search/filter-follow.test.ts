@@ -99,15 +99,23 @@ describe("the search filter index follows the catalogue", () => {
     });
   });
 
-  it("answers id, created, owner and url from memory, matching the image", async () => {
-    const res = await t
-      .client(ImageServiceDefinition, owner.key)
-      .searchImages(request({ fields: ["id", "created", "owner", "url"] }));
-    const { image } = await t.client(ImageServiceDefinition, owner.key).getImage({ id: ids.red });
-    const hit = res.results.find((r) => r.id === ids.red)!;
-    expect(hit.created).toEqual(image!.createdAt);
-    expect(hit.owner).toBe(owner.id);
-    expect(hit.url).toContain(ids.red);
+  it("answers id, created, owner, url, name and tags from memory, matching the image after changes", async () => {
+    const client = t.client(ImageServiceDefinition, owner.key);
+    const { image: before } = await client.getImage({ id: ids.red });
+    await client.updateImage({ image: { ...before!, fileName: "renamed.png", tags: ["Warm", "colour:red"] }, updateMask: ["file_name", "tags"] });
+    await second.app.searchCatchUp();
+    const { image } = await client.getImage({ id: ids.red });
+    for (const app of [t, second]) {
+      const res = await app
+        .client(ImageServiceDefinition, owner.key)
+        .searchImages(request({ fields: ["id", "created", "owner", "url", "name", "tags"] }));
+      const hit = res.results.find((r) => r.id === ids.red)!;
+      expect(hit.created).toEqual(image!.createdAt);
+      expect(hit.owner).toBe(owner.id);
+      expect(hit.url).toContain(ids.red);
+      expect(hit.name).toBe("renamed.png");
+      expect(hit.tags).toEqual(["warm", "colour:red"]);
+    }
   });
 });
 

@@ -56,6 +56,8 @@ describe("the search planner on the filter index", () => {
         username: "",
         classNames: [],
         createdMs: 1_700_000_000_000 + i,
+        fileName: `${i}.png`,
+        tags: tagged(i) ? ["rare"] : ["common"],
       });
     });
     const keeper = { index, filters } as unknown as IndexKeeper;
@@ -91,7 +93,7 @@ describe("the search planner on the filter index", () => {
   it("answers an ordinary key from memory, unfiltered and filtered, with exact totals and only readable images", async () => {
     calls.length = 0;
     const readable = (i: number) => isPublic(i) || owner(i) === "bob";
-    const all = await service.search(bob, input({ fields: ["id", "created", "owner", "url"] }));
+    const all = await service.search(bob, input({ fields: ["id", "created", "owner", "url", "name", "tags"] }));
     expect(all.total).toBe(ids.filter((_, i) => readable(i)).length);
     expect(all.plan).toBe("hnsw_filtered");
     expect(all.hits).toHaveLength(20);
@@ -99,6 +101,8 @@ describe("the search planner on the filter index", () => {
       const i = ids.indexOf(hit.id);
       expect(readable(i)).toBe(true);
       expect(hit.owner).toBe(owner(i));
+      expect(hit.name).toBe(`${i}.png`);
+      expect(hit.tags).toEqual(tagged(i) ? ["rare"] : ["common"]);
       expect(hit.created).toEqual(new Date(1_700_000_000_000 + i));
     }
     const rare = await service.search(bob, input({ filter: { tags: ["rare"] } }));
@@ -117,7 +121,7 @@ describe("the search planner on the filter index", () => {
     expect(calls).toEqual(["embeddings.candidateIds"]);
     expect(meta.total).toBe(ids.filter((_, i) => isPublic(i) && i % 2 === 0).length);
     calls.length = 0;
-    await expect(service.search(bob, input({ fields: ["id", "tags"] }))).rejects.toThrow(/must stay in memory/);
+    await expect(service.search(bob, input({ fields: ["id", "labels"] }))).rejects.toThrow(/must stay in memory/);
     expect(calls).toEqual(["embeddings.images"]);
   });
 });

@@ -55,9 +55,10 @@ function resultOut(hit: SearchHit, outcome: Pick<SearchOutcome, "fields">, publi
   // Fields the search index holds come without the image row.
   if (f.has("owner") && hit.owner !== undefined) result.owner = hit.owner;
   if (f.has("created") && hit.created !== undefined) result.created = hit.created;
+  if (f.has("name") && hit.name !== undefined) result.name = hit.name;
+  if (f.has("tags") && hit.tags !== undefined) result.tags = hit.tags;
   if (f.has("url")) result.url = contentUrl(publicUrl, hit.id);
   if (!image) return result;
-  if (f.has("name")) result.name = image.fileName;
   if (f.has("annotations") || f.has("image")) {
     const full = imageOut(image, publicUrl);
     if (f.has("annotations")) result.annotations = full.annotations;
@@ -68,7 +69,6 @@ function resultOut(hit: SearchHit, outcome: Pick<SearchOutcome, "fields">, publi
     const split = image.meta?.["split"];
     result.split = typeof split === "string" ? split : "";
   }
-  if (f.has("tags")) result.tags = image.tags;
   if (f.has("owner")) result.owner = image.ownerId;
   if (f.has("created")) result.created = image.createdAt;
   return result;
