@@ -23,7 +23,7 @@ import { ReplicaLease } from "./generation/replica-lease.js";
 import { accountHandlers } from "./server/handlers/account-handlers.js";
 import { generationHandlers } from "./server/handlers/generation-handlers.js";
 import { apiKeyResolver, Gatekeeper } from "./server/middleware/auth.js";
-import { ByteBudget } from "./server/byte-budget.js";
+import { ByteBudget, HTTP_BODY_MEMORY_FACTOR } from "./server/byte-budget.js";
 import { AccountsRepository } from "./store/accounts-repository.js";
 import { GenerationsRepository } from "./store/generations-repository.js";
 import { LedgerRepository } from "./store/ledger-repository.js";
@@ -105,11 +105,12 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     anonymousRead: options.anonymousRead,
     anonymousRateLimit: options.rateLimitPerMinute,
   });
-  // One bound on upload bytes held in memory, for both transports; it must hold one request.
+  // One bound on upload memory, for both transports; it must hold one largest request.
   const maxBodyBytes = Math.ceil((options.maxUploadBytes * 4) / 3) + 1024 * 1024;
-  if (options.maxUploadBytesInFlight < maxBodyBytes) {
+  if (options.maxUploadBytesInFlight < maxBodyBytes * HTTP_BODY_MEMORY_FACTOR) {
     throw new Error(
-      `GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT (${options.maxUploadBytesInFlight}) must be at least the largest request body, ${maxBodyBytes} bytes (GLIMPSE_MAX_UPLOAD_BYTES as base64 in JSON)`,
+      `GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT (${options.maxUploadBytesInFlight}) must hold one largest request body: ` +
+        `${maxBodyBytes * HTTP_BODY_MEMORY_FACTOR} bytes (GLIMPSE_MAX_UPLOAD_BYTES as base64 in JSON, held ${HTTP_BODY_MEMORY_FACTOR} times over)`,
     );
   }
   const uploadBudget = new ByteBudget(options.maxUploadBytesInFlight);

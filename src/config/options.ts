@@ -74,7 +74,7 @@ export interface Options {
   keyCacheTtlS: number;
   /** API keys (not revoked) a non-admin account may hold at once. */
   maxKeysPerAccount: number;
-  /** Bytes of request bodies carrying uploads held in memory at once, across the whole process. */
+  /** Memory for upload bodies across the whole process (bodies count what holding them costs). */
   maxUploadBytesInFlight: number;
   /** Seconds an HTTP client has to send a whole request body (each message, for streamed bodies). */
   httpBodyTimeoutS: number;
@@ -492,8 +492,8 @@ export const optionSpecs = [
   {
     key: "maxUploadBytesInFlight",
     env: "GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT",
-    default: String(256 * 1024 * 1024),
-    doc: "Bytes of upload request bodies held at once in the whole process; past it uploads get 503 / RESOURCE_EXHAUSTED with a retry delay.",
+    default: String(512 * 1024 * 1024),
+    doc: "Memory for upload bodies in the whole process (an HTTP body counts 4 times its size, a gRPC upload twice: what decoding and forwarding it holds); past it uploads get 503 / RESOURCE_EXHAUSTED with a retry delay.",
     parse: integer(1024, 64 * 1024 * 1024 * 1024),
   } satisfies OptionSpec<"maxUploadBytesInFlight">,
   {

@@ -5,7 +5,7 @@ import { Metadata } from "nice-grpc";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
-import { ByteBudget } from "../server/byte-budget.js";
+import { HTTP_BODY_MEMORY_FACTOR, type ByteBudget } from "../server/byte-budget.js";
 
 /** What a route handler gets for one HTTP request. */
 export interface HttpContext {
@@ -293,8 +293,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       timeoutMs: bodyTimeoutMs,
       budget,
       hold: (bytes: number) => {
-        budget.take(bytes);
-        held += bytes;
+        budget.take(bytes * HTTP_BODY_MEMORY_FACTOR);
+        held += bytes * HTTP_BODY_MEMORY_FACTOR;
       },
       oversize: route.oversize,
     };

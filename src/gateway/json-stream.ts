@@ -1,5 +1,5 @@
 import { DomainError } from "../errors.js";
-import type { ByteBudget } from "../server/byte-budget.js";
+import { HTTP_BODY_MEMORY_FACTOR, type ByteBudget } from "../server/byte-budget.js";
 import { BodyTooLarge } from "./http.js";
 
 /**
@@ -18,8 +18,8 @@ export async function* jsonObjects(
   // Bytes of the message being assembled, held in the process's budget of body bytes.
   let held = 0;
   const hold = (bytes: number) => {
-    budget?.take(bytes);
-    held += bytes;
+    budget?.take(bytes * HTTP_BODY_MEMORY_FACTOR);
+    held += bytes * HTTP_BODY_MEMORY_FACTOR;
   };
   try {
     let depth = 0;

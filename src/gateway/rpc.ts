@@ -32,6 +32,11 @@ export interface RpcStream extends AsyncIterable<Buffer> {
 
 const identity = (bytes: Buffer) => bytes;
 
+/** The bytes as a Buffer without copying them (an upload's message is megabytes). */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
 /** Raw gRPC calls on a nice-grpc (grpc-js) channel. */
 export class LoopbackRpc {
   private readonly client: grpc.Client;
@@ -50,7 +55,7 @@ export class LoopbackRpc {
         path,
         identity,
         identity,
-        Buffer.from(request),
+        asBuffer(request),
         toGrpcMetadata(settings.metadata),
         callOptions(settings),
         (err, response) => {
@@ -96,7 +101,7 @@ export class LoopbackRpc {
       path,
       identity,
       identity,
-      Buffer.from(request),
+      asBuffer(request),
       toGrpcMetadata(settings.metadata),
       callOptions(settings),
     );
@@ -123,7 +128,7 @@ export class LoopbackRpc {
 /** Writes every request message, then half-closes; respects the call's flow control. */
 async function pump(requests: AsyncIterable<Uint8Array>, call: grpc.ClientWritableStream<Buffer>): Promise<void> {
   for await (const request of requests) {
-    if (!call.write(Buffer.from(request))) await once(call, "drain");
+    if (!call.write(asBuffer(request))) await once(call, "drain");
   }
   call.end();
 }

@@ -18,6 +18,7 @@ import type { TestAccount, TestApp } from "../helpers/app.js";
 import { distinctPng } from "../helpers/images.js";
 import { startSearchTestApp } from "../helpers/search.js";
 import { encodeRequest, rawExchange, show, type Delivery, type Framing, type RawAnswer, type RawRequest } from "./raw-http.js";
+import { HTTP_BODY_MEMORY_FACTOR } from "../../src/server/byte-budget.js";
 
 /** Requests per property (batches: a tenth as many), each followed by two liveness requests. */
 const RUNS = Number(process.env.GLIMPSE_FUZZ_RUNS ?? 50);
@@ -50,7 +51,7 @@ beforeAll(async () => {
   process.on("unhandledRejection", onUnhandled);
   // The process-wide budget of body bytes holds exactly one largest body, so a single byte
   // that an ended request failed to give back shows as a 503 to the next largest body.
-  t = await startSearchTestApp({ maxUploadBytes: MAX_UPLOAD, maxUploadBytesInFlight: MAX_BODY });
+  t = await startSearchTestApp({ maxUploadBytes: MAX_UPLOAD, maxUploadBytesInFlight: MAX_BODY * HTTP_BODY_MEMORY_FACTOR });
   user = await t.newAccount({ credits: 1000 });
   const images = t.client(ImageServiceDefinition, user.key);
   imageId = (await images.uploadImage({ content: await distinctPng(1), tags: ["animal"], index: false })).image!.id;
@@ -713,7 +714,8 @@ describe("the HTTP bridge's regressions", () => {
         const answer = await rawExchange(t.app.httpPort, bytes, { kind: "send" }, ANSWER_MS);
         const text = answer.body.toString();
         if (answer.status !== 200 && answer.status !== 504) seen.push(`${target} (${timeout}): ${answer.status ?? answer.ended} ${text}`);
-        if (LEAKS.test(text)) seen.push(`${target} (${timeout}): ${text}`);
+        // A call that beat its deadline answers images whose URLs name the public address.
+        if (answer.status !== 200 && LEAKS.test(text)) seen.push(`${target} (${timeout}): ${text}`);
       }
     }
     expect(seen).toEqual([]);

@@ -74,7 +74,8 @@ describe("limits charged before the body is read", () => {
     t = await startTestApp(
       {
         maxUploadBytes: 400_000,
-        maxUploadBytesInFlight: 2_000_000,
+        // One largest body (about 1.5 MB, counted four times) fits; two declared 1.2 MB do not.
+        maxUploadBytesInFlight: 8_000_000,
         rateLimitPerMinute: 3,
         maxKeysPerAccount: 3,
         httpBodyTimeoutS: 1,

@@ -1,7 +1,7 @@
 import { Metadata as GrpcMetadata, ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
 import { Metadata, Status, type ServerMiddleware } from "nice-grpc-common";
 import { DomainError } from "../../errors.js";
-import type { ByteBudget } from "../byte-budget.js";
+import { GRPC_UPLOAD_MEMORY_FACTOR, type ByteBudget } from "../byte-budget.js";
 import { encodeStatusDetails } from "../status-details.js";
 import { peerAddress, type Gatekeeper } from "./auth.js";
 import { STATUS_DETAILS_KEY } from "./errors.js";
@@ -68,7 +68,7 @@ export function uploadBudgetMiddleware(budget: ByteBudget, gatekeeper: Gatekeepe
       const items = heldEach(call.request as AsyncIterable<unknown>, budget);
       return yield* call.next(items as typeof call.request, context);
     }
-    const bytes = uploadBytes(call.request);
+    const bytes = uploadBytes(call.request) * GRPC_UPLOAD_MEMORY_FACTOR;
     hold(budget, bytes);
     try {
       return yield* call.next(call.request, context);
@@ -81,7 +81,7 @@ export function uploadBudgetMiddleware(budget: ByteBudget, gatekeeper: Gatekeepe
 /** Items of a request stream, each held in the budget until the next is asked for. */
 async function* heldEach<T>(items: AsyncIterable<T>, budget: ByteBudget): AsyncGenerator<T> {
   for await (const item of items) {
-    const bytes = uploadBytes(item);
+    const bytes = uploadBytes(item) * GRPC_UPLOAD_MEMORY_FACTOR;
     hold(budget, bytes);
     try {
       yield item;
