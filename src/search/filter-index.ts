@@ -73,10 +73,11 @@ export class FilterIndex {
   private model = new Int32Array(0);
   private version = new Int32Array(0);
   /** Per slot: codes of tag terms and class names (several each). */
-  private multi: (Uint32Array | undefined)[] = [];
+  // Plain arrays of small integers: a third of a typed array's per-object cost in V8.
+  private multi: (number[] | undefined)[] = [];
   /** Per slot, for results only: the file name, and the tags in order as codes (no postings). */
   private names: string[] = [];
-  private tagCodes: (Uint32Array | undefined)[] = [];
+  private tagCodes: (number[] | undefined)[] = [];
 
   /** Images held. */
   get size(): number {
@@ -102,9 +103,9 @@ export class FilterIndex {
     this.model[slot] = a.modelId === null ? NONE : this.post1(slot, MODEL + a.modelId);
     this.version[slot] = a.modelVersionId === null ? NONE : this.post1(slot, VERSION + a.modelVersionId);
     const many = [...new Set([...a.tagTerms.map((t) => TAG + t), ...a.classNames.map((c) => CLASS + c)])];
-    this.multi[slot] = many.length === 0 ? undefined : Uint32Array.from(many, (key) => this.post1(slot, key));
+    this.multi[slot] = many.length === 0 ? undefined : many.map((key) => this.post1(slot, key));
     this.names[slot] = a.fileName;
-    this.tagCodes[slot] = a.tags.length === 0 ? undefined : Uint32Array.from(a.tags, (tag) => this.code(SHOWN_TAG + tag));
+    this.tagCodes[slot] = a.tags.length === 0 ? undefined : a.tags.map((tag) => this.code(SHOWN_TAG + tag));
   }
 
   /** Forgets the image in `slot`. */
@@ -141,7 +142,7 @@ export class FilterIndex {
 
   /** The tags of the image in `slot`, in their stored order. */
   tagsOf(slot: number): string[] {
-    return Array.from(this.tagCodes[slot] ?? [], (code) => this.words[code].slice(SHOWN_TAG.length));
+    return (this.tagCodes[slot] ?? []).map((code) => this.words[code].slice(SHOWN_TAG.length));
   }
 
   /** Whether the caller may read the image in `slot`. */
@@ -202,8 +203,8 @@ export class FilterIndex {
       this.created.byteLength +
       4 * 5 * this.owner.length +
       8 * this.multi.length;
-    for (const m of this.multi) if (m) bytes += m.byteLength + 64;
-    for (const m of this.tagCodes) if (m) bytes += m.byteLength + 64;
+    for (const m of this.multi) if (m) bytes += 4 * m.length + 32;
+    for (const m of this.tagCodes) if (m) bytes += 4 * m.length + 32;
     for (const n of this.names) bytes += 2 * (n?.length ?? 0) + 16;
     for (const w of this.words) bytes += 2 * w.length + 16;
     const bitmaps = [this.present, this.publicSlots, this.indexedSlots, ...this.nsfwSlots, ...this.postings.values()];
@@ -325,12 +326,12 @@ export class FilterIndex {
       note(index.model[slot], slot);
       note(index.version[slot], slot);
       if (tagOffsets[slot + 1] > tagOffsets[slot]) {
-        const tags = tagFlat.slice(tagOffsets[slot], tagOffsets[slot + 1]);
+        const tags = Array.from(tagFlat.subarray(tagOffsets[slot], tagOffsets[slot + 1]));
         for (const code of tags) if (code >= header.words.length) throw new Error("filter index refers past its dictionary");
         index.tagCodes[slot] = tags;
       }
       if (offsets[slot + 1] > offsets[slot]) {
-        const many = flat.slice(offsets[slot], offsets[slot + 1]);
+        const many = Array.from(flat.subarray(offsets[slot], offsets[slot + 1]));
         index.multi[slot] = many;
         for (const code of many) note(code, slot);
       }
