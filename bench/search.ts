@@ -6,7 +6,7 @@
  * 2. plain HNSW per ef in {16, 32, 64, 128, 256}: recall@10 against an exact scan, p50/p99,
  *    beside the exact WASM scan of all vectors;
  * 3. filtered search over random allow-lists of 0.1% to 50% of the images: the query planner
- *    (rankCandidates: exact scan of short lists — up to 2,000 or 5% of the index —, else HNSW
+ *    (rankCandidates: exact scan of short lists — up to 2,000 or 12% of the index —, else HNSW
  *    with an allow-list and a raised ef) against HNSW with the allow-list at ef 64 alone;
  * 4. the real app over gRPC: 100,000 images and embeddings written straight into Postgres,
  *    start-up time (rebuild from the table, then from the snapshot the first run wrote at
@@ -77,7 +77,7 @@ const K = 10;
 const EFS = [16, 32, 64, 128, 256] as const;
 /** The planner's settings under test: the service defaults (GLIMPSE_SEARCH_EF, GLIMPSE_SEARCH_EXACT_MAX). */
 const PLANNER = { ef: 64, exactMax: 20_000 };
-/** Allow-list shares; 5% is the largest the planner scans exactly at 100k, 10% the narrowest it walks. */
+/** Allow-list shares; 12% is the largest the planner scans exactly at 100k, 20% the narrowest here it walks. */
 const SELECTIVITIES = [0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5] as const;
 /** Snapshot writes and loads timed (the median is reported): single runs of seconds are at the machine's mercy. */
 const SNAPSHOT_REPEATS = 3;
