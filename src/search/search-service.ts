@@ -73,7 +73,7 @@ export interface SearchHit {
 const MEMORY_FIELDS: ReadonlySet<SearchField> = new Set(["id", "created", "owner", "url", "embedding", "name", "tags"]);
 
 /** How the planner answered: useful in logs and benchmarks. */
-export type SearchPlan = "hnsw" | "hnsw_filtered" | "exact";
+export type SearchPlan = "hnsw" | "hnsw_overfetch" | "hnsw_filtered" | "exact";
 
 export interface SearchOutcome {
   offset: number;
@@ -434,6 +434,26 @@ const ALWAYS_EXACT = 2000;
 const EXACT_SHARE = 0.12;
 
 /**
+ * At or above this share of the index, the planner over-fetches with plain HNSW and drops
+ * what the bitmap rejects, rather than walking with the bitmap as hnswlib's filter (a call
+ * into JavaScript for every visited node, which also costs under concurrency).
+ */
+export const OVERFETCH_SHARE = 0.5;
+/** Extra results asked of the over-fetching walk beyond depth / share x 1.5. */
+const OVERFETCH_MARGIN = 10;
+
+/**
+ * How many plain-HNSW results to ask for so that `depth` of them likely pass a filter keeping
+ * `share` of the index: ceil(depth / share x 1.5) + a margin; null when the share is below
+ * OVERFETCH_SHARE or the breadth needed would exceed MAX_EF (then the filtered walk answers).
+ */
+export function overfetchDepth(depth: number, share: number): number | null {
+  if (share < OVERFETCH_SHARE || depth <= 0) return null;
+  const want = Math.ceil((depth / share) * 1.5) + OVERFETCH_MARGIN;
+  return want > MAX_EF ? null : want;
+}
+
+/**
  * The HNSW breadth for a walk restricted to a share of the index: raised as the share narrows,
  * by its square root. With allow-lists spread over the graph the plain ef already finds the
  * true top 10 (bench/results/search.md); the margin is for filters that select a region far
@@ -485,7 +505,9 @@ export function rankCandidates(
 /**
  * The planner on an exact candidate bitmap (slots of the vector index, from the filter
  * index): every indexed image -> plain HNSW; few (`scanExactly`) -> exact scan of just those
- * rows; more -> HNSW with the bitmap as filter and ef raised as its share narrows.
+ * rows; at least OVERFETCH_SHARE of the index -> plain HNSW for `overfetchDepth` results, of
+ * which the first `depth` the bitmap passes (the filtered walk when fewer pass); in between ->
+ * HNSW with the bitmap as filter and ef raised as its share narrows.
  */
 export function rankSlots(
   index: VectorIndex,
@@ -511,7 +533,23 @@ export function rankSlots(
     }
     return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows), total: count, includes };
   }
-  const ef = filteredEf(options.ef, depth, count / Math.max(index.size, 1));
+  const share = count / Math.max(index.size, 1);
+  const want = overfetchDepth(depth, share);
+  if (want !== null) {
+    // Plain HNSW (no callback per visited node), then the first `depth` that pass the bitmap.
+    // Enough of them pass unless the filter keeps mostly images far from the query; then the
+    // filtered walk below answers instead.
+    const kept: Neighbour[] = [];
+    for (const n of index.searchHnsw(vector, want, Math.max(options.ef, want))) {
+      const slot = index.slot(n.id);
+      if (slot !== undefined && slots.has(slot)) {
+        kept.push(n);
+        if (kept.length === depth) break;
+      }
+    }
+    if (kept.length >= Math.min(depth, count)) return { plan: "hnsw_overfetch", neighbours: kept, total: count, includes };
+  }
+  const ef = filteredEf(options.ef, depth, share);
   const allowed = new Uint8Array(index.slots);
   for (const slot of slots.toUint32Array()) allowed[slot] = 1;
   const neighbours = index.searchHnsw(vector, depth, ef, allowed);

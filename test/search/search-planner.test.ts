@@ -95,7 +95,8 @@ describe("the search planner on the filter index", () => {
     const readable = (i: number) => isPublic(i) || owner(i) === "bob";
     const all = await service.search(bob, input({ fields: ["id", "created", "owner", "url", "name", "tags"] }));
     expect(all.total).toBe(ids.filter((_, i) => readable(i)).length);
-    expect(all.plan).toBe("hnsw_filtered");
+    // About 97% of the index is readable to bob: plain HNSW over-fetches, the bitmap trims.
+    expect(all.plan).toBe("hnsw_overfetch");
     expect(all.hits).toHaveLength(20);
     for (const hit of all.hits) {
       const i = ids.indexOf(hit.id);
