@@ -413,8 +413,17 @@ const REACTION_CODES: Record<ReactionKind, number> = { like: 1, heart: 2, laugh:
 export type Tx = Db;
 
 /** Runs `fn` in one transaction on `sql`. */
-export function transaction<T>(sql: Sql, fn: (tx: Tx) => Promise<T>): Promise<T> {
-  return sql.begin((tx) => fn(tx)) as Promise<T>;
+export async function transaction<T>(sql: Sql, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  // PostgreSQL may end a transaction caught in a deadlock (or a serialization conflict): it
+  // rolled back whole, so running it again is safe, and is what the caller wants.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await sql.begin((tx) => fn(tx))) as T;
+    } catch (error) {
+      const code = (error as { code?: unknown } | null)?.code;
+      if (attempt >= 3 || (code !== "40P01" && code !== "40001")) throw error;
+    }
+  }
 }
 
 /**

@@ -37,6 +37,9 @@ const UNREACHABLE = new Set([
   "CONNECT_TIMEOUT",
   "57P01", // admin_shutdown
   "57P03", // cannot_connect_now
+  "53300", // too_many_connections
+  "40P01", // deadlock_detected (after the transaction's own retries)
+  "40001", // serialization_failure (likewise)
 ]);
 
 /** The status a caller sees for an error, and the domain error whose details it carries. */
