@@ -132,13 +132,31 @@ export class AccountService {
     };
   }
 
-  /** Writes a key's last use without holding up the call; a failure is only logged. */
+  /**
+   * Writes a key's last use without holding up the call; a failure is only logged. Uses wait
+   * in a map and are written one at a time, so a burst of calls from many keys is a short
+   * queue of small updates beside the calls' own queries, not one more query per call.
+   */
   private recordUse(keyId: string, now: Date): void {
-    const staleBefore = new Date(now.getTime() - LAST_USED_GRANULARITY_MS);
-    this.deps.accounts
-      .touchKey(keyId, now, staleBefore)
-      .catch((error) => this.deps.logger.warn("recording an API key's last use failed", { keyId, error }));
+    this.pendingUses.set(keyId, now);
+    if (this.writingUses) return;
+    this.writingUses = true;
+    void (async () => {
+      while (this.pendingUses.size > 0) {
+        const [id, at] = this.pendingUses.entries().next().value as [string, Date];
+        this.pendingUses.delete(id);
+        const staleBefore = new Date(at.getTime() - LAST_USED_GRANULARITY_MS);
+        await this.deps.accounts
+          .touchKey(id, at, staleBefore)
+          .catch((error) => this.deps.logger.warn("recording an API key's last use failed", { keyId: id, error }));
+      }
+      this.writingUses = false;
+    })();
   }
+
+  /** Key uses not yet written, by key id, and whether the writer is running. */
+  private readonly pendingUses = new Map<string, Date>();
+  private writingUses = false;
 
   /**
    * Keeps the key cache in step with changes made by every replica: each notification drops
