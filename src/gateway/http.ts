@@ -6,6 +6,7 @@ import { DomainError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
 import { HTTP_BODY_MEMORY_FACTOR, type ByteBudget } from "../server/byte-budget.js";
+import { sendError } from "./errors.js";
 
 /** What a route handler gets for one HTTP request. */
 export interface HttpContext {
@@ -322,18 +323,14 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     route.handle(ctx).catch((error: unknown) => {
       // The client went away: nobody is left to answer, and nothing went wrong here.
       if (controller.signal.aborted || error instanceof ClientGone) return;
-      if (error instanceof BodyTooLarge) {
-        if (!res.headersSent) sendJson(res, 413, { code: 8, message: error.message, details: [] });
-        return;
-      }
       if (error instanceof BodyTimeout) {
         if (!res.headersSent) sendJson(res, 408, { code: 4, message: error.message, details: [] });
         else res.destroy();
         return;
       }
-      if (error instanceof DomainError) {
+      if (error instanceof BodyTooLarge || error instanceof DomainError) {
         // A refusal the route did not answer in its own shape (admission, a busy server).
-        if (!res.headersSent) sendDomainError(res, error);
+        if (!res.headersSent) sendError(res, error);
         else res.destroy();
         return;
       }
@@ -360,21 +357,6 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers["content-length"];
   return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
-}
-
-/** The grpc-gateway answer for a domain error the bridge raised itself (no gRPC call made). */
-function sendDomainError(res: ServerResponse, error: DomainError): void {
-  const codes: Record<string, [number, number]> = {
-    UNAUTHENTICATED: [16, 401],
-    PERMISSION_DENIED: [7, 403],
-    RESOURCE_EXHAUSTED: [8, 429],
-    UNAVAILABLE: [14, 503],
-    INVALID_ARGUMENT: [3, 400],
-  };
-  const [code, status] = codes[error.code] ?? [13, 500];
-  const headers: Record<string, string> = {};
-  if (error.retryAfterMs !== undefined) headers["retry-after"] = String(Math.max(1, Math.ceil(error.retryAfterMs / 1000)));
-  sendJson(res, status, { code, message: error.message, details: [] }, headers);
 }
 
 interface BodyReading {
@@ -411,32 +393,28 @@ function readBody(req: IncomingMessage, reading: BodyReading): Promise<Buffer> {
       } else resolve(result!);
     };
     const timer = setTimeout(() => finish(new BodyTimeout(reading.timeoutMs)), reading.timeoutMs);
+    /** Holds the body's first `upTo` bytes in the budget; false (and the read ends) when full. */
+    const reserve = (upTo: number): boolean => {
+      try {
+        if (upTo > reserved) reading.hold(upTo - reserved);
+        reserved = Math.max(reserved, upTo);
+        return true;
+      } catch (error) {
+        finish(error);
+        return false;
+      }
+    };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) return finish(tooLarge());
-      try {
-        if (size > reserved) {
-          reading.hold(size - reserved);
-          reserved = size;
-        }
-      } catch (error) {
-        return finish(error);
-      }
-      chunks.push(chunk);
+      if (reserve(size)) chunks.push(chunk);
     };
     const onEnd = () => finish(undefined, Buffer.concat(chunks, size));
     const onError = (error: Error) => finish(new ClientGone(error));
     const onClose = () => finish(new ClientGone());
     const declared = Number(req.headers["content-length"]);
     if (Number.isFinite(declared) && declared > limit) return finish(tooLarge());
-    if (Number.isFinite(declared) && declared > 0) {
-      try {
-        reading.hold(declared);
-        reserved = declared;
-      } catch (error) {
-        return finish(error);
-      }
-    }
+    if (Number.isFinite(declared) && declared > 0 && !reserve(declared)) return;
     req.on("data", onData).on("end", onEnd).on("error", onError).on("close", onClose);
     if (req.complete && req.readableEnded) finish(undefined, Buffer.alloc(0));
   });

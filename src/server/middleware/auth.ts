@@ -138,18 +138,28 @@ export class Gatekeeper {
     clientAddress: string,
     tokens: "take" | "peek" | "none",
   ): Promise<Admission> {
-    const charge = tokens === "take";
     if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: () => {} };
+    const { caller, buckets, who } = await this.identify(method, metadata, clientAddress);
+    if (tokens !== "none") this.take(buckets, who, tokens === "take");
+    if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
+      throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
+    }
+    return { caller, charge: () => this.take(buckets, who) };
+  }
+
+  /** Who a call acts as, and the rate-limit buckets it is charged to. */
+  private async identify(
+    method: string,
+    metadata: Metadata,
+    clientAddress: string,
+  ): Promise<{ caller: Caller; buckets: { key: string; perMinute: number }[]; who: string }> {
     const accounts = this.config.accounts();
     if (!accounts) throw new DomainError("UNAVAILABLE", "glimpse is starting; retry shortly");
     const secret = presentedSecret(metadata);
     if (secret === undefined) {
       if (this.config.anonymousRead && ANONYMOUS_READ_METHODS.has(method)) {
         const buckets = [{ key: `anonymous ${clientAddress}`, perMinute: this.config.anonymousRateLimit }];
-        const take = () => this.take(buckets, "anonymous calls from this address");
-        if (charge) take();
-        else if (tokens === "peek") this.take(buckets, "anonymous calls from this address", false);
-        return { caller: anonymousCaller, charge: take };
+        return { caller: anonymousCaller, buckets, who: "anonymous calls from this address" };
       }
       throw new DomainError(
         "UNAUTHENTICATED",
@@ -161,13 +171,7 @@ export class Gatekeeper {
       { key: `key ${keyId}`, perMinute: rateLimitPerMinute },
       { key: `account ${caller.accountId}`, perMinute: accountRateLimitPerMinute },
     ];
-    const take = () => this.take(buckets, "this API key (an account's keys also share one budget)");
-    if (charge) take();
-    else if (tokens === "peek") this.take(buckets, "this API key (an account's keys also share one budget)", false);
-    if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
-      throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
-    }
-    return { caller, charge: take };
+    return { caller, buckets, who: "this API key (an account's keys also share one budget)" };
   }
 
   private take(buckets: { key: string; perMinute: number }[], who: string, take = true): void {
