@@ -254,6 +254,10 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
   });
   // Headers must arrive in time; bodies are timed by the reader (a streamed body may
   // legitimately last long, as long as each part comes in time).
+  // A client that sends `Expect: 100-continue` waits for the go-ahead before its body: it is
+  // given only once the call is admitted and its declared length fits (readBody, streamBody),
+  // so a refusal reaches it as an answer instead of a cut connection mid-upload.
+  server.on("checkContinue", (req, res) => server.emit("request", req, res));
   server.headersTimeout = options.headersTimeoutMs;
   server.requestTimeout = 0;
   server.keepAliveTimeout = options.keepAliveTimeoutMs;
@@ -298,6 +302,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
         held += bytes * HTTP_BODY_MEMORY_FACTOR;
       },
       oversize: route.oversize,
+      proceed: () => expectContinue(req, res),
     };
     const ctx: HttpContext = {
       req,
@@ -317,7 +322,11 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
           res.shouldKeepAlive = keepAlive;
           return bytes;
         })),
-      stream: () => streamBody(req, admit, bodyTimeoutMs, () => (res.shouldKeepAlive = keepAlive)),
+      stream: () =>
+        streamBody(req, async () => {
+          await admit();
+          expectContinue(req, res);
+        }, bodyTimeoutMs, () => (res.shouldKeepAlive = keepAlive)),
       budget,
     };
     route.handle(ctx).catch((error: unknown) => {
@@ -353,6 +362,14 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
   };
 }
 
+/** Tells a client waiting on `Expect: 100-continue` to send its body (once per request). */
+function expectContinue(req: IncomingMessage, res: ServerResponse): void {
+  if (!/^100-continue$/i.test(req.headers.expect ?? "") || res.headersSent || continued.has(res)) return;
+  continued.add(res);
+  res.writeContinue();
+}
+const continued = new WeakSet<ServerResponse>();
+
 /** Whether a request says it carries a body. */
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers["content-length"];
@@ -365,6 +382,8 @@ interface BodyReading {
   /** Reserves bytes of the process's body budget for this request (throws when full). */
   hold(bytes: number): void;
   oversize?: () => Error;
+  /** Lets the body come: called once it is known to be wanted (admitted, declared length fits). */
+  proceed(): void;
 }
 
 /**
@@ -415,6 +434,7 @@ function readBody(req: IncomingMessage, reading: BodyReading): Promise<Buffer> {
     const declared = Number(req.headers["content-length"]);
     if (Number.isFinite(declared) && declared > limit) return finish(tooLarge());
     if (Number.isFinite(declared) && declared > 0 && !reserve(declared)) return;
+    reading.proceed();
     req.on("data", onData).on("end", onEnd).on("error", onError).on("close", onClose);
     if (req.complete && req.readableEnded) finish(undefined, Buffer.alloc(0));
   });

@@ -64,6 +64,45 @@ function send(
   });
 }
 
+/**
+ * An upload as curl sends a large one: `Expect: 100-continue`, and the body only after the
+ * server's go-ahead (never, when the answer comes first).
+ */
+function sendExpectingContinue(port: number, key: string, body: Buffer): Promise<Reply & { continued: boolean }> {
+  return new Promise((resolve, reject) => {
+    let continued = false;
+    const req = httpRequest(
+      {
+        host: "127.0.0.1",
+        port,
+        method: "POST",
+        path: "/v1/images",
+        agent: false,
+        headers: {
+          authorization: `Bearer ${key}`,
+          "content-type": "application/json",
+          "content-length": String(body.length),
+          expect: "100-continue",
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString("utf8"), continued });
+          req.destroy();
+        });
+        res.on("error", reject);
+      },
+    );
+    req.on("continue", () => {
+      continued = true;
+      req.end(body);
+    });
+    req.on("error", reject);
+  });
+}
+
 const grpcCode = (error: unknown) => (error instanceof ClientError ? error.code : undefined);
 
 describe("limits charged before the body is read", () => {
@@ -135,6 +174,27 @@ describe("limits charged before the body is read", () => {
     });
     expect(small.image?.id).toBeTruthy();
     expect(ok.status).toBe(200);
+  });
+
+  it("answers an over-limit `Expect: 100-continue` upload before the client sends its body", async () => {
+    const account = await t.newAccount();
+    clock.advance(60_000);
+    const refused = await sendExpectingContinue(t.app.httpPort, account.key, Buffer.alloc(3_000_000, 0x41));
+    // The client was never told to go on: it hears the refusal, not a cut connection.
+    expect(refused.continued).toBe(false);
+    expect(refused.status).toBe(400);
+    expect(JSON.parse(refused.body)).toMatchObject({ code: 3 });
+    expect(refused.body).toMatch(/content/);
+  });
+
+  it("lets an admitted `Expect: 100-continue` upload send its body and stores it", async () => {
+    const account = await t.newAccount();
+    clock.advance(60_000);
+    const body = Buffer.from(JSON.stringify({ content: (await distinctPng(40)).toString("base64"), index: false }));
+    const stored = await sendExpectingContinue(t.app.httpPort, account.key, body);
+    expect(stored.continued).toBe(true);
+    expect(stored.status).toBe(200);
+    expect(JSON.parse(stored.body).image.id).toMatch(/^[0-9]+$/);
   });
 
   it("refuses a keyless or rate-limited gRPC upload from its headers", async () => {
