@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -201,6 +202,15 @@ export function metadataOf(req: IncomingMessage): Metadata {
   return metadata;
 }
 
+/** The rule the gRPC server's logging applies to a caller's `x-request-id` before adopting it. */
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+/** The client's `x-request-id` when it sent a sane one, otherwise a new UUID. */
+function requestIdOf(req: IncomingMessage): string {
+  const sent = req.headers["x-request-id"];
+  return typeof sent === "string" && REQUEST_ID.test(sent) ? sent : randomUUID();
+}
+
 /**
  * Lets a request in for an RPC (see HttpContext.admit); throws a DomainError to refuse it.
  * Answers how to charge the request for more.
@@ -262,6 +272,11 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
   server.requestTimeout = 0;
   server.keepAliveTimeout = options.keepAliveTimeoutMs;
   const serve = (req: IncomingMessage, res: ServerResponse) => {
+    // Every answer carries the request's id, refusals and unknown paths included, and every
+    // call made on the request's behalf sends the same one, so the server's log lines for the
+    // call carry it too.
+    const requestId = requestIdOf(req);
+    res.setHeader("x-request-id", requestId);
     const target = req.url ?? "/";
     if (!target.startsWith("/")) throw new Error("request target is not a path");
     const url = new URL(`http://localhost${target}`);
@@ -284,6 +299,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     let admitted: Promise<void> | undefined;
     let charge: (() => void) | undefined;
     const metadata = metadataOf(req);
+    metadata.set("x-request-id", requestId);
     // Calls on the client's behalf may name its address (x-forwarded-for): the gRPC side
     // believes that only of calls carrying this process's secret.
     metadata.set(BRIDGE_KEY, options.ticket);

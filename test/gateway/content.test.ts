@@ -147,6 +147,38 @@ describe("GET /v1/images/{id}/content", () => {
     expect(await anonymous.json()).toMatchObject({ code: 16, details: [] });
   });
 
+  it("carries an x-request-id on every answer, the caller's own when it sends a sane one", async () => {
+    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+    const etag = `"${image.sha256}"`;
+    const answers: [string, Promise<Response>, number][] = [
+      ["GET", fetch(url, { headers: auth }), 200],
+      ["GET with Range", fetch(url, { headers: { ...auth, range: "bytes=0-9" } }), 206],
+      ["GET with If-None-Match", fetch(url, { headers: { ...auth, "if-none-match": etag } }), 304],
+      ["HEAD", fetch(url, { headers: auth, method: "HEAD" }), 200],
+      ["GET without a key", fetch(url), 401],
+      ["GET of an unknown id", fetch(`${base}/v1/images/999999999999/content`, { headers: auth }), 404],
+      ["GET past the end", fetch(url, { headers: { ...auth, range: `bytes=${bytes.length}-` } }), 416],
+    ];
+    const ids = new Set<string>();
+    for (const [what, answer, status] of answers) {
+      const res = await answer;
+      expect(res.status, what).toBe(status);
+      expect(res.headers.get("x-request-id"), what).toMatch(uuid);
+      ids.add(res.headers.get("x-request-id")!);
+      await res.arrayBuffer();
+    }
+    expect(ids.size).toBe(answers.length);
+
+    const own = await fetch(url, { headers: { ...auth, "x-request-id": "download-42" } });
+    expect(own.headers.get("x-request-id")).toBe("download-42");
+    const refused = await fetch(url, { headers: { "x-request-id": "download-43" } });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get("x-request-id")).toBe("download-43");
+    // An id that could not go on a log line is replaced, not echoed.
+    const odd = await fetch(url, { headers: { ...auth, "x-request-id": "a b" } });
+    expect(odd.headers.get("x-request-id")).toMatch(uuid);
+  });
+
   it("hides another account's private image as 404 and serves a public one with public caching", async () => {
     const other = await t.newAccount();
     const headers = { authorization: `Bearer ${other.key}` };
@@ -193,6 +225,7 @@ describe("GET /v1/images/{id}/content with anonymous reads on", () => {
     const limited = await fetch(`${base}/v1/images/${published.image.id}/content`);
     expect(limited.status).toBe(429);
     expect(limited.headers.get("retry-after")).toBe("20");
+    expect(limited.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
     expect(await limited.json()).toMatchObject({
       code: 8,
       details: [{ "@type": "type.googleapis.com/google.rpc.RetryInfo", retryDelay: "20s" }],
