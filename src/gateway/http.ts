@@ -59,6 +59,12 @@ export interface Route {
   rpc?: string;
   /** The error for a body over the limit (default: 413 naming the limit in bytes). */
   oversize?: () => Error;
+  /**
+   * Whether a one-segment variable also matches an empty segment (`/v1/images/` for
+   * `/v1/images/{id}`), as grpc-gateway matches it, so the route answers the empty value's
+   * error rather than the path being unknown.
+   */
+  emptyParams?: boolean;
   handle(ctx: HttpContext): Promise<void>;
 }
 
@@ -104,7 +110,7 @@ function compile(route: Route): CompiledRoute {
     const param = /^\{([^}=]+)(?:=([^}]*))?\}$/.exec(part);
     if (param) {
       names.push(param[1]);
-      source += param[2] === "**" ? "(.+)" : "([^/]+)";
+      source += param[2] === "**" ? "(.+)" : route.emptyParams ? "([^/]*)" : "([^/]+)";
     } else {
       source += part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
       specificity += part.length;
