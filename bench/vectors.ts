@@ -57,3 +57,28 @@ export function clusteredVectors(o: ClusteredOptions): { vectors: Float32Array[]
     queries: Array.from({ length: o.queries }, draw),
   };
 }
+
+/**
+ * Vectors shaped like CLIP image embeddings rather than points on a uniform sphere: every
+ * vector shares a common direction (real CLIP embeddings of unrelated images have a cosine of
+ * about 0.5 with each other), clusters sit around it, and a few dimensions carry components
+ * several times larger than the rest (CLIP's "outlier" dimensions). The shared direction makes
+ * scores crowd together; the outliers make a per-row int8 scale coarse for the other
+ * dimensions: both are what makes quantised ranking hard.
+ */
+export function clipLikeVectors(o: ClusteredOptions & { outliers?: number }): {
+  vectors: Float32Array[];
+  queries: Float32Array[];
+} {
+  const random = makeRandom(o.seed ^ 0x5bd1e995);
+  const outliers = o.outliers ?? 8;
+  const shared = normalise(Float32Array.from({ length: o.dimension }, () => gaussian(random)));
+  const boost = new Float32Array(o.dimension).fill(1);
+  for (let i = 0; i < outliers; i++) boost[Math.floor(random() * o.dimension)] = 6 + 4 * random();
+  const { vectors, queries } = clusteredVectors(o);
+  const shape = (v: Float32Array) => {
+    for (let d = 0; d < v.length; d++) v[d] = (v[d] + 0.9 * shared[d]) * boost[d];
+    return normalise(v);
+  };
+  return { vectors: vectors.map(shape), queries: queries.map(shape) };
+}

@@ -441,3 +441,261 @@ export function topKRows(
   }
   return heapFinish();
 }
+
+// ---------------------------------------------------------------------------------------------
+// int8 rows
+//
+// A quantised matrix stores each row as `stride` signed bytes (the dimension rounded up to 16,
+// padding zero) and, in a separate float32 array, the row's scale: component j of the row is
+// about code[j] * scale. A scale that is not positive marks a row that is absent (never
+// written, or deleted): scans skip it, so it is never returned. The query comes as `stride`
+// int16 (padding zero), scaled by the caller so that no sum can overflow int32 (|code| <= 127,
+// so dim * 127 * max|query| < 2^31).
+//
+// A row's integer dot product is exact: i8 lanes are sign-extended to i16 and multiplied
+// pairwise into i32 lanes (i32x4.dot_i16x8_s), and integer sums do not depend on order. Its
+// score is f32(dot) * scale; ranking is as for float rows (higher first, lower row on a tie).
+// The full scan reads four rows from the four quarters of the range, a list eight rows at a
+// time, for the reasons given above for float rows.
+
+/** The exact integer dot product of `stride` int8 at `row` with `stride` int16 at `query`. */
+function dotRowI8(row: usize, query: usize, stride: usize): i32 {
+  let a = i32x4.splat(0);
+  for (let o: usize = 0; o < stride; o += 16) {
+    const v = v128.load(row + o);
+    const q = query + (o << 1);
+    a = i32x4.add(a, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(v), v128.load(q)));
+    a = i32x4.add(a, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(v), v128.load(q, 16)));
+  }
+  return i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) + i32x4.extract_lane(a, 3);
+}
+
+/** Sum of the four i32 lanes. */
+// @ts-ignore: decorator
+@inline
+function lanesI32(v: v128): i32 {
+  return i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1) + i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3);
+}
+
+// Results of dotRowsI8x4 and dotRowsI8x8.
+let idot0: i32 = 0;
+let idot1: i32 = 0;
+let idot2: i32 = 0;
+let idot3: i32 = 0;
+let idot4: i32 = 0;
+let idot5: i32 = 0;
+let idot6: i32 = 0;
+let idot7: i32 = 0;
+
+/** Adds the products of 16 codes at `row + o` with the query's 16 int16 at `q` to `acc`. */
+// @ts-ignore: decorator
+@inline
+function stepI8(acc: v128, row: usize, o: usize, q0: v128, q1: v128): v128 {
+  const v = v128.load(row + o);
+  acc = i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(v), q0));
+  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(v), q1));
+}
+
+/** Integer dot products of the query with four int8 rows at once, into idot0..idot3. */
+// @ts-ignore: decorator
+@inline
+function dotRowsI8x4(r0: usize, r1: usize, r2: usize, r3: usize, query: usize, stride: usize): void {
+  let a0 = i32x4.splat(0);
+  let a1 = i32x4.splat(0);
+  let a2 = i32x4.splat(0);
+  let a3 = i32x4.splat(0);
+  for (let o: usize = 0; o < stride; o += 16) {
+    const q = query + (o << 1);
+    const q0 = v128.load(q);
+    const q1 = v128.load(q, 16);
+    a0 = stepI8(a0, r0, o, q0, q1);
+    a1 = stepI8(a1, r1, o, q0, q1);
+    a2 = stepI8(a2, r2, o, q0, q1);
+    a3 = stepI8(a3, r3, o, q0, q1);
+  }
+  idot0 = lanesI32(a0);
+  idot1 = lanesI32(a1);
+  idot2 = lanesI32(a2);
+  idot3 = lanesI32(a3);
+}
+
+/** Integer dot products of the query with eight int8 rows at once, into idot0..idot7. */
+// @ts-ignore: decorator
+@inline
+function dotRowsI8x8(
+  r0: usize,
+  r1: usize,
+  r2: usize,
+  r3: usize,
+  r4: usize,
+  r5: usize,
+  r6: usize,
+  r7: usize,
+  query: usize,
+  stride: usize,
+): void {
+  let a0 = i32x4.splat(0);
+  let a1 = i32x4.splat(0);
+  let a2 = i32x4.splat(0);
+  let a3 = i32x4.splat(0);
+  let a4 = i32x4.splat(0);
+  let a5 = i32x4.splat(0);
+  let a6 = i32x4.splat(0);
+  let a7 = i32x4.splat(0);
+  for (let o: usize = 0; o < stride; o += 16) {
+    const q = query + (o << 1);
+    const q0 = v128.load(q);
+    const q1 = v128.load(q, 16);
+    a0 = stepI8(a0, r0, o, q0, q1);
+    a1 = stepI8(a1, r1, o, q0, q1);
+    a2 = stepI8(a2, r2, o, q0, q1);
+    a3 = stepI8(a3, r3, o, q0, q1);
+    a4 = stepI8(a4, r4, o, q0, q1);
+    a5 = stepI8(a5, r5, o, q0, q1);
+    a6 = stepI8(a6, r6, o, q0, q1);
+    a7 = stepI8(a7, r7, o, q0, q1);
+  }
+  idot0 = lanesI32(a0);
+  idot1 = lanesI32(a1);
+  idot2 = lanesI32(a2);
+  idot3 = lanesI32(a3);
+  idot4 = lanesI32(a4);
+  idot5 = lanesI32(a5);
+  idot6 = lanesI32(a6);
+  idot7 = lanesI32(a7);
+}
+
+/** Offers row `r` with integer dot `dot` when the row is present (its scale is positive). */
+// @ts-ignore: decorator
+@inline
+function offerI8(scales: usize, dot: i32, r: i32): void {
+  const scale = load<f32>(scales + ((<usize>r) << 2));
+  if (scale > 0) offer(<f32>dot * scale, r);
+}
+
+/** Whether the `n` int32 at `rows` are strictly ascending (sorted, no repeats). */
+function ascending(rows: usize, n: i32): bool {
+  let last = -1;
+  for (let i = 0; i < n; i++) {
+    const v = load<i32>(rows + ((<usize>i) << 2));
+    if (v <= last) return false;
+    last = v;
+  }
+  return true;
+}
+
+/**
+ * The exact integer dot product of the int16 query with each of the `n` int8 rows listed at
+ * `rows` (all in range), into the int32 array at `out`, in list order; absent rows included.
+ */
+export function dotRowsI8(codes: usize, stride: i32, query: usize, rows: usize, n: i32, out: usize): void {
+  const s = <usize>stride;
+  for (let i = 0; i < n; i++) {
+    const off = (<usize>i) << 2;
+    store<i32>(out + off, dotRowI8(codes + (<usize>load<i32>(rows + off)) * s, query, s));
+  }
+}
+
+/**
+ * The best `k` present rows of 0..count-1 by f32(integer dot) * scale, best first into
+ * `outRows` (int32) and `outScores` (float32, before the query's scale), each with room for
+ * min(k, count); returns how many it wrote (fewer when rows are absent).
+ */
+export function topKRangeI8(
+  codes: usize,
+  scales: usize,
+  stride: i32,
+  query: usize,
+  count: i32,
+  k: i32,
+  outRows: usize,
+  outScores: usize,
+): i32 {
+  heapReset(outRows, outScores, k);
+  if (k <= 0) return 0;
+  const s = <usize>stride;
+  const quarter = count >> 2;
+  const q = (<usize>quarter) * s;
+  let row = codes;
+  for (let r = 0; r < quarter; r++) {
+    dotRowsI8x4(row, row + q, row + 2 * q, row + 3 * q, query, s);
+    offerI8(scales, idot0, r);
+    offerI8(scales, idot1, r + quarter);
+    offerI8(scales, idot2, r + 2 * quarter);
+    offerI8(scales, idot3, r + 3 * quarter);
+    row += s;
+  }
+  for (let r = quarter << 2; r < count; r++) {
+    offerI8(scales, dotRowI8(codes + (<usize>r) * s, query, s), r);
+  }
+  return heapFinish();
+}
+
+/**
+ * The best `k` present rows among the `n` listed at `rows` (any order, all in [0, limit), a
+ * row listed more than once counting once), as topKRangeI8. A strictly ascending list (what a
+ * bitmap of slots gives) is scanned as it is; any other is sorted in place first, using `tmp`
+ * (n int32) and `counts` (256 int32) as scratch.
+ */
+export function topKRowsI8(
+  codes: usize,
+  scales: usize,
+  stride: i32,
+  query: usize,
+  rows: usize,
+  n: i32,
+  limit: i32,
+  k: i32,
+  tmp: usize,
+  counts: usize,
+  outRows: usize,
+  outScores: usize,
+): i32 {
+  heapReset(outRows, outScores, k);
+  if (k <= 0) return 0;
+  let list = rows;
+  let m = n;
+  if (!ascending(rows, n)) {
+    list = sortRows(rows, n, limit, tmp, counts);
+    m = dedupeSorted(list, n);
+  }
+  const s = <usize>stride;
+  const groups = m >> 3;
+  const eighth = (<usize>groups) << 2;
+  for (let i = 0; i < groups; i++) {
+    const p = list + ((<usize>i) << 2);
+    const w0 = load<i32>(p);
+    const w1 = load<i32>(p + eighth);
+    const w2 = load<i32>(p + 2 * eighth);
+    const w3 = load<i32>(p + 3 * eighth);
+    const w4 = load<i32>(p + 4 * eighth);
+    const w5 = load<i32>(p + 5 * eighth);
+    const w6 = load<i32>(p + 6 * eighth);
+    const w7 = load<i32>(p + 7 * eighth);
+    dotRowsI8x8(
+      codes + (<usize>w0) * s,
+      codes + (<usize>w1) * s,
+      codes + (<usize>w2) * s,
+      codes + (<usize>w3) * s,
+      codes + (<usize>w4) * s,
+      codes + (<usize>w5) * s,
+      codes + (<usize>w6) * s,
+      codes + (<usize>w7) * s,
+      query,
+      s,
+    );
+    offerI8(scales, idot0, w0);
+    offerI8(scales, idot1, w1);
+    offerI8(scales, idot2, w2);
+    offerI8(scales, idot3, w3);
+    offerI8(scales, idot4, w4);
+    offerI8(scales, idot5, w5);
+    offerI8(scales, idot6, w6);
+    offerI8(scales, idot7, w7);
+  }
+  for (let i = groups << 3; i < m; i++) {
+    const r = load<i32>(list + ((<usize>i) << 2));
+    offerI8(scales, dotRowI8(codes + (<usize>r) * s, query, s), r);
+  }
+  return heapFinish();
+}

@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url";
 // The slice of the WebAssembly JS API used here; @types/node 20 and lib ES2023 do not declare it.
 /** A compiled WebAssembly.Module. */
 export type WasmModule = object;
-interface WasmMemory {
+export interface WasmMemory {
   readonly buffer: ArrayBuffer;
   grow(pages: number): number;
 }
@@ -74,14 +74,14 @@ interface KernelExports {
   ): number;
 }
 
-const PAGE_BYTES = 65_536;
+export const PAGE_BYTES = 65_536;
 /** wasm32 addresses 4 GiB: 65,536 pages of 64 KiB. */
-const MAX_PAGES = 65_536;
-const DEFAULT_CAPACITY = 1024;
+export const MAX_PAGES = 65_536;
+export const DEFAULT_CAPACITY = 1024;
 /** Room left for scratch when doubling the matrix would reach the 4 GiB limit. */
-const SCRATCH_HEADROOM_BYTES = 64 * 2 ** 20;
+export const SCRATCH_HEADROOM_BYTES = 64 * 2 ** 20;
 /** The kernel's radix sort keeps 256 int32 counters. */
-const SORT_COUNTS_BYTES = 256 * 4;
+export const SORT_COUNTS_BYTES = 256 * 4;
 
 let loading: Promise<Kernel> | undefined;
 
@@ -120,19 +120,24 @@ async function compileKernel(path: string): Promise<Kernel> {
   }
 }
 
+/** A fresh instance of the kernel module, with a linear memory of its own; its exports. */
+export function instantiateKernel(kernel: Kernel): object {
+  return new wasm.Instance(kernel.module, {}).exports;
+}
+
 /** Rounds `n` up to a multiple of `to` (a power of two). */
-function align(n: number, to: number): number {
+export function align(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }
 
-function checkCount(value: number, name: string, max = Number.MAX_SAFE_INTEGER): void {
+export function checkCount(value: number, name: string, max = Number.MAX_SAFE_INTEGER): void {
   if (!Number.isInteger(value) || value < 0 || value > max) {
     throw new RangeError(`${name} must be an integer in [0, ${max}], got ${value}`);
   }
 }
 
 /** Every component must be finite as a float32 (1e39, say, would be stored as Infinity). */
-function checkFinite(values: ArrayLike<number>, name: string): void {
+export function checkFinite(values: ArrayLike<number>, name: string): void {
   for (let i = 0; i < values.length; i++) {
     if (!Number.isFinite(Math.fround(values[i]))) {
       throw new RangeError(`${name}[${i}] is ${values[i]}; components must be finite float32 values`);
@@ -151,8 +156,7 @@ export class VectorMatrix {
     initialCapacity: number,
     kernel: Kernel,
   ) {
-    const instance = new wasm.Instance(kernel.module, {});
-    this.kernel = instance.exports as unknown as KernelExports;
+    this.kernel = instantiateKernel(kernel) as KernelExports;
     this.base = align(this.kernel.heapBase(), 64);
     this.rowCapacity = 0;
     this.grow(initialCapacity);
