@@ -1,4 +1,4 @@
-import type { ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { ClientError, Status, type Metadata } from "nice-grpc-common";
 import { DomainError } from "../errors.js";
 import { BadRequest, RetryInfo } from "../gen/google/rpc/error_details.js";
@@ -7,6 +7,7 @@ import { statusOf as domainStatus } from "../server/status-details.js";
 import { bundledContract } from "./descriptors.js";
 import { BodyTooLarge } from "./http.js";
 import { messageToJson } from "./json-out.js";
+import { acceptsTrailers, metadataHeaders, metadataTrailers, type MetadataPairs } from "./metadata-out.js";
 
 /**
  * How the bridge reports failures, the way grpc-gateway does: the gRPC status code mapped to
@@ -27,6 +28,8 @@ export class RpcError extends Error {
     readonly statusDetails?: Uint8Array,
     /** The `x-request-id` the gRPC server answered with, if any. */
     readonly requestId?: string,
+    /** The application metadata of the call's response headers and trailers. */
+    readonly metadata?: { header: MetadataPairs; trailer: MetadataPairs },
   ) {
     super(message);
     this.name = "RpcError";
@@ -146,16 +149,31 @@ export function fieldViolations(status: GatewayStatus): { field: string; descrip
     .flatMap((d) => BadRequest.decode(d.value).fieldViolations.map((v) => ({ field: v.field, description: v.description })));
 }
 
+/** How sendError answers. */
+export interface ErrorAnswer {
+  /** The call's trailer (nice-grpc calls), for the status details it carries. */
+  trailer?: Metadata;
+  /** Headers to add (for example `x-request-id`). */
+  headers?: Record<string, string>;
+  /**
+   * The HTTP request, when the error may carry gRPC response metadata to forward, as
+   * grpc-gateway does: `Grpc-Metadata-<Key>` headers, and `Grpc-Trailer-<Key>` trailers when
+   * the request has `TE: trailers`.
+   */
+  request?: IncomingMessage;
+  /**
+   * A streaming route whose call failed before its first message: the body is grpc-gateway's
+   * stream error chunk, `{"error": {code, message, details}}` and a newline.
+   */
+  streamed?: boolean;
+}
+
 /**
  * Answers an error: grpc-gateway's HTTP status and google.rpc.Status JSON body, `Retry-After`
  * (seconds) for a status with RetryInfo, `WWW-Authenticate` for UNAUTHENTICATED,
- * 413 for a body over the limit. `headers` are added (for example `x-request-id`).
+ * 413 for a body over the limit.
  */
-export function sendError(
-  res: ServerResponse,
-  error: unknown,
-  options: { trailer?: Metadata; headers?: Record<string, string> } = {},
-): void {
+export function sendError(res: ServerResponse, error: unknown, options: ErrorAnswer = {}): void {
   const status = statusOfError(error, options.trailer);
   const headers: Record<string, string> = { ...options.headers };
   if (error instanceof RpcError && error.requestId) headers["x-request-id"] = error.requestId;
@@ -166,11 +184,38 @@ export function sendError(
   // The rest of an oversized body is never read, so the connection cannot carry another request.
   if (error instanceof BodyTooLarge) headers.connection = "close";
   const httpStatus = error instanceof BodyTooLarge ? 413 : httpStatusOf(status.code);
-  const text = JSON.stringify(renderStatus(status));
-  res.writeHead(httpStatus, {
-    "content-type": "application/json; charset=utf-8",
-    "content-length": Buffer.byteLength(text),
+  const text = options.streamed ? `${JSON.stringify({ error: renderStatus(status) })}\n` : JSON.stringify(renderStatus(status));
+  const metadata = options.request && error instanceof RpcError ? error.metadata : undefined;
+  const trailers = metadata && acceptsTrailers(options.request!) ? metadataTrailers(metadata.trailer) : {};
+  sendWithMetadata(res, httpStatus, "application/json; charset=utf-8", text, {
+    ...headers,
+    ...(metadata ? metadataHeaders(metadata.header) : {}),
+  }, trailers);
+}
+
+/**
+ * Writes a whole answer; with trailers to send, without a Content-Length (chunked), the
+ * trailers' names declared in `Trailer`, as HTTP/1.1 asks.
+ */
+export function sendWithMetadata(
+  res: ServerResponse,
+  status: number,
+  contentType: string,
+  body: string | Buffer,
+  headers: Record<string, string | string[]>,
+  trailers: Record<string, string[]>,
+): void {
+  const names = Object.keys(trailers);
+  res.writeHead(status, {
+    "content-type": contentType,
+    ...(names.length > 0 ? { trailer: names.join(", ") } : { "content-length": Buffer.byteLength(body) }),
     ...headers,
   });
-  res.end(text);
+  if (names.length === 0) {
+    res.end(body);
+    return;
+  }
+  res.write(body);
+  res.addTrailers(Object.entries(trailers).flatMap(([name, values]) => values.map((value): [string, string] => [name, value])));
+  res.end();
 }

@@ -3,10 +3,11 @@ import type { IncomingMessage } from "node:http";
 import { DomainError } from "../errors.js";
 import { uploadTooLarge } from "../catalogue/limits.js";
 import { loadContract, type Contract, type HttpBinding, type MethodInfo } from "./descriptors.js";
-import { RpcError, sendError, statusJson } from "./errors.js";
+import { RpcError, sendError, sendWithMetadata, statusJson } from "./errors.js";
 import type { RouteDeps } from "./gateway.js";
-import { BodyTimeout, BodyTooLarge, ClientGone, sendJson, type HttpContext, type Route } from "./http.js";
+import { BodyTimeout, BodyTooLarge, ClientGone, type HttpContext, type Route } from "./http.js";
 import { fieldToJson, messageToJson } from "./json-out.js";
+import { acceptsTrailers, metadataHeaders, metadataTrailers } from "./metadata-out.js";
 import { requestFromHttp, requestStreamFromHttp } from "./request.js";
 import { LoopbackRpc, type CallSettings, type RpcStream } from "./rpc.js";
 import { decodeMessage, encodeMessage, schemaOf, type Plain } from "./schema.js";
@@ -23,14 +24,19 @@ import { decodeMessage, encodeMessage, schemaOf, type Plain } from "./schema.js"
  * - Unary RPCs answer one JSON object; a google.api.HttpBody answer is sent as raw bytes with
  *   its content type.
  * - Server-streaming RPCs answer newline-delimited JSON (`application/x-ndjson`), one
- *   `{"result": ...}` line per message, written as it arrives. A failure before the first
- *   message answers its HTTP status and google.rpc.Status body; a failure after it adds an
- *   `{"error": {code, message, details}}` line (the status stays 200).
+ *   `{"result": ...}` line per message, written as it arrives. A call that fails before the
+ *   first message answers its HTTP status and one `{"error": {code, message, details}}` line
+ *   (grpc-gateway's stream error chunk); a failure after it adds that line (the status stays
+ *   200). A request the bridge cannot read (bad JSON, a bad parameter) is answered before any
+ *   call, with the plain google.rpc.Status body, as grpc-gateway answers it.
  * - Client-streaming and bidi RPCs (BatchUploadImages) take a stream of JSON objects as the
  *   body (newline-delimited JSON), one request message each, sent as they arrive, as
  *   grpc-gateway does; bidi answers stream back as NDJSON while the body is still arriving.
  * - `Grpc-Timeout` (gRPC's format, e.g. `5S`, `250m`) becomes the call's deadline; the call is
  *   cancelled when the HTTP client goes away; the server's `x-request-id` is echoed.
+ * - The call's response headers are forwarded as `Grpc-Metadata-<Key>`, and its trailers as
+ *   HTTP trailers `Grpc-Trailer-<Key>` when the request has `TE: trailers` (unary calls), as
+ *   grpc-gateway's default header matchers do.
  */
 export function nativeRoutes(deps: RouteDeps): Route[] {
   const contract = loadContract(deps.descriptors);
@@ -44,6 +50,8 @@ export function nativeRoutes(deps: RouteDeps): Route[] {
           pattern: routePattern(binding, method),
           rpc: method.path,
           oversize: oversizeError(contract, method, deps.maxUploadBytes),
+          // `/v1/images/` reaches GetImage and is answered 400 for the empty id, as by grpc-gateway.
+          emptyParams: true,
           handle: (ctx) => serve(ctx, { contract, rpc, method, binding, deps }),
         });
       }
@@ -101,14 +109,21 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
   const { contract, rpc, method, binding, deps } = target;
   const sent = ctx.req.headers["x-request-id"];
   const echo: Record<string, string> = typeof sent === "string" && REQUEST_ID.test(sent) ? { "x-request-id": sent } : {};
+  // Whether a failure is the call's (admission stands for the server's authentication and rate
+  // limits) rather than the bridge's reading of the request: only the call's failures of a
+  // stream are stream error chunks in grpc-gateway.
+  let calling = false;
   try {
     const settings: CallSettings = { metadata: ctx.metadata, signal: ctx.signal, deadline: deadlineOf(ctx.req) };
     // Admitted (and charged) before any of the body is read; the calls below carry the ticket.
+    calling = true;
     await ctx.admit();
+    calling = false;
     const requests = method.requestStream ? requestStreamFromHttp(contract, method, binding, ctx, deps.maxBodyBytes) : undefined;
     const request = requests
       ? undefined
       : encodeMessage(contract, method.requestType, await requestFromHttp(contract, method, binding, ctx));
+    calling = true;
     if (method.responseStream) {
       const stream = requests ? rpc.bidiStream(method.path, requests, settings) : rpc.serverStream(method.path, request!, settings);
       await streamAnswers(ctx, target, stream, echo);
@@ -117,11 +132,15 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
     const answer = requests ? await rpc.clientStream(method.path, requests, settings) : await rpc.unary(method.path, request!, settings);
     if (answer.requestId) echo["x-request-id"] = answer.requestId;
     const message = decodeMessage(contract, method.responseType, answer.response);
+    const headers = { ...echo, ...metadataHeaders(answer.header) };
+    const trailers = acceptsTrailers(ctx.req) ? metadataTrailers(answer.trailer) : {};
     if (method.responseType === "google.api.HttpBody" && !binding.responseBody) {
-      sendBytes(ctx, message, echo);
+      const data = Buffer.from((message.data as Uint8Array | undefined) ?? new Uint8Array());
+      sendWithMetadata(ctx.res, 200, (message.contentType as string | undefined) || "application/octet-stream", data, headers, trailers);
       return;
     }
-    sendJson(ctx.res, 200, render(target, message), echo);
+    const text = JSON.stringify(render(target, message));
+    sendWithMetadata(ctx.res, 200, "application/json; charset=utf-8", text, headers, trailers);
   } catch (error) {
     if (ctx.signal.aborted || ctx.res.headersSent) return;
     // A body that came too slowly or not at all: the HTTP server's own answers.
@@ -129,7 +148,7 @@ async function serve(ctx: HttpContext, target: Target): Promise<void> {
     if (!(error instanceof RpcError || error instanceof DomainError || error instanceof BodyTooLarge)) {
       deps.logger.error("HTTP bridge failed", { error, method: method.path });
     }
-    sendError(ctx.res, error, { headers: echo });
+    sendError(ctx.res, error, { headers: echo, request: ctx.req, streamed: method.responseStream && calling });
   }
 }
 
@@ -142,16 +161,6 @@ function render(target: Target, message: Plain): unknown {
   return fieldToJson(contract, slot.info, present ? message[slot.key] : undefined);
 }
 
-function sendBytes(ctx: HttpContext, body: Plain, headers: Record<string, string>): void {
-  const data = Buffer.from((body.data as Uint8Array | undefined) ?? new Uint8Array());
-  ctx.res.writeHead(200, {
-    "content-type": (body.contentType as string | undefined) || "application/octet-stream",
-    "content-length": data.length,
-    ...headers,
-  });
-  ctx.res.end(data);
-}
-
 /** Writes a stream of answers as NDJSON (or raw HttpBody chunks), flushing each as it comes. */
 async function streamAnswers(ctx: HttpContext, target: Target, stream: RpcStream, echo: Record<string, string>): Promise<void> {
   const { contract, method, binding } = target;
@@ -160,7 +169,12 @@ async function streamAnswers(ctx: HttpContext, target: Target, stream: RpcStream
   let started = false;
   const start = (contentType: string) => {
     const requestId = stream.requestId();
-    res.writeHead(200, { "content-type": contentType, ...echo, ...(requestId ? { "x-request-id": requestId } : {}) });
+    res.writeHead(200, {
+      "content-type": contentType,
+      ...echo,
+      ...(requestId ? { "x-request-id": requestId } : {}),
+      ...metadataHeaders(stream.header()),
+    });
     started = true;
   };
   try {
@@ -182,7 +196,8 @@ async function streamAnswers(ctx: HttpContext, target: Target, stream: RpcStream
     if (ctx.signal.aborted) return;
     if (!started) {
       const requestId = stream.requestId();
-      sendError(res, error, { headers: requestId ? { ...echo, "x-request-id": requestId } : echo });
+      const headers = requestId ? { ...echo, "x-request-id": requestId } : echo;
+      sendError(res, error, { headers, request: ctx.req, streamed: true });
       return;
     }
     if (!(error instanceof RpcError || error instanceof DomainError)) {

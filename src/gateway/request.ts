@@ -150,6 +150,7 @@ function setAll(
 
 function bindPathAndQuery(contract: Contract, typeName: string, binding: HttpBinding, ctx: HttpContext, target: Plain): void {
   for (const param of binding.pathParams) {
+    if (ctx.params[param] === "") throw invalidArgument({ field: param, description: "is empty: the path must give a value here" });
     setFromText(contract, typeName, target, param, [ctx.params[param]], { jsonMessages: false, strictNames: true });
   }
   if (binding.body === "*") return;

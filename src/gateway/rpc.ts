@@ -2,6 +2,7 @@ import { once } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import type { Channel, Metadata } from "nice-grpc";
 import { publicMessage, RpcError, STATUS_DETAILS_TRAILER } from "./errors.js";
+import { pairsOf, type MetadataPairs } from "./metadata-out.js";
 
 /**
  * Raw calls over the loopback channel: messages travel as the bytes the bridge encoded from
@@ -22,12 +23,17 @@ export interface RpcAnswer {
   response: Buffer;
   /** The `x-request-id` the server answered with. */
   requestId?: string;
+  /** The application metadata of the call's response headers and trailers. */
+  header: MetadataPairs;
+  trailer: MetadataPairs;
 }
 
 /** Answers of a server-streaming (or bidi) call, in order; failures throw RpcError. */
 export interface RpcStream extends AsyncIterable<Buffer> {
   /** The `x-request-id` the server answered with, once its headers arrived. */
   requestId(): string | undefined;
+  /** The application metadata of the call's response headers, once they arrived. */
+  header(): MetadataPairs;
 }
 
 const identity = (bytes: Buffer) => bytes;
@@ -50,7 +56,8 @@ export class LoopbackRpc {
 
   unary(path: string, request: Uint8Array, settings: CallSettings): Promise<RpcAnswer> {
     return new Promise((resolve, reject) => {
-      let requestId: string | undefined;
+      const seen = new ResponseHeaders();
+      let response: Buffer | undefined;
       const call = this.client.makeUnaryRequest<Buffer, Buffer>(
         path,
         identity,
@@ -58,13 +65,17 @@ export class LoopbackRpc {
         asBuffer(request),
         toGrpcMetadata(settings.metadata),
         callOptions(settings),
-        (err, response) => {
+        (err, answer) => {
           settings.signal.removeEventListener("abort", cancel);
-          if (err) reject(rpcErrorOf(err, requestId));
-          else resolve({ response: response!, requestId });
+          if (err) reject(rpcErrorOf(err, seen));
+          else response = answer;
         },
       );
-      call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+      seen.watch(call);
+      // The trailers come with the status, just after the callback.
+      call.on("status", (status: grpc.StatusObject) => {
+        if (response) resolve({ response, requestId: seen.requestId, header: seen.header, trailer: pairsOf(status.metadata) });
+      });
       const cancel = () => call.cancel();
       settings.signal.addEventListener("abort", cancel, { once: true });
     });
@@ -72,21 +83,25 @@ export class LoopbackRpc {
 
   clientStream(path: string, requests: AsyncIterable<Uint8Array>, settings: CallSettings): Promise<RpcAnswer> {
     return new Promise((resolve, reject) => {
-      let requestId: string | undefined;
+      const seen = new ResponseHeaders();
       let failed: unknown;
+      let response: Buffer | undefined;
       const call = this.client.makeClientStreamRequest<Buffer, Buffer>(
         path,
         identity,
         identity,
         toGrpcMetadata(settings.metadata),
         callOptions(settings),
-        (err, response) => {
+        (err, answer) => {
           settings.signal.removeEventListener("abort", cancel);
-          if (err) reject(failed ?? rpcErrorOf(err, requestId));
-          else resolve({ response: response!, requestId });
+          if (err) reject(failed ?? rpcErrorOf(err, seen));
+          else response = answer;
         },
       );
-      call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+      seen.watch(call);
+      call.on("status", (status: grpc.StatusObject) => {
+        if (response) resolve({ response, requestId: seen.requestId, header: seen.header, trailer: pairsOf(status.metadata) });
+      });
       const cancel = () => call.cancel();
       settings.signal.addEventListener("abort", cancel, { once: true });
       pump(requests, call).catch((err) => {
@@ -139,8 +154,8 @@ function readStream(
   signal: AbortSignal,
   localFailure: () => unknown,
 ): RpcStream {
-  let requestId: string | undefined;
-  call.on("metadata", (header: grpc.Metadata) => (requestId ??= requestIdOf(header)));
+  const seen = new ResponseHeaders();
+  seen.watch(call);
   const cancel = () => call.cancel();
   signal.addEventListener("abort", cancel, { once: true });
   async function* messages(): AsyncGenerator<Buffer> {
@@ -150,14 +165,14 @@ function readStream(
       done = true;
     } catch (err) {
       done = true;
-      throw localFailure() ?? rpcErrorOf(err as grpc.ServiceError, requestId);
+      throw localFailure() ?? rpcErrorOf(err as grpc.ServiceError, seen);
     } finally {
       signal.removeEventListener("abort", cancel);
       // The reader stopped early (the HTTP client went away or writing failed): end the call.
       if (!done) call.cancel();
     }
   }
-  return { [Symbol.asyncIterator]: messages, requestId: () => requestId };
+  return { [Symbol.asyncIterator]: messages, requestId: () => seen.requestId, header: () => seen.header };
 }
 
 function callOptions(settings: CallSettings): grpc.CallOptions {
@@ -178,13 +193,30 @@ function requestIdOf(metadata: grpc.Metadata | undefined): string | undefined {
   return typeof value === "string" ? value : undefined;
 }
 
-function rpcErrorOf(err: grpc.ServiceError, requestId: string | undefined): RpcError {
-  if (typeof err?.code !== "number") return new RpcError(grpc.status.INTERNAL, "internal error", undefined, requestId);
+/** The response headers of a call, as they arrive. */
+class ResponseHeaders {
+  requestId: string | undefined;
+  header: MetadataPairs = [];
+
+  watch(call: { on(event: "metadata", listener: (metadata: grpc.Metadata) => void): unknown }): void {
+    call.on("metadata", (metadata: grpc.Metadata) => {
+      this.requestId ??= requestIdOf(metadata);
+      this.header = pairsOf(metadata);
+    });
+  }
+}
+
+function rpcErrorOf(err: grpc.ServiceError, seen: ResponseHeaders): RpcError {
+  if (typeof err?.code !== "number") {
+    return new RpcError(grpc.status.INTERNAL, "internal error", undefined, seen.requestId, { header: seen.header, trailer: [] });
+  }
   const details = err.metadata?.get(STATUS_DETAILS_TRAILER)[0];
+  // A call that fails at once answers trailers only: its metadata is all in the trailers.
   return new RpcError(
     err.code,
     publicMessage(err.code, err.details),
     Buffer.isBuffer(details) ? details : undefined,
-    requestId ?? requestIdOf(err.metadata),
+    seen.requestId ?? requestIdOf(err.metadata),
+    { header: seen.header, trailer: pairsOf(err.metadata) },
   );
 }

@@ -92,15 +92,16 @@ describe("search over HTTP with the test model", () => {
     for (const line of lines) expect(Object.keys(line)).toEqual(["result"]);
   });
 
-  it("answers a stream that fails before its first message with that status and a Status body", async () => {
+  it("answers a stream that fails before its first message with that status and grpc-gateway's {error} chunk", async () => {
     const res = await post("/v1/images:streamSearch", { prompt: "blue", limit: 20_000 });
     expect(res.status).toBe(400);
     expect(res.headers.get("content-type")).toMatch(/^application\/json/);
     const body = (await res.json()) as any;
-    expect(body.code).toBe(3);
-    expect(body.details[0]["@type"]).toBe("type.googleapis.com/google.rpc.BadRequest");
+    expect(Object.keys(body)).toEqual(["error"]);
+    expect(body.error.code).toBe(3);
+    expect(body.error.details[0]["@type"]).toBe("type.googleapis.com/google.rpc.BadRequest");
     const noKey = await fetch(`${base}/v1/images:streamSearch`, { method: "POST", body: JSON.stringify({ prompt: "red" }) });
     expect(noKey.status).toBe(401);
-    expect(((await noKey.json()) as any).code).toBe(16);
+    expect(((await noKey.json()) as any).error.code).toBe(16);
   });
 });

@@ -304,9 +304,29 @@ describe("native HTTP/JSON routes", () => {
       expect(byIndex.get(1).error).toMatchObject({ code: 3 });
       expect(byIndex.get(1)).not.toHaveProperty("image");
       expect(byIndex.get(2).image.fileName).toBe("c.png");
+      // A stream that fails before its first answer: its status and grpc-gateway's {error} chunk.
       const broken = await call("POST", "/v1/images:batchUpload", { body: '{"request": {"fileName": 5}}\n' });
       expect(broken.status).toBe(400);
-      expect(broken.json.details[0].fieldViolations[0].field).toBe("request.file_name");
+      expect(broken.text.endsWith("}\n")).toBe(true);
+      expect(broken.json.error.details[0].fieldViolations[0].field).toBe("request.file_name");
+      const refused = await call("POST", "/v1/images:batchUpload", { body: "{}\n", key: null });
+      expect(refused.status).toBe(401);
+      expect(refused.json.error).toMatchObject({ code: 16, details: [] });
+    });
+
+    it("takes the NDJSON upload body as application/x-ndjson, application/json or unlabelled", async () => {
+      const line = async (seed: number) =>
+        `${JSON.stringify({ request: { content: (await distinctPng(seed)).toString("base64"), fileName: `${seed}.png` } })}\n`;
+      for (const [seed, type] of [[52, "application/json"], [53, "application/x-ndjson; charset=utf-8"], [54, undefined]] as const) {
+        const res = await call("POST", "/v1/images:batchUpload", {
+          body: (await line(seed)) + (await line(seed + 10)),
+          headers: type ? { "content-type": type } : {},
+        });
+        expect(res.status, `${type}: ${res.text}`).toBe(200);
+        expect(res.headers.get("content-type")).toBe("application/x-ndjson");
+        const names = res.text.trim().split("\n").map((l) => JSON.parse(l).result.image.fileName);
+        expect(names.sort(), String(type)).toEqual([`${seed}.png`, `${seed + 10}.png`]);
+      }
     });
   });
 
@@ -438,6 +458,26 @@ describe("native HTTP/JSON routes", () => {
       const method = await call("PUT", "/v1/images");
       expect(method.status).toBe(501);
       expect(method.json.code).toBe(12);
+    });
+
+    it("answers an empty path variable (a trailing slash) with 400 naming the field, as grpc-gateway does", async () => {
+      const cases: [string, string, string][] = [
+        ["GET", "/v1/images/", "id"],
+        ["DELETE", "/v1/images/", "id"],
+        ["PATCH", "/v1/images/", "image.id"],
+        ["GET", "/v1/images//content", "id"],
+        ["GET", "/v1/images//comments", "image_id"],
+        ["DELETE", "/v1/account/keys/", "key_id"],
+      ];
+      for (const [method, path, field] of cases) {
+        const res = await call(method, path, method === "PATCH" ? { body: { tags: ["x"] } } : {});
+        expect(res.status, `${method} ${path}: ${res.text}`).toBe(400);
+        expect(res.json.code).toBe(3);
+        expect(res.json.details[0].fieldViolations[0].field, `${method} ${path}`).toBe(field);
+      }
+      // The collection itself and its other methods are unchanged.
+      expect((await call("GET", "/v1/images")).status).toBe(200);
+      expect((await call("POST", "/v1/images/")).status).toBe(501);
     });
 
     it("answers 429 with Retry-After when a key's rate limit is spent", async () => {
