@@ -3,11 +3,19 @@
  * latency percentiles and errors by status.
  *
  *   npm run bench:load -- seed [--images 100000] [--base 3bcb0a1]
- *   npm run bench:load -- --scenario search-user [--concurrency 16 | --rate 200/s] [--duration 30s]
- *                         [--target grpc|http] [--share 0.01] [--images 100000]
+ *   npm run bench:load -- --scenario search-user[,get-image,...|all] [--concurrency 16[,64] | --rate 200/s]
+ *                         [--duration 30s] [--target grpc|http|grpc,http] [--share 0.01] [--images 100000]
  *                         [--address 127.0.0.1:50051 --key glk_...] [--workers 2] [--warmup 3s]
+ *                         [--cpu-prof] [--out DIR]
+ *   npm run bench:load -- sweep --scenarios get-image,search-user [--target grpc,http] [--p99 50ms]
+ *                         [--start-rate 100/s] [--max-rate 20000/s] [--probes 8] [--duration 5s] [--budget 10m]
  *   npm run bench:load -- compare --base 3bcb0a1 [--current HEAD] [--scenarios search-admin,search-user,search-user-tag:0.01]
- *                         [--concurrency 1,16,64] [--duration 15s]
+ *                         [--concurrency 1,16,64] [--duration 15s] [--target grpc|http] [--cpu-prof]
+ *
+ * Scenarios (`--help` lists them): grpc-noop, get-image, get-image-content, list-images,
+ * search-admin, search-user, search-admin-tag:SHARE, search-user-tag:SHARE, stream-search,
+ * generate, upload, mixed. Over --target http the same calls go through the HTTP bridge
+ * (grpc-noop has no route and is skipped there).
  *
  * Without --address the harness seeds (or reuses) the template data set, copies it into a
  * database of its own, starts this tree's glimpse as a child process on it (a test model of
@@ -16,11 +24,15 @@
  * afterwards. `compare` does the same for this tree and for a base commit checked out in a
  * git worktree (/tmp/glimpse-base-<commit>), and runs every scenario x concurrency against
  * both, alternating, in one run. Only loopback addresses are accepted; every run is bounded in
- * time (--duration, plus the warm-up and the per-call timeout) and in count (--max-requests).
+ * time (--duration, plus the warm-up and the per-call timeout) and in count (--max-requests);
+ * a sweep also by --probes and --budget.
+ *
+ * --cpu-prof profiles the server(s) over the measured calls only (V8's CPU profiler through the
+ * inspector, as `node --cpu-prof` does) and reports the functions with the most self time.
  */
 import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -28,13 +40,16 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { writeClipTestModel } from "../../test/fixtures/clip-test-model.js";
 import { ADMIN_DATABASE_URL, markdownTable, REPO_ROOT, round, runBenchmark, runEnvironment, writeResults, type Cleanup } from "../lib.js";
+import { prepare, type Prepared } from "./prepare.js";
+import { summariseProfile, type ProfileSummary } from "./profile.js";
 import { SCENARIOS, type ScenarioSpec, type Target } from "./scenarios.js";
 import { ADMIN_KEY, cloneTemplate, DIMENSION, ensureTemplate, MODEL_ID, queryIds, SHARE_TAGS, tagForShare, USERS } from "./seed.js";
+import { sweep } from "./sweep.js";
 import type { RunReply, RunRequest } from "./worker.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
-const command = argv[0] === "seed" || argv[0] === "compare" ? argv.shift()! : "run";
+const command = ["seed", "compare", "sweep", "run"].includes(argv[0]) ? argv.shift()! : "run";
 
 const { values: opt } = parseArgs({
   args: argv,
@@ -58,8 +73,26 @@ const { values: opt } = parseArgs({
     base: { type: "string" },
     current: { type: "string" },
     ids: { type: "string" },
+    http: { type: "string" },
+    "admin-key": { type: "string", default: ADMIN_KEY },
+    out: { type: "string" },
+    "cpu-prof": { type: "boolean", default: false },
+    p99: { type: "string", default: "50ms" },
+    "start-rate": { type: "string", default: "100/s" },
+    "max-rate": { type: "string", default: "20000/s" },
+    probes: { type: "string", default: "8" },
+    budget: { type: "string", default: "10m" },
+    help: { type: "boolean", default: false },
   },
 });
+
+if (opt.help) {
+  const header = /\/\*\*([\s\S]*?)\*\//.exec(await import("node:fs").then((fs) => fs.readFileSync(fileURLToPath(import.meta.url), "utf8")))?.[1] ?? "";
+  console.log(header.replace(/^ \* ?/gm, "").trim());
+  console.log("\nScenarios:");
+  for (const [name, def] of Object.entries(SCENARIOS)) console.log(`  ${name.padEnd(18)} ${def.doc}${def.http ? "" : " (gRPC only)"}`);
+  process.exit(0);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -89,7 +122,7 @@ function loopback(address: string): string {
 function parseScenario(text: string, defaultShare: number): { name: string; scenario: string; share?: number } {
   const [scenario, shareText] = text.split(":");
   if (!SCENARIOS[scenario]) throw new Error(`unknown scenario ${scenario}; known: ${Object.keys(SCENARIOS).join(", ")}`);
-  if (scenario !== "search-user-tag") return { name: scenario, scenario };
+  if (!scenario.endsWith("-tag")) return { name: scenario, scenario };
   const share = shareText ? Number(shareText) : defaultShare;
   tagForShare(share);
   return { name: `${scenario}:${share}`, scenario, share };
@@ -237,6 +270,10 @@ interface Server {
   grpc: string;
   http: string;
   facts: Record<string, unknown>;
+  /** What prepare() made on it (images with bytes, credits). */
+  prepared?: Prepared;
+  /** Sends a message to the server process and waits for the answer of type `answer`. */
+  control?(msg: Record<string, unknown>, answer: string): Promise<Record<string, unknown>>;
 }
 
 function commitOf(root: string): string {
@@ -295,13 +332,26 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
       reject(new Error(`${label} server exited (${code})`));
     });
   });
-  const server = {
+  const server: Server = {
     label,
     root,
     commit: commitOf(root),
     grpc: `127.0.0.1:${ready.grpcPort}`,
     http: `127.0.0.1:${ready.httpPort}`,
     facts: { ...ready, database: db.name, wall_to_ready_s: round((Date.now() - started) / 1000, 1) },
+    control: (msg, answer) =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${label} server did not answer ${msg.type} in 60 s`)), 60_000);
+        const onMessage = (reply: Record<string, unknown>) => {
+          if (reply.type !== answer && reply.type !== "profile-error") return;
+          clearTimeout(timer);
+          child.off("message", onMessage);
+          if (reply.type === "profile-error") reject(new Error(`${label} server: ${reply.message}`));
+          else resolve(reply);
+        };
+        child.on("message", onMessage);
+        child.send(msg);
+      }),
   };
   console.log(`${label} (${server.commit}) ready: gRPC ${server.grpc}, HTTP ${server.http}, search ready in ${ready.search_ready_s} s`);
   return server;
@@ -352,15 +402,22 @@ interface RunConfig {
   warmupMs: number;
 }
 
-async function measure(pool: WorkerPool, server: { grpc: string; http: string }, cfg: RunConfig, ids: string[], key?: string): Promise<Summary> {
+async function measure(
+  pool: WorkerPool,
+  server: { grpc: string; http: string; prepared?: Prepared },
+  cfg: RunConfig,
+  ids: string[],
+  key?: string,
+): Promise<Summary> {
   const def = SCENARIOS[cfg.scenario];
   const spec: ScenarioSpec = {
     scenario: cfg.scenario,
     target: cfg.target,
     address: cfg.target === "grpc" ? server.grpc : server.http,
-    key: key ?? (def.key === "user" ? USERS[0].secret : ADMIN_KEY),
+    key: key ?? (def.key === "user" ? USERS[0].secret : opt["admin-key"]!),
     ids,
     tag: cfg.share !== undefined ? tagForShare(cfg.share) : undefined,
+    contentIds: server.prepared?.contentIds,
     k: Number(opt.k),
     timeoutMs: duration(opt.timeout!),
   };
@@ -380,6 +437,95 @@ async function measure(pool: WorkerPool, server: { grpc: string; http: string },
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
 
+/** Writes results to --out when given (tests), otherwise to bench/results/. */
+async function save(name: string, json: unknown, markdown: string): Promise<string[]> {
+  if (!opt.out) return writeResults(name, json, markdown);
+  await mkdir(opt.out, { recursive: true });
+  const written = [];
+  for (const [ext, text] of [
+    ["json", JSON.stringify(json, null, 2) + "\n"],
+    ["md", markdown + "\n"],
+  ] as const) {
+    const file = path.join(opt.out, `${name}.${ext}`);
+    await writeFile(file, text);
+    written.push(file);
+  }
+  return written;
+}
+
+/** "all" or a comma list of scenarios (with :SHARE on the -tag ones). */
+function scenarioList(text: string) {
+  const names = text.trim() === "all" ? Object.keys(SCENARIOS) : text.split(",").map((s) => s.trim());
+  return names.map((s) => parseScenario(s, Number(opt.share)));
+}
+
+function targetList(text: string): Target[] {
+  const targets = text.split(",").map((t) => t.trim());
+  for (const t of targets) if (t !== "grpc" && t !== "http") throw new Error(`--target is grpc, http or grpc,http, not ${t}`);
+  return targets as Target[];
+}
+
+/** The servers' CPU profiles over what ran between start() and stop(), summarised. */
+function profiler(servers: Server[], dir: string) {
+  return {
+    async start() {
+      if (!opt["cpu-prof"]) return;
+      await Promise.all(servers.map((s) => s.control!({ type: "profile-start" }, "profile-started")));
+    },
+    async stop(tag: string): Promise<Record<string, ProfileSummary> | undefined> {
+      if (!opt["cpu-prof"]) return undefined;
+      const out: Record<string, ProfileSummary> = {};
+      for (const s of servers) {
+        const file = path.join(dir, `${s.label}-${tag}.cpuprofile`);
+        await s.control!({ type: "profile-stop", path: file }, "profile-written");
+        out[s.label] = await summariseProfile(file, s.root);
+      }
+      return out;
+    },
+  };
+}
+
+function profileMarkdown(label: string, p: ProfileSummary): string {
+  return [
+    `CPU profile of the ${label} server (${p.file}): ${p.busy_ms} ms busy of ${p.total_ms} ms, GC ${p.gc_ms} ms, ${p.ours_pct}% of busy time in src/`,
+    "",
+    markdownTable(
+      ["our function (self time)", "location", "self ms", "% of busy"],
+      p.ours.slice(0, 15).map((f) => [f.function, f.location, f.self_ms, f.self_pct]),
+    ),
+    "",
+    markdownTable(
+      ["any function (self time)", "location", "self ms", "% of busy"],
+      p.top.slice(0, 15).map((f) => [f.function, f.location, f.self_ms, f.self_pct]),
+    ),
+  ].join("\n");
+}
+
+/** This tree's server on the seeded data set, or the running one at --address. */
+async function setUp(cleanup: Cleanup, images: number, scenarios: string[]) {
+  let server: Server;
+  let ids: string[];
+  let dataset: unknown;
+  if (opt.address) {
+    const address = loopback(opt.address);
+    if (opt["cpu-prof"]) throw new Error("--cpu-prof needs a server the harness starts (no --address)");
+    server = { label: "running", root: REPO_ROOT, commit: "running server", grpc: address, http: opt.http ? loopback(opt.http) : address, facts: {} };
+    if (opt.ids) ids = opt.ids.split(",");
+    else {
+      const facts = await ensureTemplate(REPO_ROOT, images);
+      ids = await queryIds(facts.template, 2000);
+      dataset = facts;
+    }
+  } else {
+    const facts = await ensureTemplate(REPO_ROOT, images);
+    dataset = facts;
+    ids = await queryIds(facts.template, Math.min(2000, facts.public_images));
+    server = await startServer(cleanup, "current", REPO_ROOT, facts.template, await modelDir(cleanup));
+  }
+  server.prepared = await prepare(server.grpc, opt["admin-key"]!, scenarios);
+  return { server, ids, dataset };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 await runBenchmark(`bench:load ${command}`, async (cleanup) => {
@@ -393,68 +539,139 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     return;
   }
 
-  if (command === "run") {
-    if (!opt.scenario) throw new Error("--scenario is required (" + Object.keys(SCENARIOS).join(", ") + ")");
-    const sc = parseScenario(opt.scenario, Number(opt.share));
-    const target = opt.target as Target;
-    if (target !== "grpc" && target !== "http") throw new Error("--target is grpc or http");
+  if (command === "run" || command === "sweep") {
+    const text = opt.scenario ?? (command === "sweep" ? opt.scenarios : undefined);
+    if (!text) throw new Error("--scenario is required: one, a comma list or all (" + Object.keys(SCENARIOS).join(", ") + ")");
+    const scenarios = scenarioList(text);
+    const targets = targetList(opt.target!);
     if (opt.rate && opt.concurrency) throw new Error("--concurrency (closed loop) or --rate (open loop), not both");
-    const cfg: RunConfig = {
-      scenario: sc.scenario,
-      name: sc.name,
-      share: sc.share,
-      target,
-      mode: opt.rate ? "open" : "closed",
-      concurrency: opt.rate ? undefined : Number(opt.concurrency ?? "16"),
-      rate: opt.rate ? rate(opt.rate) : undefined,
-      durationMs: duration(opt.duration!),
-      warmupMs: duration(opt.warmup!),
-    };
+    const loads: { concurrency?: number; rate?: number }[] = opt.rate
+      ? opt.rate.split(",").map((r) => ({ rate: rate(r) }))
+      : (opt.concurrency ?? "16").split(",").map((c) => {
+          const n = Number(c);
+          if (!Number.isInteger(n) || n < 1) throw new Error(`bad --concurrency ${c} (a positive integer)`);
+          return { concurrency: n };
+        });
+    // A sweep's probes are short unless --duration says otherwise.
+    const durationMs = duration(command === "sweep" && !argv.some((a) => a.startsWith("--duration")) ? "5s" : opt.duration!);
+    const warmupMs = duration(command === "sweep" && !argv.some((a) => a.startsWith("--warmup")) ? "1s" : opt.warmup!);
     const environment = await runEnvironment();
-    let server: { grpc: string; http: string; commit?: string; facts?: unknown };
-    let ids: string[];
-    let dataset: unknown;
-    if (opt.address) {
-      const address = loopback(opt.address);
-      server = { grpc: address, http: address, commit: "running server" };
-      if (opt.ids) ids = opt.ids.split(",");
-      else {
-        const facts = await ensureTemplate(REPO_ROOT, images);
-        ids = await queryIds(facts.template, 2000);
-        dataset = facts;
-      }
-    } else {
-      const facts = await ensureTemplate(REPO_ROOT, images);
-      dataset = facts;
-      ids = await queryIds(facts.template, 2000);
-      server = await startServer(cleanup, "current", REPO_ROOT, facts.template, await modelDir(cleanup));
-    }
+    const loadBefore = os.loadavg().map((x) => round(x));
+    const { server, ids, dataset } = await setUp(cleanup, images, scenarios.map((s) => s.scenario));
     const pool = await WorkerPool.start(Number(opt.workers), cleanup);
-    console.log(`${cfg.name} over ${cfg.target}, ${cfg.mode} loop ${cfg.concurrency ?? `${cfg.rate}/s`}, ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warm-up, ${pool.size} worker processes`);
-    const summary = await measure(pool, server, cfg, ids, opt.key);
-    const line = markdownTable(
-      ["scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
-      [[cfg.name, cfg.target, cfg.mode, cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`, summary.requests_per_s, summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.max_ms, errorsText(summary)]],
+    const profileDir = await mkdtemp(path.join(os.tmpdir(), "glimpse-load-prof-"));
+    const prof = profiler([server], profileDir);
+    const skipped: string[] = [];
+    const pairs = scenarios.flatMap((sc) =>
+      targets.flatMap((target) => {
+        if (target === "http" && !SCENARIOS[sc.scenario].http) {
+          skipped.push(`${sc.name} over http (no bridge route)`);
+          return [];
+        }
+        return [{ sc, target }];
+      }),
     );
-    const name = `load-${cfg.name.replace(":", "-")}-${stamp()}`;
-    const loadAverage = os.loadavg().map((x) => round(x));
-    const written = await writeResults(
-      name,
-      { benchmark: "load", environment, load_average_after: loadAverage, config: { ...cfg, workers: pool.size }, server, dataset, summary },
-      line,
+    for (const s of skipped) console.log(`skipped: ${s}`);
+    const machine = `${environment.cpu} x ${environment.cores} cores, ${environment.memory_gib} GiB; node ${environment.node}, PostgreSQL ${environment.postgres}`;
+
+    if (command === "run") {
+      const rows: { scenario: string; target: Target; mode: string; load: string; summary: Summary; profile?: Record<string, ProfileSummary> }[] = [];
+      for (const { sc, target } of pairs) {
+        for (const load of loads) {
+          const cfg: RunConfig = { scenario: sc.scenario, name: sc.name, share: sc.share, target, mode: load.rate ? "open" : "closed", ...load, durationMs, warmupMs };
+          const loadText = cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`;
+          await prof.start();
+          const summary = await measure(pool, server, cfg, ids, opt.key);
+          const profile = await prof.stop(`${sc.name.replace(":", "-")}-${target}-${loadText.replace(/[=/]/g, "")}`);
+          rows.push({ scenario: sc.name, target, mode: cfg.mode, load: loadText, summary, profile });
+          console.log(`  ${sc.name} ${target} ${cfg.mode} ${loadText}: ${summary.requests_per_s} req/s, p50 ${summary.p50_ms} ms, p99 ${summary.p99_ms} ms, errors ${errorsText(summary)}${summary.dropped ? `, dropped ${summary.dropped}` : ""}`);
+          if (profile) console.log(profileMarkdown(server.label, profile.current ?? Object.values(profile)[0]));
+        }
+      }
+      const table = markdownTable(
+        ["scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped"],
+        rows.map((r) => [r.scenario, r.target, r.mode, r.load, r.summary.requests_per_s, r.summary.p50_ms, r.summary.p90_ms, r.summary.p99_ms, r.summary.max_ms, errorsText(r.summary), r.summary.dropped]),
+      );
+      const loadAfter = os.loadavg().map((x) => round(x));
+      const markdown = [
+        `# Load run: ${server.commit}`,
+        "",
+        `- ${environment.date}; ${machine}`,
+        `- ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per row, k = ${opt.k}, per-call timeout ${opt.timeout}`,
+        `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${loadAfter.join(" ")}`,
+        ...skipped.map((s) => `- skipped: ${s}`),
+        "",
+        table,
+        ...rows.filter((r) => r.profile).map((r) => `\n## ${r.scenario} ${r.target} ${r.load}\n\n${profileMarkdown(server.label, Object.values(r.profile!)[0])}`),
+      ].join("\n");
+      const written = await save(
+        `load-run-${stamp()}`,
+        { benchmark: "load", environment, load_average_before: loadBefore, load_average_after: loadAfter, config: { duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k), argv }, server, dataset, skipped, rows },
+        markdown,
+      );
+      console.log(markdown);
+      console.log(`wrote ${written.join(", ")}`);
+      return;
+    }
+
+    // sweep
+    const p99Ms = duration(opt.p99!);
+    const deadline = Date.now() + duration(opt.budget!);
+    const results = [];
+    for (const { sc, target } of pairs) {
+      const probe = (r: number) => measure(pool, server, { scenario: sc.scenario, name: sc.name, share: sc.share, target, mode: "open", rate: r, durationMs, warmupMs }, ids, opt.key);
+      const result = await sweep(
+        async (r) => {
+          const s = await probe(r);
+          console.log(`  ${sc.name} ${target} ${r}/s: ${s.ok_per_s} ok/s, p50 ${s.p50_ms} ms, p99 ${s.p99_ms} ms, errors ${errorsText(s)}${s.dropped ? `, dropped ${s.dropped}` : ""}`);
+          return s;
+        },
+        { p99Ms, startRate: rate(opt["start-rate"]!), maxRate: rate(opt["max-rate"]!), maxProbes: Number(opt.probes), deadline, precision: 1.1 },
+      );
+      console.log(`${sc.name} ${target}: ${result.best ? `holds ${result.best.rate}/s` : "held at no rate tried"} (${result.stopped})`);
+      results.push({ scenario: sc.name, target, ...result });
+    }
+    const table = markdownTable(
+      ["scenario", "target", "highest rate held", "p50 ms", "p99 ms", "first rate not held", "why not", "probes", "stopped"],
+      results.map((r) => [
+        r.scenario,
+        r.target,
+        r.best ? `${r.best.rate}/s` : "none",
+        r.best?.summary.p50_ms ?? "",
+        r.best?.summary.p99_ms ?? "",
+        r.limit ? `${r.limit.rate}/s` : "",
+        r.limit?.why ?? "",
+        r.probes.length,
+        r.stopped,
+      ]),
     );
-    console.log(`load average (1, 5, 15 min) after the run: ${loadAverage.join(" ")}`);
-    console.log(JSON.stringify(summary, null, 2));
-    console.log(line);
+    const loadAfter = os.loadavg().map((x) => round(x));
+    const markdown = [
+      `# Load sweep: ${server.commit}, p99 <= ${p99Ms} ms`,
+      "",
+      `- ${environment.date}; ${machine}`,
+      `- open loop, latency from the intended send time; ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per probe; a rate holds with no errors, none dropped, p99 <= ${p99Ms} ms and >= 95% of it answered`,
+      `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${loadAfter.join(" ")}`,
+      ...skipped.map((s) => `- skipped: ${s}`),
+      "",
+      table,
+    ].join("\n");
+    const written = await save(
+      `load-sweep-${stamp()}`,
+      { benchmark: "load-sweep", environment, load_average_before: loadBefore, load_average_after: loadAfter, config: { p99_ms: p99Ms, duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, argv }, server, dataset, skipped, results },
+      markdown,
+    );
+    console.log(markdown);
     console.log(`wrote ${written.join(", ")}`);
     return;
   }
 
   // compare
   if (!opt.base) throw new Error("compare needs --base <commit or worktree directory>");
-  const scenarios = opt.scenarios!.split(",").map((s) => parseScenario(s.trim(), Number(opt.share)));
+  const scenarios = scenarioList(opt.scenarios!);
   const concurrencies = (opt.concurrency ?? "1,16,64").split(",").map(Number);
   const target = opt.target as Target;
+  if (target !== "grpc" && target !== "http") throw new Error("compare takes one --target: grpc or http");
   const durationMs = duration(opt.duration!);
   const warmupMs = duration(opt.warmup!);
   const environment = await runEnvironment();
@@ -477,7 +694,10 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     startServer(cleanup, "base", baseRoot, dataset.template, model),
     startServer(cleanup, "current", currentRoot, dataset.template, model),
   ]);
+  for (const server of [base, current]) server.prepared = await prepare(server.grpc, opt["admin-key"]!, scenarios.map((s) => s.scenario));
   const pool = await WorkerPool.start(Number(opt.workers), cleanup);
+  const prof = profiler([base, current], await mkdtemp(path.join(os.tmpdir(), "glimpse-load-prof-")));
+  await prof.start();
   const rows: {
     scenario: string;
     concurrency: number;
@@ -514,6 +734,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       });
     }
   }
+  const profiles = await prof.stop("compare");
   const table = markdownTable(
     ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "errors (base / current)", "load avg 1m"],
     rows.map((r) => [
@@ -541,9 +762,11 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${os.loadavg().map((x) => round(x)).join(" ")} (the machine is shared: other processes' work shows in both builds' figures alike, as the runs alternate)`,
     "",
     table,
+    ...Object.entries(profiles ?? {}).map(([label, p]) => `\n## ${label}\n\n${profileMarkdown(label, p)}`),
   ].join("\n");
   const json = {
     benchmark: "load-compare",
+    profiles,
     environment,
     config: { scenarios: scenarios.map((s) => s.name), concurrencies, target, duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k) },
     dataset,
@@ -551,7 +774,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     pgvector: pgvectorNote,
     rows,
   };
-  const written = await writeResults(`load-compare-${stamp()}`, json, markdown);
+  const written = await save(`load-compare-${stamp()}`, json, markdown);
   console.log(markdown);
   console.log(`wrote ${written.join(", ")}`);
 });

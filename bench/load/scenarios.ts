@@ -7,6 +7,7 @@ import http from "node:http";
 import { ClientError, createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
 import { HealthDefinition } from "nice-grpc-server-health";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
+import { makeMoreCall, MORE_SCENARIOS } from "./calls.js";
 
 export type Target = "grpc" | "http";
 
@@ -20,8 +21,10 @@ export interface ScenarioSpec {
   key: string;
   /** Image ids to ask for / search like, used round-robin. */
   ids: string[];
-  /** Tag filter of search-user-tag. */
+  /** Tag filter of the search-*-tag scenarios. */
   tag?: string;
+  /** Images with stored bytes (uploaded by the harness before the run), for get-image-content. */
+  contentIds?: string[];
   k: number;
   /** Per-call deadline. */
   timeoutMs: number;
@@ -37,6 +40,12 @@ export const SCENARIOS: Record<string, { doc: string; key: "admin" | "user" | "n
     key: "user",
     http: true,
   },
+  "search-admin-tag": {
+    doc: "SearchImages like_image_id, limit k, admin key, filter tags [a tag on --share of the images]",
+    key: "admin",
+    http: true,
+  },
+  ...MORE_SCENARIOS,
 };
 
 export type Call = (i: number, signal: AbortSignal) => Promise<void>;
@@ -61,11 +70,13 @@ class HttpStatusError extends Error {
 export function makeCall(spec: ScenarioSpec): { call: Call; close(): void } {
   const def = SCENARIOS[spec.scenario];
   if (!def) throw new Error(`unknown scenario ${spec.scenario}`);
+  const more = makeMoreCall(spec);
+  if (more) return more;
   const id = (i: number) => spec.ids[i % spec.ids.length];
   const searchBody = (i: number) => ({
     likeImageId: id(i),
     limit: spec.k,
-    ...(spec.scenario === "search-user-tag" ? { filter: { tags: [spec.tag!] } } : {}),
+    ...(spec.tag !== undefined ? { filter: { tags: [spec.tag] } } : {}),
   });
 
   if (spec.target === "grpc") {

@@ -23,6 +23,14 @@ export const MODEL_ID = "load-512";
 /** Image i of the data set has id ID_BASE + i. */
 export const ID_BASE = 1n << 40n;
 const BATCH = 5_000;
+/** Bumped when what seed() writes changes, so an older template is not reused. */
+const DATA_VERSION = 2;
+/** Images are created evenly over this many days before the seed ran (ListImages' periods). */
+const SPAN_DAYS = 60;
+/** Images per post: consecutive images share a post id. */
+const POST_SIZE = 4;
+/** Reaction kinds of the reactions table (like, heart, laugh, cry, dislike). */
+const REACTION_KINDS = 5;
 
 /** The default account (admin), created by the first migration. */
 export const ADMIN_ACCOUNT = "00000000-0000-4000-8000-000000000001";
@@ -77,7 +85,7 @@ function withDatabase(url: string, name: string): string {
 async function templateName(root: string, images: number): Promise<string> {
   const files = (await readdir(path.join(root, "src", "store", "migrations"))).filter((f) => f.endsWith(".sql")).sort();
   const schema = createHash("sha256").update(files.join("\n")).digest("hex").slice(0, 8);
-  return `glimpse_load_tpl_${images}_${schema}`;
+  return `glimpse_load_tpl_${images}_${schema}_v${DATA_VERSION}`;
 }
 
 async function templateExists(name: string): Promise<boolean> {
@@ -173,7 +181,21 @@ async function seed(url: string, images: number, log: (line: string) => void): P
       const ownerOf: string[] = [];
       const visibility: number[] = [];
       const blob = new Float32Array((end - start) * DIMENSION);
+      // Reactions: a skewed count per image (most have none or few, a few have many), each an
+      // (account, kind) pair at most once, as the table's key requires.
+      const reactionImage: string[] = [];
+      const reactionAccount: string[] = [];
+      const reactionKind: number[] = [];
       for (let i = start; i < end; i++) {
+        const pairs = owners.length * REACTION_KINDS;
+        const count = Math.floor(pairs * random() ** 4);
+        const first = Math.floor(random() * pairs);
+        for (let r = 0; r < count; r++) {
+          const pair = (first + r) % pairs;
+          reactionImage.push((ID_BASE + BigInt(i)).toString());
+          reactionAccount.push(owners[Math.floor(pair / REACTION_KINDS)]);
+          reactionKind.push((pair % REACTION_KINDS) + 1);
+        }
         ids.push((ID_BASE + BigInt(i)).toString());
         let mask = 0;
         SHARE_TAGS.forEach((t, bit) => {
@@ -185,17 +207,38 @@ async function seed(url: string, images: number, log: (line: string) => void): P
         blob.set(vectors[i], (i - start) * DIMENSION);
       }
       await sql.begin(async (tx) => {
+        // Image i was created (images - i) steps before now, a step being SPAN_DAYS / images.
+        const step = (SPAN_DAYS * 86_400) / images;
         await tx`
           insert into images (id, owner_id, sha256, file_name, media_type, width, height, byte_size,
-                              tags, tag_terms, visibility, index_status, created_at, updated_at, stats_changed_at)
+                              tags, tag_terms, visibility, index_status, post_id, created_at, updated_at, stats_changed_at)
           select u.id, u.owner, md5(u.id::text) || md5('glimpse-load-' || u.id::text),
                  'load-' || u.id || '.jpg', 'image/jpeg', 512, 512, 100000, t.tags, t.tags, u.vis, 2,
-                 now() - make_interval(secs => (${images}::int - u.n)), now() - make_interval(secs => (${images}::int - u.n)),
-                 now() - make_interval(secs => (${images}::int - u.n))
+                 (${start}::bigint + u.n - 1) / ${POST_SIZE} + 1, c.at, c.at, c.at
           from unnest(${ids}::bigint[], ${masks}::int[], ${ownerOf}::uuid[], ${visibility}::smallint[]) with ordinality as u(id, mask, owner, vis, n)
           cross join lateral (
             select array_remove(array[${tagCase(0)}, ${tagCase(1)}, ${tagCase(2)}, ${tagCase(3)}]::text[], null) as tags
-          ) t`;
+          ) t
+          cross join lateral (
+            select now() - make_interval(secs => (${images}::int - ${start}::int - u.n + 1) * ${step}::float8) as at
+          ) c`;
+        if (reactionImage.length > 0) {
+          await tx`
+            insert into reactions (image_id, account_id, kind)
+            select * from unnest(${reactionImage}::bigint[], ${reactionAccount}::uuid[], ${reactionKind}::smallint[])`;
+          // The counters on images follow the rows, as AddReaction keeps them.
+          await tx`
+            update images i set like_count = r.k1, heart_count = r.k2, laugh_count = r.k3, cry_count = r.k4, dislike_count = r.k5
+            from (
+              select image_id,
+                     count(*) filter (where kind = 1)::int as k1, count(*) filter (where kind = 2)::int as k2,
+                     count(*) filter (where kind = 3)::int as k3, count(*) filter (where kind = 4)::int as k4,
+                     count(*) filter (where kind = 5)::int as k5
+              from unnest(${reactionImage}::bigint[], ${reactionKind}::smallint[]) as x(image_id, kind)
+              group by image_id
+            ) r
+            where i.id = r.image_id`;
+        }
         await tx`
           insert into embeddings (image_id, model_id, dimension, vector)
           select u.id, ${MODEL_ID}, ${DIMENSION},
@@ -205,6 +248,7 @@ async function seed(url: string, images: number, log: (line: string) => void): P
       if ((end / BATCH) % 4 === 0 || end === images) log(`seed: ${end} / ${images} rows (${(elapsed() / 1000).toFixed(1)} s)`);
     }
     await sql`vacuum (analyze) images`;
+    await sql`vacuum (analyze) reactions`;
     await sql`vacuum (analyze) embeddings`;
     await sql`checkpoint`;
   } finally {
@@ -221,8 +265,15 @@ async function describe(url: string) {
       select a.username, count(*)::text as n from images i join accounts a on a.id = i.owner_id group by a.username order by 1`;
     const tags = await sql<{ tag: string; n: string }[]>`
       select tag, count(*)::text as n from images, unnest(tags) tag group by tag order by 1`;
+    const [extra] = await sql<{ reactions: string; posts: string; week: string }[]>`
+      select (select count(*) from reactions)::text as reactions,
+             (select count(distinct post_id) from images)::text as posts,
+             (select count(*) from images where created_at > now() - interval '7 days')::text as week`;
     return {
       images: Number(row.n),
+      reactions: Number(extra.reactions),
+      posts: Number(extra.posts),
+      images_created_in_last_7_days: Number(extra.week),
       public_images: Number(row.pub),
       images_by_owner: Object.fromEntries(owners.map((o) => [o.username, Number(o.n)])),
       tag_rows: Object.fromEntries(tags.map((t) => [t.tag, Number(t.n)])),

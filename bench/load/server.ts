@@ -6,8 +6,14 @@
  * log. Sends {type: "ready", grpcPort, httpPort, ...} once search is ready; stops on SIGTERM,
  * SIGINT or when the parent goes away.
  *
+ * On {type: "profile-start"} it starts V8's CPU profiler (what `node --cpu-prof` runs, but only
+ * over the measured calls, not the start and index build); on {type: "profile-stop", path} it
+ * writes the .cpuprofile there and answers {type: "profile-written", path}.
+ *
  *   node --import tsx bench/load/server.ts --root DIR --database-url URL --data-dir DIR --model DIR --admin-key KEY
  */
+import { writeFile } from "node:fs/promises";
+import { Session } from "node:inspector/promises";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
@@ -21,7 +27,8 @@ const { values } = parseArgs({
     "admin-key": { type: "string" },
     "grpc-port": { type: "string", default: "0" },
     "http-port": { type: "string", default: "0" },
-    "log-level": { type: "string", default: "warn" },
+    // Not warn: slow-call lines under deliberate overload would drown the harness's output.
+    "log-level": { type: "string", default: "error" },
   },
 });
 
@@ -50,6 +57,27 @@ async function stop(code: number) {
 process.on("SIGTERM", () => void stop(0));
 process.on("SIGINT", () => void stop(0));
 process.on("disconnect", () => void stop(0));
+
+let profiler: Session | undefined;
+process.on("message", (msg: { type: string; path?: string }) => {
+  void (async () => {
+    if (msg.type === "profile-start" && !profiler) {
+      profiler = new Session();
+      profiler.connect();
+      await profiler.post("Profiler.enable");
+      // 250 us between samples (the default is 1 ms): calls here take about a millisecond.
+      await profiler.post("Profiler.setSamplingInterval", { interval: 250 });
+      await profiler.post("Profiler.start");
+      send({ type: "profile-started" });
+    } else if (msg.type === "profile-stop" && profiler && msg.path) {
+      const { profile } = await profiler.post("Profiler.stop");
+      profiler.disconnect();
+      profiler = undefined;
+      await writeFile(msg.path, JSON.stringify(profile));
+      send({ type: "profile-written", path: msg.path });
+    }
+  })().catch((err) => send({ type: "profile-error", message: String(err) }));
+});
 
 try {
   const { startApp } = await load("src/app.ts");
