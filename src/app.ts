@@ -33,7 +33,7 @@ import { startEmbeddedPostgres } from "./store/embedded.js";
 import { migrate } from "./store/migrate.js";
 import { startGateway, type Gateway } from "./gateway/gateway.js";
 import { EmbeddingsRepository } from "./store/embeddings-repository.js";
-import { ModelManager } from "./embedding/model-manager.js";
+import { ModelManager, stillStarting } from "./embedding/model-manager.js";
 import type { ModelEntry } from "./embedding/registry.js";
 import { IndexKeeper } from "./search/index-keeper.js";
 import { Indexer } from "./search/indexer.js";
@@ -343,7 +343,7 @@ function startSearch(
     if (failure !== undefined) {
       throw new DomainError("FAILED_PRECONDITION", `semantic search could not start: ${failure}; see the server log`);
     }
-    throw new DomainError("FAILED_PRECONDITION", "the search index is still loading; retry shortly");
+    throw stillStarting("the search index is still loading; retry shortly");
   };
   return {
     embeddings,

@@ -30,10 +30,32 @@ export type ModelState =
   | { state: "ready"; embedder: Embedder }
   | { state: "unavailable"; reason: string };
 
+/** When a caller should try again while the model loads (opening it takes seconds). */
+const LOADING_RETRY_MS = 1_000;
+/** When a caller should try again while the model downloads (minutes, on a slow link). */
+const PULLING_RETRY_MS = 15_000;
+
+/**
+ * UNAVAILABLE with a retry delay: search is starting and will be there without anyone's help,
+ * so clients' ordinary retry policies retry it (FAILED_PRECONDITION is kept for states an
+ * operator has to fix, such as no model installed).
+ */
+export function stillStarting(message: string, retryAfterMs = LOADING_RETRY_MS): DomainError {
+  return new DomainError("UNAVAILABLE", message, { retryAfterMs });
+}
+
+/**
+ * The configured model cannot be had (not installed and not downloadable, offline say, or a
+ * GLIMPSE_MODEL that names nothing): an operator's to fix, logged as one warning saying how,
+ * never with a stack trace.
+ */
+class ModelUnavailable extends Error {}
+
 /**
  * Owns the embedding model's life: resolves the configured model (registry id or directory),
  * pulls it in the background when it is missing and auto-pull is on, opens it, and then hands
- * out the Embedder. Until then callers get FAILED_PRECONDITION saying why and how to fix it;
+ * out the Embedder. Until then callers get UNAVAILABLE with a retry delay while it loads or
+ * downloads, and FAILED_PRECONDITION saying why and how to fix it when it cannot be had;
  * the rest of the service runs regardless.
  */
 export class ModelManager {
@@ -51,23 +73,44 @@ export class ModelManager {
   /** Starts resolving the model in the background; never throws. */
   start(): void {
     this.started ??= this.load().catch((err: Error) => {
-      this.options.logger.error("embedding model unavailable", { error: err });
+      if (this.abort.signal.aborted) {
+        // Shutting down mid-pull: nothing went wrong.
+      } else if (err instanceof ModelUnavailable) {
+        this.options.logger.warn(`semantic search is off: ${err.message}; to turn it on, ${this.howToInstall()}`);
+      } else {
+        this.options.logger.error("embedding model unavailable", { error: err });
+      }
       this.current = { state: "unavailable", reason: err.message };
     });
   }
 
-  /** The embedder, or FAILED_PRECONDITION explaining why there is none yet. */
+  /** What an operator does to get the configured model, for messages about its absence. */
+  private howToInstall(): string {
+    const { model, cacheDir, registry } = this.options;
+    const entry = findModel(model, registry);
+    if (!entry) {
+      return `set GLIMPSE_MODEL to a directory holding the model files (vocab.json, merges.txt, text_model.onnx, vision_model.onnx)`;
+    }
+    const pull = `\`glimpse model pull ${entry.id}\``;
+    return (
+      `run ${pull} with internet access, or copy ${entry.files.map((f) => f.name).join(", ")} ` +
+      `into ${modelDirectory(cacheDir, entry.id)} and run ${pull} (it checks them and downloads nothing), ` +
+      `or set GLIMPSE_MODEL to a model directory`
+    );
+  }
+
+  /**
+   * The embedder; UNAVAILABLE with a retry delay while it loads or downloads, FAILED_PRECONDITION
+   * explaining why and how to fix it when there is none.
+   */
   embedder(): Embedder {
     const s = this.current;
     if (s.state === "ready") return s.embedder;
-    const how =
-      `put the model files (vocab.json, merges.txt, text_model.onnx, vision_model.onnx) in a directory ` +
-      `and set GLIMPSE_MODEL to it, or run \`glimpse model pull ${this.options.model}\` on a machine with internet access`;
-    if (s.state === "loading") throw new DomainError("FAILED_PRECONDITION", "the embedding model is still loading; retry shortly");
+    if (s.state === "loading") throw stillStarting("the embedding model is still loading; retry shortly", LOADING_RETRY_MS);
     if (s.state === "pulling") {
-      throw new DomainError("FAILED_PRECONDITION", `the embedding model is being downloaded (${s.progress}); retry later`);
+      throw stillStarting(`the embedding model is being downloaded (${s.progress}); retry later`, PULLING_RETRY_MS);
     }
-    throw new DomainError("FAILED_PRECONDITION", `semantic search is unavailable: ${s.reason}; ${how}`);
+    throw new DomainError("FAILED_PRECONDITION", `semantic search is unavailable: ${s.reason}; ${this.howToInstall()}`);
   }
 
   /** Resolves once the model is ready (never, if it cannot be loaded). */
@@ -106,14 +149,14 @@ export class ModelManager {
       const dir = path.resolve(model);
       const info = await stat(dir).catch(() => undefined);
       if (!info?.isDirectory()) {
-        throw new Error(`GLIMPSE_MODEL ${JSON.stringify(model)} is neither a known model id nor a directory`);
+        throw new ModelUnavailable(`GLIMPSE_MODEL ${JSON.stringify(model)} is neither a known model id nor a directory`);
       }
       return { dir, id: await directoryModelId(dir) };
     }
     const { cacheDir, autoPull, baseUrl, logger } = this.options;
     if (await isModelInstalled(cacheDir, entry)) return { dir: modelDirectory(cacheDir, entry.id), id: entry.id };
     if (!autoPull) {
-      throw new Error(`model ${entry.id} is not installed in ${cacheDir} and GLIMPSE_MODEL_AUTO_PULL is off`);
+      throw new ModelUnavailable(`model ${entry.id} is not installed in ${cacheDir} and GLIMPSE_MODEL_AUTO_PULL is off`);
     }
     logger.info("pulling embedding model", { model: entry.id, from: baseUrl });
     this.current = { state: "pulling", progress: "starting" };
@@ -132,7 +175,10 @@ export class ModelManager {
         }
       },
     }).catch((err: Error) => {
-      throw new Error(`model ${entry.id} is not installed and could not be downloaded (${err.message})`);
+      const message = `model ${entry.id} is not installed and could not be downloaded (${err.message})`;
+      // Failures of the host or the network are the environment's; anything else is a bug.
+      if (err instanceof DomainError && err.code !== "INTERNAL") throw new ModelUnavailable(message);
+      throw new Error(message, { cause: err });
     });
     return { dir, id: entry.id };
   }

@@ -51,7 +51,10 @@ export interface PullOptions {
   logger?: Logger;
   /** HTTP client; the global fetch by default. */
   fetch?: typeof fetch;
-  /** Retries of a file after a network error, HTTP 5xx or 429, each resuming; default 3. */
+  /**
+   * Retries of a file after a network error, HTTP 5xx or 429, each resuming; default 3. A host
+   * that cannot be reached at all (offline) is not retried.
+   */
   retries?: number;
 }
 
@@ -102,7 +105,8 @@ export async function isModelInstalled(cacheDir: string, entry: ModelEntry): Pro
  * pull left, and returns the installed directory. Does nothing (no request) when the model is
  * already installed. Files found in an incomplete `<cacheDir>/<id>` (a copy made by hand, for
  * instance) are used when their sha256 matches, without asking the server.
- * @throws DomainError UNAVAILABLE when the host cannot be reached or keeps failing,
+ * @throws DomainError UNAVAILABLE when the host cannot be reached (at once, without retries:
+ *   offline) or keeps failing,
  *   FAILED_PRECONDITION on a checksum mismatch (naming the file and both hashes) or a refused
  *   request, NOT_FOUND when the host has no such file, CANCELLED when `signal` aborts.
  */
@@ -235,6 +239,11 @@ async function attempt(pull: Pull, file: ModelFile, part: string, url: string): 
     try {
       response = await pull.fetch(url, { headers, signal });
     } catch (err) {
+      // No route to the host at all (no DNS, nothing listening, no network): the machine is
+      // offline, which retrying within seconds does not change.
+      if (!pull.signal?.aborted && !stall.signal.aborted && isUnreachable(err)) {
+        throw new DomainError("UNAVAILABLE", `could not reach ${pull.origin}: ${describe(err)}`, { cause: err });
+      }
       throw failure(err, `could not reach ${pull.origin}`);
     }
     const { status } = response;
@@ -509,6 +518,16 @@ function originOf(baseUrl: string): string {
 }
 
 /** An error's message with its cause's, since fetch reports every network failure as "fetch failed". */
+/** Error codes that mean the host cannot be reached from here, rather than a failure on the way. */
+const UNREACHABLE_CODES = new Set(["ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH"]);
+
+/** Whether a failed fetch never reached the host: a name that does not resolve, a refused or unroutable connection. */
+function isUnreachable(err: unknown): boolean {
+  const cause = (err as { cause?: { code?: string; errors?: { code?: string }[] } } | undefined)?.cause;
+  const codes = [cause?.code, ...(cause?.errors ?? []).map((e) => e.code)];
+  return codes.some((code) => code !== undefined && UNREACHABLE_CODES.has(code));
+}
+
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const cause = err.cause as (Error & { code?: string; errors?: Error[] }) | undefined;

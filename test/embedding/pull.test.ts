@@ -11,6 +11,7 @@ import { ConfigError, loadOptions } from "../../src/config/options.js";
 import { isModelInstalled, MANIFEST_FILE, modelDirectory, pullModel, type PullProgress } from "../../src/embedding/pull.js";
 import { findModel, MODELS, modelFileUrl, type ModelEntry } from "../../src/embedding/registry.js";
 import { DomainError } from "../../src/errors.js";
+import { createLogger } from "../../src/logging/logger.js";
 import { testLogger } from "../helpers/log.js";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
@@ -345,6 +346,22 @@ describe("pullModel", () => {
     expect(err.code).toBe("UNAVAILABLE");
     expect(err.message).toContain(`could not reach ${baseUrl}`);
     expect(err.message).toContain("ECONNREFUSED");
+  });
+
+  it("gives up at once, without retries, on a host that cannot be reached (offline)", async () => {
+    const unreachable = new FixtureHost();
+    await unreachable.start();
+    const refused = unreachable.baseUrl;
+    await unreachable.stop();
+    // A name that never resolves (RFC 6761) and a port nothing listens on.
+    for (const baseUrl of ["http://glimpse-model-host.invalid", refused]) {
+      const warnings: string[] = [];
+      const logger = createLogger("warn", (line) => warnings.push(line));
+      const err = await failure(pull(tinyEntry(), { baseUrl, retries: 3, logger }));
+      expect(err.code, baseUrl).toBe("UNAVAILABLE");
+      expect(err.message).toContain(`could not reach ${baseUrl}`);
+      expect(warnings, baseUrl).toEqual([]);
+    }
   });
 
   it("stops when aborted, installs nothing, and the next pull resumes", async () => {
