@@ -4,7 +4,8 @@ import { fileURLToPath } from "node:url";
 import type { Options } from "./config/options.js";
 import { createLogger, type Logger } from "./logging/logger.js";
 import { startGrpcServer, type GrpcServer } from "./server/grpc-server.js";
-import { FileBlobStore, type BlobStore } from "./blobs/blob-store.js";
+import type { BlobStore } from "./blobs/blob-store.js";
+import { openBlobStore } from "./blobs/open-blob-store.js";
 import { pooledAnalyse } from "./catalogue/analyse.js";
 import { CatalogueService } from "./catalogue/catalogue-service.js";
 import { DecodePool } from "./catalogue/decode-pool.js";
@@ -115,6 +116,9 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   }
   const uploadBudget = new ByteBudget(options.maxUploadBytesInFlight);
   try {
+    // Opened before the bridge, which streams image bytes from it (it connects on first use).
+    const blobs = openBlobStore(options);
+    closers.push(() => blobs.close());
     const descriptors = await readFile(DESCRIPTORS);
     grpc = await startGrpcServer({
       host: options.grpcHost,
@@ -140,6 +144,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       ready: () => serving,
       maxBodyBytes,
       maxUploadBytes: options.maxUploadBytes,
+      blobs,
       admit: (rpc, metadata, clientAddress) => gatekeeper.admit(rpc, metadata, clientAddress),
       ticket: gatekeeper.ticket,
       budget: uploadBudget,
@@ -164,7 +169,6 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     await migrate(sql, logger);
     await ping(sql);
 
-    const blobs = new FileBlobStore(path.join(options.dataDir, "blobs"));
     const images = new ImagesRepository(sql);
     const ids = new SnowflakeGenerator(await takeWorkerId(sql), clock);
     // One pool for every full decode, uploads and search by image content alike.

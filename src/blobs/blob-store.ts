@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir, open, opendir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
+import type { Readable } from "node:stream";
 import { systemClock, type Clock } from "../clock.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
 
@@ -10,18 +11,40 @@ export interface BlobEntry {
   modifiedAt: Date;
 }
 
-/** Image bytes keyed by their SHA-256, so identical uploads share one copy. */
+/** Bytes `start` to `end` of a blob, both inclusive. */
+export interface BlobRange {
+  start: number;
+  end: number;
+}
+
+/** A blob being read: its whole size, the bytes this read covers, and a stream of them. */
+export interface BlobRead {
+  size: number;
+  start: number;
+  /** Last byte sent (inclusive); `start - 1` for an empty blob. */
+  end: number;
+  body: Readable;
+}
+
+/**
+ * Image bytes keyed by their SHA-256, so identical uploads share one copy: as files on one
+ * machine ({@link FileBlobStore}) or as objects in S3-compatible storage that several
+ * replicas share (S3BlobStore).
+ */
 export interface BlobStore {
   /** Stores bytes under their sha256 (hex) and returns it; storing existing content is a no-op. */
   put(bytes: Uint8Array, sha256?: string): Promise<string>;
   /** The stored bytes; DomainError NOT_FOUND when there is no such blob. */
   get(sha256: string): Promise<Buffer>;
+  /**
+   * Streams a blob, or the range of it (which must start inside it; its end is cut at the
+   * last byte), without holding it in memory. DomainError NOT_FOUND when there is no such blob.
+   */
+  read(sha256: string, range?: BlobRange): Promise<BlobRead>;
   /** Whether a blob with this hash is stored. */
   has(sha256: string): Promise<boolean>;
   /** Removes a blob; removing a missing one is not an error. */
   delete(sha256: string): Promise<void>;
-  /** Absolute path of a blob (for streaming and for tests). */
-  pathOf(sha256: string): string;
   /** Every stored sha256 (tests and maintenance use it). */
   list(): Promise<string[]>;
   /**
@@ -35,11 +58,15 @@ export interface BlobStore {
    * belong to a write in progress. Returns how many were removed.
    */
   sweepTemp(maxAgeMs?: number): Promise<number>;
+  /** Releases connections (nothing, for files). */
+  close(): Promise<void>;
 }
 
-const SHA256_HEX = /^[0-9a-f]{64}$/;
+/** What a blob key looks like. */
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
 const FAN_OUT = /^[0-9a-f]{2}$/;
-const ONE_HOUR_MS = 60 * 60 * 1000;
+/** Default age after which a partial write is taken for abandoned. */
+export const ONE_HOUR_MS = 60 * 60 * 1000;
 
 /**
  * Blobs as files under `<root>/ab/cd/<sha256>`; two levels of fan-out keep directories small
@@ -104,6 +131,29 @@ export class FileBlobStore implements BlobStore {
       return await readFile(this.pathOf(sha256));
     } catch (error) {
       if (isMissing(error)) throw notFound("blob", sha256);
+      throw error;
+    }
+  }
+
+  async read(sha256: string, range?: BlobRange): Promise<BlobRead> {
+    const file = this.pathOf(sha256);
+    let handle;
+    try {
+      handle = await open(file, "r");
+    } catch (error) {
+      if (isMissing(error)) throw notFound("blob", sha256);
+      throw error;
+    }
+    try {
+      const { size } = await handle.stat();
+      const start = range?.start ?? 0;
+      const end = Math.min(range?.end ?? size - 1, size - 1);
+      if (range && start >= size) throw new DomainError("FAILED_PRECONDITION", `blob ${sha256} has no byte ${start}`);
+      // The stream owns the open handle from here: a blob deleted meanwhile is still read whole.
+      const body = handle.createReadStream({ start, end: Math.max(end, start), autoClose: true });
+      return { size, start, end, body };
+    } catch (error) {
+      await handle.close();
       throw error;
     }
   }
@@ -193,9 +243,12 @@ export class FileBlobStore implements BlobStore {
     }
     return removed;
   }
+
+  async close(): Promise<void> {}
 }
 
-function checkSha256(sha256: string): void {
+/** Throws INVALID_ARGUMENT unless `sha256` is 64 lower-case hex digits. */
+export function checkSha256(sha256: string): void {
   if (!SHA256_HEX.test(sha256)) {
     throw invalidArgument({ field: "sha256", description: "must be 64 lower-case hexadecimal digits" });
   }

@@ -38,6 +38,18 @@ export interface Options {
   blobSweepIntervalS: number;
   /** Seconds an unreferenced blob or temp file is left alone before a sweep may remove it. */
   blobOrphanGraceS: number;
+  /** Where blobs live: files under a directory (`<dataDir>/blobs` by default), or an S3 bucket and key prefix. */
+  blobs: BlobLocation;
+  /** Endpoint of an S3-compatible server (MinIO, Ceph RGW); undefined: AWS S3 for the region. */
+  s3Endpoint: string | undefined;
+  /** S3 region (request signing; AWS picks the endpoint from it). */
+  s3Region: string;
+  /** Path-style S3 addressing (`endpoint/bucket/key`), which most self-hosted servers need. */
+  s3ForcePathStyle: boolean;
+  /** Redis holding the rate-limit buckets replicas share; undefined: buckets live in this process. */
+  redisUrl: string | undefined;
+  /** What a call meets while Redis does not answer: admitted unlimited (`open`) or refused UNAVAILABLE (`closed`). */
+  redisFail: "open" | "closed";
   /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
   model: string;
   /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
@@ -114,6 +126,9 @@ interface OptionSpec<K extends keyof Options> {
 }
 
 /** A configuration that cannot be used; the message names every offending variable. */
+/** Where blobs are stored; a files location with an empty `dir` means `<dataDir>/blobs`. */
+export type BlobLocation = { kind: "files"; dir: string } | { kind: "s3"; bucket: string; prefix: string };
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`invalid configuration:\n  ${problems.join("\n  ")}`);
@@ -290,6 +305,41 @@ export const optionSpecs = [
   } satisfies OptionSpec<"grpcPort">,
   {
     key: "httpPort",
+/** `s3://bucket/prefix`, or a directory; unset: the data directory's `blobs/`. */
+function blobLocation(raw: string | undefined, env: string): BlobLocation {
+  const text = (raw ?? "").trim();
+  if (text === "") return { kind: "files", dir: "" };
+  if (!text.startsWith("s3://")) return { kind: "files", dir: directory(text, env) };
+  const [bucket, ...rest] = text.slice("s3://".length).split("/");
+  // S3's bucket naming rules: 3-63 of lower-case letters, digits, dots and hyphens.
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw new Error(`${env} must be s3://bucket/prefix with a valid bucket name (3-63 of a-z, 0-9, '.', '-'), got ${JSON.stringify(raw)}`);
+  }
+  const prefix = rest.filter((part) => part !== "").join("/");
+  if (/[^\x21-\x7e]/.test(prefix)) throw new Error(`${env} key prefix must be printable characters without spaces`);
+  return { kind: "s3", bucket, prefix: prefix === "" ? "" : `${prefix}/` };
+}
+
+/** An optional `redis://` or `rediss://` URL, kept as written. */
+function optionalRedisUrl(raw: string | undefined, env: string): string | undefined {
+  const text = (raw ?? "").trim();
+  if (text === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`${env} must be a URL such as redis://127.0.0.1:6379`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") throw new Error(`${env} must use redis:// or rediss://`);
+  return text;
+}
+
+/** An optional absolute http(s) endpoint, without a trailing slash. */
+function optionalEndpoint(raw: string | undefined, env: string): string | undefined {
+  if (raw === undefined || raw.trim() === "") return undefined;
+  return apiRoot(raw, env);
+}
+
     env: "GLIMPSE_HTTP_PORT",
     flag: "--http-port",
     default: "8080",
@@ -405,6 +455,48 @@ export const optionSpecs = [
     doc: "cpu, or cuda (used when onnxruntime's CUDA provider is installed; otherwise cpu with a warning).",
     parse: oneOf(["cpu", "cuda"] as const),
   } satisfies OptionSpec<"embedExecutionProvider">,
+    key: "blobs",
+    env: "GLIMPSE_BLOBS",
+    default: undefined,
+    doc: "Where image bytes live: s3://bucket/prefix (shared by replicas), or a directory (default <GLIMPSE_DATA_DIR>/blobs).",
+    parse: blobLocation,
+  } satisfies OptionSpec<"blobs">,
+  {
+    key: "s3Endpoint",
+    env: "GLIMPSE_S3_ENDPOINT",
+    default: undefined,
+    doc: "Endpoint of an S3-compatible server (e.g. http://minio:9000). Unset: AWS S3. Credentials: the AWS_* variables.",
+    parse: optionalEndpoint,
+  } satisfies OptionSpec<"s3Endpoint">,
+  {
+    key: "s3Region",
+    env: "GLIMPSE_S3_REGION",
+    default: "us-east-1",
+    doc: "S3 region.",
+    parse: host,
+  } satisfies OptionSpec<"s3Region">,
+  {
+    key: "s3ForcePathStyle",
+    env: "GLIMPSE_S3_FORCE_PATH_STYLE",
+    default: "false",
+    doc: "Path-style S3 addressing (endpoint/bucket/key), which MinIO and most self-hosted servers need.",
+    parse: boolean,
+  } satisfies OptionSpec<"s3ForcePathStyle">,
+  {
+    key: "redisUrl",
+    env: "GLIMPSE_REDIS_URL",
+    default: undefined,
+    doc: "Redis holding the rate-limit buckets, so replicas share each key's limit. Unset: per process.",
+    parse: optionalRedisUrl,
+  } satisfies OptionSpec<"redisUrl">,
+  {
+    key: "redisFail",
+    env: "GLIMPSE_REDIS_FAIL",
+    default: "open",
+    doc: "While Redis does not answer: open admits calls without a limit, closed refuses them UNAVAILABLE.",
+    parse: oneOf(["open", "closed"] as const),
+  } satisfies OptionSpec<"redisFail">,
+  {
   {
     key: "embedBatchSize",
     env: "GLIMPSE_EMBED_BATCH_SIZE",
@@ -631,3 +723,4 @@ export function loadOptions(
   if (result.modelCacheDir === "") result.modelCacheDir = path.join(result.dataDir, "models");
   return result;
 }
+  if (result.blobs.kind === "files" && result.blobs.dir === "") result.blobs = { kind: "files", dir: path.join(result.dataDir, "blobs") };

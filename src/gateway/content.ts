@@ -1,4 +1,7 @@
+import { pipeline } from "node:stream/promises";
 import { ClientError, createClient, Status, type Metadata } from "nice-grpc";
+import type { BlobRead, BlobStore } from "../blobs/blob-store.js";
+import type { Logger } from "../logging/logger.js";
 import { invalidArgument } from "../errors.js";
 import { ImageServiceDefinition, type ImageServiceClient } from "../gen/glimpse/image/v1/image_service.js";
 import { Visibility, type Image } from "../gen/glimpse/image/v1/image.js";
@@ -24,9 +27,9 @@ const PUBLIC_MAX_AGE_S = 3_600;
 
 /**
  * `GET` and `HEAD /v1/images/{id}/content`: an image's original bytes as raw HTTP content.
- * Metadata comes from GetImage and the bytes from GetImageContent, both over the loopback
+ * Metadata comes from GetImage over the loopback
  * channel with the caller's credentials, so auth, visibility and rate limits are gRPC's own;
- * answers that need no bytes (HEAD, 304, 416) make only the GetImage call.
+ * the bytes are then streamed from the blob store (files or S3), only the range asked for.
  *
  * - `ETag` is the sha256 (strong), `Last-Modified` the upload time, `Accept-Ranges: bytes`.
  * - `Cache-Control`: `private, max-age=86400, immutable` (with `Vary` on the key headers) for
@@ -42,11 +45,16 @@ const PUBLIC_MAX_AGE_S = 3_600;
 export function contentRoutes(deps: RouteDeps): Route[] {
   const images = createClient(ImageServiceDefinition, deps.channel);
   return [
-    { method: "GET", pattern: CONTENT_PATH, rpc: "/glimpse.image.v1.ImageService/GetImageContent", handle: (ctx) => serveContent(images, ctx) },
+    {
+      method: "GET",
+      pattern: CONTENT_PATH,
+      rpc: "/glimpse.image.v1.ImageService/GetImageContent",
+      handle: (ctx) => serveContent(images, deps.blobs, deps.logger, ctx),
+    },
   ];
 }
 
-async function serveContent(images: ImageServiceClient, ctx: HttpContext): Promise<void> {
+async function serveContent(images: ImageServiceClient, blobs: BlobStore, logger: Logger, ctx: HttpContext): Promise<void> {
   const { req, res, params } = ctx;
   if (!/^-?\d{1,19}$/.test(params.id)) {
     return sendError(res, invalidArgument({ field: "id", description: `must be an integer, got "${params.id}"` }));
@@ -78,8 +86,8 @@ async function serveContent(images: ImageServiceClient, ctx: HttpContext): Promi
 
   const ifRange = single(req.headers["if-range"]);
   const range = ifRange === undefined || ifRangeMatches(ifRange, etag, modified) ? req.headers.range : undefined;
-  let size = Number(meta.byteSize);
-  let plan = planRange(range, size);
+  const size = Number(meta.byteSize);
+  const plan = planRange(range, size);
   if (plan.kind === "unsatisfiable") {
     const message = `range not satisfiable: the image has ${size} bytes`;
     return sendJson(res, 416, renderStatus({ code: Status.OUT_OF_RANGE, message, details: [] }), {
@@ -87,32 +95,39 @@ async function serveContent(images: ImageServiceClient, ctx: HttpContext): Promi
     });
   }
 
-  let body: Buffer | undefined;
-  let mediaType = meta.mediaType;
-  if (req.method !== "HEAD") {
-    const content = await call(ctx, (options) => images.getImageContent({ id: params.id }, options));
-    if (!content) return;
-    body = content.data;
-    mediaType = content.contentType || mediaType;
-    if (body.length !== size) {
-      // Only if the stored size were wrong: the bytes sent are the truth.
-      size = body.length;
-      plan = planRange(range, size);
-      if (plan.kind === "unsatisfiable") plan = { kind: "full" };
-    }
-  }
-  headers["content-type"] = mediaType;
+  headers["content-type"] = meta.mediaType;
   headers["x-content-type-options"] = "nosniff";
-  if (plan.kind === "partial") {
-    headers["content-range"] = `bytes ${plan.start}-${plan.end}/${size}`;
-    headers["content-length"] = String(plan.end - plan.start + 1);
-    res.writeHead(206, headers);
-    res.end(body?.subarray(plan.start, plan.end + 1));
+  if (req.method === "HEAD") {
+    if (plan.kind === "partial") headers["content-range"] = `bytes ${plan.start}-${plan.end}/${size}`;
+    headers["content-length"] = String(plan.kind === "partial" ? plan.end - plan.start + 1 : size);
+    res.writeHead(plan.kind === "partial" ? 206 : 200, headers);
+    res.end();
     return;
   }
-  headers["content-length"] = String(size);
-  res.writeHead(200, headers);
-  res.end(body);
+  // GetImage has checked the caller may read the image; its bytes come straight from the
+  // store, only the range asked for, never held whole in memory.
+  let blob: BlobRead;
+  try {
+    blob = await blobs.read(meta.sha256, plan.kind === "partial" ? { start: plan.start, end: plan.end } : undefined);
+  } catch (error) {
+    return sendError(res, error);
+  }
+  // Only if the stored size were wrong would these differ from the plan: the bytes sent are the truth.
+  if (plan.kind === "partial") {
+    headers["content-range"] = `bytes ${blob.start}-${blob.end}/${blob.size}`;
+    headers["content-length"] = String(blob.end - blob.start + 1);
+    res.writeHead(206, headers);
+  } else {
+    headers["content-length"] = String(blob.size);
+    res.writeHead(200, headers);
+  }
+  try {
+    await pipeline(blob.body, res, { signal: ctx.signal });
+  } catch (error) {
+    // A client that went away ends the read; anything else cuts the response short.
+    if (!ctx.signal.aborted && !res.destroyed) logger.warn("streaming image bytes failed", { error });
+    res.destroy();
+  }
 }
 
 /** A header Node may give as a list (unknown names repeat), as one value. */

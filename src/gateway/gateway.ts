@@ -7,6 +7,7 @@ import { rekaRoutes } from "./compat/reka.js";
 import { roboflowRoutes } from "./compat/roboflow.js";
 import type { ByteBudget } from "../server/byte-budget.js";
 import { Router, sendJson, startHttpServer, type Admit, type HttpServer, type Route } from "./http.js";
+import type { BlobStore } from "../blobs/blob-store.js";
 import { contentRoutes } from "./content.js";
 import { nativeRoutes } from "./native.js";
 import { openapiRoutes } from "./openapi.js";
@@ -27,6 +28,8 @@ export interface GatewayDeps {
   maxBodyBytes: number;
   /** Largest image upload, in bytes (named in the error for a body over the limit). */
   maxUploadBytes: number;
+  /** Where image bytes are streamed from (after GetImage has checked the caller may read them). */
+  blobs: BlobStore;
   /** Admits a request by its headers before its body is read (authentication, access, rate limit). */
   admit: Admit;
   /** The ticket that calls of an admitted request carry. */
@@ -47,6 +50,7 @@ export interface RouteDeps {
   publicUrl: () => string;
   maxBodyBytes: number;
   maxUploadBytes: number;
+  blobs: BlobStore;
   logger: Logger;
 }
 
@@ -73,6 +77,7 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
     publicUrl: deps.publicUrl,
     maxBodyBytes: deps.maxBodyBytes,
     maxUploadBytes: deps.maxUploadBytes,
+    blobs: deps.blobs,
     logger: deps.logger,
   };
   const router = new Router();

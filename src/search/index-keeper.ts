@@ -1,3 +1,4 @@
+import { stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
@@ -45,6 +46,8 @@ export class IndexKeeper {
   private timer: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
   private closed = false;
+  /** When the newest snapshot on disk was written (ms since the epoch); undefined: none yet. */
+  private snapshotWrittenAt: number | undefined;
 
   private constructor(
     readonly index: VectorIndex,
@@ -90,6 +93,7 @@ export class IndexKeeper {
       }
     }
     const keeper = new IndexKeeper(index, filters, source, deps, dir);
+    if (source === "snapshot") keeper.snapshotWrittenAt = await snapshotTime(dir);
     const fromSeq = index.lastSeq;
     // Listen before replaying, so nothing committed in between waits for the timer.
     await keeper.follow();
@@ -131,12 +135,24 @@ export class IndexKeeper {
       const started = performance.now();
       await this.index.writeSnapshot(this.dir, { filters: this.filters.serialize(this.index.slots) });
       this.changesSinceSnapshot -= changes;
+      this.snapshotWrittenAt = Date.now();
       this.deps.logger.info("index snapshot written", {
         vectors: this.index.size,
         seq: this.index.lastSeq.toString(),
         ms: Math.round(performance.now() - started),
       });
     });
+  }
+
+  /** What the metrics report of the index: its size, its free slots, and how far its snapshot lags. */
+  get state(): { size: number; deleted: number; snapshotAt: number | undefined; unsnapshotted: number; appliedSeq: bigint } {
+    return {
+      size: this.index.size,
+      deleted: this.index.slots - this.index.size,
+      snapshotAt: this.snapshotWrittenAt,
+      unsnapshotted: this.changesSinceSnapshot,
+      appliedSeq: this.index.lastSeq,
+    };
   }
 
   /** Stops following the log and writes a final snapshot. */
@@ -232,6 +248,10 @@ export class IndexKeeper {
   }
 }
 
+/** When the snapshot in `dir` was written: its manifest's modification time. */
+async function snapshotTime(dir: string): Promise<number | undefined> {
+  return (await stat(path.join(dir, "snapshot.json")).catch(() => undefined))?.mtimeMs;
+}
 /** A model id as a directory name. */
 function safeName(modelId: string): string {
   return modelId.replace(/[^A-Za-z0-9._-]/g, "_");

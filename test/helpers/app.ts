@@ -15,6 +15,7 @@ import {
 import { startApp, type App, type AppDeps } from "../../src/app.js";
 import { loadOptions, type Options } from "../../src/config/options.js";
 import { AccountServiceDefinition } from "../../src/gen/glimpse/account/v1/account_service.js";
+import { testBlobOptions } from "./blobs.js";
 import { testLogger } from "./log.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 
@@ -67,7 +68,8 @@ let accounts = 0;
  * Starts the real app the way `glimpse serve` does, on a free port with a fresh database
  * (and, when `db` is given, on that one instead). It authenticates like production: the app
  * gets a random GLIMPSE_ADMIN_KEY, and `client()` sends it. Keys default to a rate limit high
- * enough for any test, unless `rateLimitPerMinute` is given.
+ * enough for any test, unless `rateLimitPerMinute` is given. Blobs go where the run says
+ * (GLIMPSE_TEST_BLOBS=s3: the run's S3 server, under a prefix of this app's own).
  */
 export async function startTestApp(
   overrides: Partial<Options> = {},
@@ -85,6 +87,7 @@ export async function startTestApp(
     httpPort: 0,
     shutdownGraceMs: 2000,
     rateLimitPerMinute: 100_000,
+    ...testBlobOptions(),
     ...overrides,
     adminKey,
   });
