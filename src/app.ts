@@ -41,6 +41,12 @@ import { Indexer } from "./search/indexer.js";
 import { SearchService, type SearchEngine } from "./search/search-service.js";
 import { searchHandlers } from "./server/handlers/search-handlers.js";
 import { DomainError } from "./errors.js";
+import { Metrics } from "./observability/metrics.js";
+import { metricsRoute, startMetricsServer, type MetricsServer } from "./observability/metrics-server.js";
+import { storeState } from "./observability/store-probe.js";
+import { tracedSql } from "./observability/traced-sql.js";
+import { startTracing } from "./observability/tracing.js";
+import { observeMiddleware } from "./server/middleware/observe.js";
 
 /** Verified API keys held in memory at most (each well under a kilobyte). */
 const KEY_CACHE_ENTRIES = 10_000;
@@ -64,6 +70,8 @@ export interface App {
   grpcPort: number;
   /** Port of the HTTP/JSON bridge. */
   httpPort: number;
+  /** Port of the metrics endpoint of its own (GLIMPSE_METRICS_ADDRESS); undefined: /metrics is on the bridge's port, or off. */
+  metricsPort: number | undefined;
   sql: Sql;
   logger: Logger;
   blobs: BlobStore;
@@ -97,6 +105,10 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   let servingAccounts: AccountService | undefined;
   let grpc: GrpcServer | undefined;
   let gateway: Gateway | undefined;
+  let metricsServer: MetricsServer | undefined;
+  // Metrics (own registry), traces (only with an OTLP endpoint: no SDK loaded otherwise).
+  const metrics = options.metrics ? new Metrics() : undefined;
+  const tracing = await startTracing(options, logger);
   let serving = false;
   // One gatekeeper for both transports: the bridge admits a request by its headers before
   // reading its body, and the gRPC calls it then makes are not charged again.
@@ -105,6 +117,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     limiter: new RateLimiter(clock),
     anonymousRead: options.anonymousRead,
     anonymousRateLimit: options.rateLimitPerMinute,
+    rateLimited: metrics ? (caller) => metrics.rateLimited.inc({ caller }) : undefined,
   });
   // One bound on upload memory, for both transports; it must hold one largest request.
   const maxBodyBytes = Math.ceil((options.maxUploadBytes * 4) / 3) + 1024 * 1024;
@@ -115,6 +128,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     );
   }
   const uploadBudget = new ByteBudget(options.maxUploadBytesInFlight);
+  metrics?.watch({ uploadBytes: () => ({ inUse: uploadBudget.inUse, limit: uploadBudget.limit }) });
   try {
     // Opened before the bridge, which streams image bytes from it (it connects on first use).
     const blobs = openBlobStore(options);
@@ -134,6 +148,16 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       idleTimeoutMs: options.grpcIdleTimeoutS * 1000,
       keepaliveMs: options.grpcKeepaliveS * 1000,
       maxConnectionAgeMs: options.grpcMaxConnectionAgeS * 1000,
+      observe:
+        metrics || tracing || options.slowCallMs > 0
+          ? observeMiddleware({
+              metrics,
+              tracer: tracing?.tracer,
+              slowCallMs: options.slowCallMs,
+              logger,
+              bridged: (metadata) => gatekeeper.bridged(metadata),
+            })
+          : undefined,
     });
     gateway = await startGateway({
       host: options.grpcHost,
@@ -152,7 +176,9 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       headersTimeoutMs: options.httpHeadersTimeoutS * 1000,
       keepAliveTimeoutMs: options.httpKeepAliveTimeoutS * 1000,
       logger,
+      extraRoutes: metrics && !options.metricsAddress ? [metricsRoute(metrics, logger)] : [],
     });
+    if (metrics && options.metricsAddress) metricsServer = await startMetricsServer(options.metricsAddress, metrics, logger);
     // The default public URL names the HTTP port; with port 0 it is known only now.
     if (options.publicUrl === `http://127.0.0.1:${options.httpPort}`) {
       options = { ...options, publicUrl: `http://127.0.0.1:${gateway.port}` };
@@ -164,7 +190,9 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       closers.push(() => embedded.stop());
       url = embedded.url;
     }
-    const sql = connect({ url, max: options.databasePoolMax, logger });
+    const pool = connect({ url, max: options.databasePoolMax, logger });
+    // Traced calls get a span per query; untraced, the repositories use the pool itself.
+    const sql = tracing ? tracedSql(pool) : pool;
     closers.push(() => sql.end({ timeout: 5 }));
     await migrate(sql, logger);
     await ping(sql);
@@ -173,7 +201,8 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     const ids = new SnowflakeGenerator(await takeWorkerId(sql), clock);
     // One pool for every full decode, uploads and search by image content alike.
     const analyse = pooledAnalyse(new DecodePool({ concurrency: options.decodeConcurrency, maxQueue: options.decodeQueueMax }));
-    const search = startSearch(options, sql, blobs, logger, deps.modelRegistry);
+    const search = startSearch(options, sql, blobs, logger, deps.modelRegistry, metrics);
+    metrics?.watch({ store: () => storeState(sql) });
     closers.push(search.close);
     const catalogue = new CatalogueService({
       images,
@@ -253,11 +282,13 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
 
     const server = grpc;
     const bridge = gateway;
+    const metricsEndpoint = metricsServer;
     let stopping: Promise<void> | undefined;
     return {
       options,
       grpcPort: grpc.port,
       httpPort: gateway.port,
+      metricsPort: metricsServer?.port,
       sql,
       logger,
       blobs,
@@ -269,7 +300,10 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
           serving = false;
           await server.shutdown(options.shutdownGraceMs);
           await bridge.close();
+          await metricsEndpoint?.close();
           await closeStore();
+          // Spans still buffered (the last calls', the shutdown's) are exported before the end.
+          await tracing?.shutdown().catch((error) => logger.warn("exporting the last spans failed", { error }));
         })();
         return stopping;
       },
@@ -277,7 +311,9 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   } catch (err) {
     await grpc?.shutdown(0);
     await gateway?.close();
+    await metricsServer?.close();
     await closeStore();
+    await tracing?.shutdown().catch(() => undefined);
     throw err;
   }
 }
@@ -293,6 +329,7 @@ function startSearch(
   blobs: BlobStore,
   logger: Logger,
   registry: readonly ModelEntry[] | undefined,
+  metrics: Metrics | undefined,
 ) {
   const embeddings = new EmbeddingsRepository(sql);
   const models = new ModelManager({
@@ -306,11 +343,18 @@ function startSearch(
       maxBatchSize: options.embedBatchSize,
       maxWaitMs: options.embedBatchWaitMs,
       maxQueue: options.embedQueueMax,
+      observer: metrics && {
+        ran(items, ms) {
+          metrics.embedBatchSize.observe(items);
+          metrics.embedRunSeconds.observe(ms / 1000);
+        },
+      },
     },
     logger,
   });
   let engine: SearchEngine | undefined;
   let stopped = false;
+  metrics?.watch({ index: () => engine?.keeper.state, embedQueue: () => engine?.embedder.queued });
   const indexer = new Indexer({
     embeddings,
     blobs,

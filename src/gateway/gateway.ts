@@ -40,6 +40,8 @@ export interface GatewayDeps {
   headersTimeoutMs: number;
   keepAliveTimeoutMs: number;
   logger: Logger;
+  /** Routes of the process itself rather than of the contract (GET /metrics). */
+  extraRoutes?: Route[];
 }
 
 /** What every group of routes gets. */
@@ -82,6 +84,7 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
   };
   const router = new Router();
   router.add(...healthRoutes(deps.ready));
+  router.add(...(deps.extraRoutes ?? []));
   // Before the generic routes: these answer some of the same paths with raw bytes.
   router.add(...contentRoutes(routeDeps));
   router.add(...openapiRoutes(routeDeps));
