@@ -112,6 +112,18 @@ export interface Options {
   providerTimeoutMs: number;
   /** Further attempts after a provider's 429, 5xx, timeout or connection failure. */
   providerRetries: number;
+  /** Whether Prometheus metrics are collected and served at /metrics. */
+  metrics: boolean;
+  /** Serve /metrics on this address of its own instead of the HTTP bridge's port; undefined: the bridge's port. */
+  metricsAddress: { host: string; port: number } | undefined;
+  /** Calls slower than this many milliseconds get a log line naming their slowest stage; 0: none. */
+  slowCallMs: number;
+  /** OTLP/HTTP base URL for traces (`<url>/v1/traces`); with the traces endpoint unset too, tracing is off. */
+  otlpEndpoint: string | undefined;
+  /** OTLP/HTTP URL spans are posted to (wins over otlpEndpoint). */
+  otlpTracesEndpoint: string | undefined;
+  /** The service name on exported spans. */
+  serviceName: string;
 }
 
 /** One documented option: where it comes from and how its text becomes a value. */
@@ -260,6 +272,37 @@ function optionalSecret(minLength: number) {
     }
     return text;
   };
+}
+
+/** An optional `host:port` to listen on (`:port` or a bare port: every interface). */
+function optionalListenAddress(raw: string | undefined, env: string): { host: string; port: number } | undefined {
+  const text = (raw ?? "").trim();
+  if (text === "") return undefined;
+  const match = /^(?:(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):)?(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || port > 65535) throw new Error(`${env} must be host:port (or :port), got ${JSON.stringify(raw)}`);
+  const host = match[1] ? match[1].replace(/^\[(.*)\]$/, "$1") : "0.0.0.0";
+  return { host, port };
+}
+
+/** An optional absolute http(s) URL, kept as written. */
+function optionalHttpUrl(raw: string | undefined, env: string): string | undefined {
+  const text = (raw ?? "").trim();
+  if (text === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`${env} must be an absolute http(s) URL such as http://127.0.0.1:4318`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`${env} must be an http(s) URL`);
+  return text;
+}
+
+function serviceName(raw: string | undefined, env: string): string {
+  const text = (raw ?? "").trim();
+  if (text === "" || text.length > 200) throw new Error(`${env} must be 1 to 200 characters`);
+  return text;
 }
 
 /** The option table: the single source for parsing, validation and the README's table. */
@@ -672,6 +715,48 @@ function optionalEndpoint(raw: string | undefined, env: string): string | undefi
     doc: "Retries of an image provider request after a 429, 5xx, timeout or connection failure (0-10).",
     parse: integer(0, 10),
   } satisfies OptionSpec<"providerRetries">,
+  {
+    key: "metrics",
+    env: "GLIMPSE_METRICS",
+    default: "on",
+    doc: "Collect Prometheus metrics and serve them at GET /metrics, without an API key (on or off).",
+    parse: boolean,
+  } satisfies OptionSpec<"metrics">,
+  {
+    key: "metricsAddress",
+    env: "GLIMPSE_METRICS_ADDRESS",
+    default: undefined,
+    doc: "host:port to serve /metrics on instead of the HTTP bridge's port (e.g. 10.0.0.5:9464, a private interface).",
+    parse: optionalListenAddress,
+  } satisfies OptionSpec<"metricsAddress">,
+  {
+    key: "slowCallMs",
+    env: "GLIMPSE_SLOW_CALL_MS",
+    default: "1000",
+    doc: "Calls taking at least this many milliseconds get a `slow call` warning naming their slowest stage; 0 turns it off.",
+    parse: integer(0, 3_600_000),
+  } satisfies OptionSpec<"slowCallMs">,
+  {
+    key: "otlpEndpoint",
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: undefined,
+    doc: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces. Unset (and no traces endpoint): no tracing, no SDK loaded.",
+    parse: optionalHttpUrl,
+  } satisfies OptionSpec<"otlpEndpoint">,
+  {
+    key: "otlpTracesEndpoint",
+    env: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    default: undefined,
+    doc: "OTLP/HTTP URL spans are posted to, as is (wins over OTEL_EXPORTER_OTLP_ENDPOINT).",
+    parse: optionalHttpUrl,
+  } satisfies OptionSpec<"otlpTracesEndpoint">,
+  {
+    key: "serviceName",
+    env: "OTEL_SERVICE_NAME",
+    default: "glimpse",
+    doc: "service.name on exported spans.",
+    parse: serviceName,
+  } satisfies OptionSpec<"serviceName">,
 ] as const;
 
 /** Splits `--flag value` and `--flag=value` arguments into a flag -> text map. */

@@ -29,6 +29,13 @@ export interface BatcherOptions<I, O> {
   run(items: I[]): Promise<O[]>;
   /** Clock and timer seam; default performance.now and the global setTimeout/clearTimeout. */
   timers?: BatcherTimers;
+  /** Told of every run (the metrics); never changes what the batcher does. */
+  observer?: BatchObserver;
+}
+
+/** Receives each finished model run: how many items it held and how long it took. */
+export interface BatchObserver {
+  ran(items: number, ms: number): void;
 }
 
 interface Entry<I, O> {
@@ -174,6 +181,7 @@ export class Batcher<I, O> {
     } finally {
       const took = performance.now() - started;
       this.averageRunMs = this.averageRunMs === 0 ? took : 0.8 * this.averageRunMs + 0.2 * took;
+      this.options.observer?.ran(batch.length, took);
     }
   }
 

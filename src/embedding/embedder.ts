@@ -1,4 +1,4 @@
-import { Batcher } from "./batcher.js";
+import { Batcher, type BatchObserver } from "./batcher.js";
 import { decodeForModel, normaliseInto, type ModelImage } from "./preprocess.js";
 import type { EmbeddingRuntime } from "./runtime.js";
 import type { ClipTokenizer } from "./tokenizer.js";
@@ -11,6 +11,8 @@ export interface BatchingOptions {
   maxWaitMs: number;
   /** Inputs allowed to wait; beyond it callers get RESOURCE_EXHAUSTED. */
   maxQueue: number;
+  /** Told of every model run (batch size and time), for the metrics. */
+  observer?: BatchObserver;
 }
 
 /**

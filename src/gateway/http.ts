@@ -18,7 +18,7 @@ export interface HttpContext {
   params: Record<string, string>;
   /**
    * gRPC metadata for a call made on the caller's behalf: `authorization`, `x-api-key`,
-   * `x-request-id`, every `Grpc-Metadata-<name>` header as `<name>`, and the client's
+   * `x-request-id`, `traceparent`, every `Grpc-Metadata-<name>` header as `<name>`, and the client's
    * address as `x-forwarded-for`.
    */
   metadata: Metadata;
@@ -199,7 +199,8 @@ export function metadataOf(req: IncomingMessage): Metadata {
   for (const [name, values] of Object.entries(req.headersDistinct)) {
     if (values === undefined) continue;
     for (const text of values) {
-      if (name === "authorization" || name === "x-api-key" || name === "x-request-id") put(name, text);
+      // traceparent: a traced HTTP client's call continues its trace on the gRPC side.
+      if (name === "authorization" || name === "x-api-key" || name === "x-request-id" || name === "traceparent") put(name, text);
       else if (name.startsWith("grpc-metadata-")) put(name.slice("grpc-metadata-".length), text);
     }
   }

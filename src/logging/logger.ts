@@ -1,4 +1,5 @@
 import type { LogLevel } from "../config/options.js";
+import { callLogFields } from "../observability/call-scope.js";
 
 const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
@@ -35,7 +36,9 @@ export function createLogger(
   const threshold = rank[level];
   const emit = (lvl: Exclude<LogLevel, "silent">, msg: string, fields?: LogFields) => {
     if (rank[lvl] < threshold) return;
-    const record: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...base };
+    // Inside an observed call, the call's request id and trace id (see observability/call-scope.ts).
+    const call = callLogFields();
+    const record: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...call, ...base };
     if (fields) for (const [k, v] of Object.entries(fields)) record[k] = serialise(v);
     write(JSON.stringify(record) + "\n");
   };

@@ -12,6 +12,7 @@ import type { Neighbour, VectorIndex } from "../vector/vector-index.js";
 import type roaring from "roaring";
 import { needsDatabase } from "./filter-index.js";
 import type { IndexKeeper } from "./index-keeper.js";
+import { searched, stage, stageSync } from "../observability/call-scope.js";
 
 /** Result fields a caller can ask for (seed 3's `fields`). */
 export const SEARCH_FIELDS = [
@@ -153,6 +154,7 @@ export class SearchService {
     signal?: AbortSignal,
     { stream = false, hydrate = true }: { stream?: boolean; hydrate?: boolean } = {},
   ): Promise<SearchOutcome> {
+    const started = performance.now();
     const plan = this.validate(input, stream);
     const engine = this.deps.engine();
     const { index } = engine.keeper;
@@ -160,7 +162,7 @@ export class SearchService {
     let vector: Float32Array;
     const q = plan.query;
     if (q.kind === "prompt") {
-      vector = await engine.embedder.embedText(q.text, signal);
+      vector = await stage("embed", () => engine.embedder.embedText(q.text, signal));
     } else if (q.kind === "like_image_id") {
       // An indexed image the caller may read is answered from memory; anything else asks the
       // catalogue, which says why it cannot be searched by (not found, not indexed).
@@ -181,14 +183,14 @@ export class SearchService {
       exclude = image.id;
     } else if (q.kind === "like_image_content") {
       await this.deps.analyse(q.content, this.deps.limits, "like_image_content", { signal });
-      vector = await engine.embedder.embedImage(q.content, signal);
+      vector = await stage("embed", () => engine.embedder.embedImage(q.content, signal));
     } else {
       throw new Error("unreachable: validated query");
     }
     signal?.throwIfAborted();
 
     const depth = plan.offset + plan.limit + (exclude === undefined ? 0 : 1);
-    const ranked = await this.rank(caller, plan, engine, vector, depth);
+    const ranked = await stage("rank", () => this.rank(caller, plan, engine, vector, depth));
     let neighbours = ranked.neighbours.filter((n) => n.id !== exclude);
     let total = ranked.total;
     if (exclude !== undefined && (ranked.includes?.(exclude) ?? true)) total -= 1;
@@ -210,8 +212,9 @@ export class SearchService {
 
     const window = neighbours.slice(plan.offset, plan.offset + plan.limit);
     const hits = hydrate
-      ? await this.hydrate(caller, plan.fields, engine, window)
+      ? await stage("hydrate", () => this.hydrate(caller, plan.fields, engine, window))
       : window.map((n) => ({ id: n.id, score: toScore(n.cosine) }));
+    searched(ranked.plan, started);
     return {
       offset: plan.offset,
       total: Math.max(total, 0),
@@ -321,10 +324,10 @@ export class SearchService {
     if (!plan.filtered && caller.isAdmin) return rankCandidates(index, vector, depth, null, options);
     const now = clock.now();
     if (!needsDatabase(plan.filter)) {
-      return rankSlots(index, vector, depth, filters.candidates(plan.filter, caller, now), options);
+      return rankSlots(index, vector, depth, stageSync("candidates", () => filters.candidates(plan.filter, caller, now)), options);
     }
-    let candidates = await embeddings.candidateIds(plan.filter, caller, now, exactMax + 1);
-    if (candidates.length > exactMax) candidates = await embeddings.candidateIds(plan.filter, caller, now, null);
+    let candidates = await stage("candidates", () => embeddings.candidateIds(plan.filter, caller, now, exactMax + 1));
+    if (candidates.length > exactMax) candidates = await stage("candidates", () => embeddings.candidateIds(plan.filter, caller, now, null));
     return rankCandidates(engine.keeper.index, vector, depth, candidates, options);
   }
 
@@ -360,7 +363,8 @@ export class SearchService {
 
   /** Fills the selected fields of hits from `search(..., { hydrate: false })`. */
   hydrateHits(caller: Caller, fields: ReadonlySet<SearchField>, hits: SearchHit[]): Promise<SearchHit[]> {
-    return this.hydrate(caller, fields, this.deps.engine(), hits.map((h) => ({ id: h.id, cosine: 2 * h.score - 1 })));
+    const engine = this.deps.engine();
+    return stage("hydrate", () => this.hydrate(caller, fields, engine, hits.map((h) => ({ id: h.id, cosine: 2 * h.score - 1 }))));
   }
 
   /**

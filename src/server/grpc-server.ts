@@ -1,5 +1,6 @@
 import type { ChannelOptions, ServerOptions } from "@grpc/grpc-js";
 import { createServer, type Server } from "nice-grpc";
+import type { ServerMiddleware } from "nice-grpc-common";
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Logger } from "../logging/logger.js";
@@ -13,6 +14,7 @@ import type { Gatekeeper } from "./middleware/auth.js";
 import { uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
 import type { ByteBudget } from "./byte-budget.js";
 import { textInputMiddleware } from "./middleware/text-input.js";
+import type { ObservedContext } from "./middleware/observe.js";
 import { loadContract } from "../gateway/descriptors.js";
 
 /** Adds one service to the server; built by the composition root for each service. */
@@ -43,6 +45,8 @@ export interface GrpcServerConfig {
   keepaliveMs?: number;
   /** A connection older than this is asked to go away (its calls get 5 minutes more); 0: never. */
   maxConnectionAgeMs?: number;
+  /** Metrics, traces and slow-call lines (observe.ts), outermost of all; absent: calls are not observed. */
+  observe?: ServerMiddleware<ObservedContext>;
 }
 
 /** A listening gRPC server with its health state and shutdown. */
@@ -61,7 +65,8 @@ export interface GrpcServer {
 }
 
 /**
- * Builds the nice-grpc server with the middleware chain (outermost first): logging with a
+ * Builds the nice-grpc server with the middleware chain (outermost first): observation
+ * (metrics, traces, slow calls) when configured, logging with a
  * request id, lifecycle (readiness, draining, abort on shutdown), deadline, error mapping, and
  * the caller (authentication: which account the call acts as, admin checks, rate limits), and
  * the text check (no request string holds U+0000, which PostgreSQL cannot store).
@@ -90,7 +95,8 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
       ? { "grpc.max_connection_age_ms": config.maxConnectionAgeMs, "grpc.max_connection_age_grace_ms": 300_000 }
       : {}),
   };
-  const server = createServer(options)
+  const base = createServer(options);
+  const server = (config.observe ? (base.use(config.observe) as unknown as typeof base) : base)
     .use(loggingMiddleware(config.logger))
     .use(lifecycle.middleware)
     .use(deadlineMiddleware)

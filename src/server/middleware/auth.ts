@@ -2,7 +2,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import type { Metadata } from "nice-grpc-common";
 import type { Caller } from "../../catalogue/types.js";
 import type { AccountService } from "../../accounts/account-service.js";
-import type { RateLimiter } from "../../accounts/token-bucket.js";
+import type { BucketLimit, TokenBuckets } from "../../accounts/token-bucket.js";
 import { DomainError } from "../../errors.js";
 import { anonymousCaller, type CallerResolver } from "./caller.js";
 
@@ -31,11 +31,14 @@ export const ANONYMOUS_READ_METHODS: ReadonlySet<string> = new Set([
 export interface AuthConfig {
   /** The account service, once the store is ready (calls are refused before that anyway). */
   accounts: () => AccountService | undefined;
-  limiter: RateLimiter;
+  /** The token buckets: in this process, or in Redis shared by every replica. */
+  limiter: TokenBuckets;
   /** Whether calls without a key may use the anonymous read RPCs. */
   anonymousRead: boolean;
   /** Requests per minute for anonymous callers, per client address. */
   anonymousRateLimit: number;
+  /** Told of each call refused for a spent rate limit (the metrics). */
+  rateLimited?: (caller: "key" | "anonymous") => void;
 }
 
 /**
@@ -140,7 +143,7 @@ export class Gatekeeper {
   ): Promise<Admission> {
     if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: () => {} };
     const { caller, buckets, who } = await this.identify(method, metadata, clientAddress);
-    if (tokens !== "none") this.take(buckets, who, tokens === "take");
+    if (tokens !== "none") await this.take(buckets, who, tokens === "take");
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
       throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
     }
@@ -174,9 +177,10 @@ export class Gatekeeper {
     return { caller, buckets, who: "this API key (an account's keys also share one budget)" };
   }
 
-  private take(buckets: { key: string; perMinute: number }[], who: string, take = true): void {
-    const admission = take ? this.config.limiter.takeAll(buckets) : this.config.limiter.wouldAdmit(buckets);
+  private async take(buckets: BucketLimit[], who: string, take = true): Promise<void> {
+    const admission = await (take ? this.config.limiter.takeAll(buckets) : this.config.limiter.wouldAdmit(buckets));
     if (!admission.allowed) {
+      this.config.rateLimited?.(buckets[0].key.startsWith("anonymous") ? "anonymous" : "key");
       const seconds = Math.ceil(admission.retryAfterMs / 1000);
       throw new DomainError(
         "RESOURCE_EXHAUSTED",
@@ -190,8 +194,8 @@ export class Gatekeeper {
 /** A call let in: who it acts as, and how to charge it for more work (each item of a stream). */
 export interface Admission {
   caller: Caller;
-  /** Takes one more token from the call's buckets; throws RESOURCE_EXHAUSTED when empty. */
-  charge: () => void;
+  /** Takes one more token from the call's buckets; rejects RESOURCE_EXHAUSTED when empty. */
+  charge: () => Promise<void>;
 }
 
 /**

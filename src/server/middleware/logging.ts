@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { Status, type CallContext, type ServerMiddleware, ServerError } from "nice-grpc-common";
 import { isAbortError } from "abort-controller-x";
 import type { Logger } from "../../logging/logger.js";
+import { annotateCall } from "../../observability/call-scope.js";
 
 /** What the logging middleware adds to every call context. */
 export interface RequestContext {
@@ -16,14 +17,19 @@ const REQUEST_ID = /^[\w.:-]{1,128}$/;
 /**
  * Gives each call a request id (echoed in the `x-request-id` response header) and writes one
  * JSON line per call with its method, status code and duration. Health checks log at debug.
+ * Every line of the call carries its request id, and its trace id when it is traced.
  */
 export function loggingMiddleware(logger: Logger): ServerMiddleware<RequestContext> {
   return async function* (call, context: CallContext) {
     const sent = context.metadata.get("x-request-id");
     const requestId = sent && REQUEST_ID.test(sent) ? sent : randomUUID();
     const method = call.method.path;
-    const log = logger.child({ requestId, method });
+    // A traced call (see observe.ts) names its trace on every line, to find its spans.
+    const traceId = (context as CallContext & { traceId?: string }).traceId;
+    const log = logger.child(traceId ? { requestId, traceId, method } : { requestId, method });
     context.header.set("x-request-id", requestId);
+    // Lines the services write during the call carry the request id too (when calls are observed).
+    annotateCall({ requestId });
     const started = performance.now();
     let code = Status.OK;
     try {

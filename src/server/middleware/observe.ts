@@ -1,0 +1,164 @@
+import { isAbortError } from "abort-controller-x";
+import { SpanKind, SpanStatusCode, type Span, type Tracer } from "@opentelemetry/api";
+import {
+  ServerError,
+  Status,
+  type CallContext,
+  type Metadata,
+  type ServerMiddleware,
+  type ServerMiddlewareCall,
+} from "nice-grpc-common";
+import type { Logger } from "../../logging/logger.js";
+import { inCall, type CallRecord } from "../../observability/call-scope.js";
+import type { Metrics, Transport } from "../../observability/metrics.js";
+import { parentContext } from "../../observability/tracing.js";
+import { UPLOAD_METHODS } from "./uploads.js";
+
+/** What the observing middleware adds to every call context. */
+export interface ObservedContext {
+  /** The call's trace id, when it is traced (the logging middleware puts it on every line). */
+  traceId?: string;
+}
+
+/** What the middleware observes calls with; each part is optional. */
+export interface ObserveConfig {
+  /** Counters and histograms of calls, and of search stages (absent: metrics off). */
+  metrics?: Metrics;
+  /** Spans for each call, its stages and its queries (absent: tracing off). */
+  tracer?: Tracer;
+  /** Calls slower than this many milliseconds get a log line naming their slowest stage; 0: none. */
+  slowCallMs: number;
+  logger: Logger;
+  /** Whether a call was made by this process's HTTP bridge (its internal marker header). */
+  bridged: (metadata: Metadata) => boolean;
+}
+
+/** Calls only infrastructure makes; they are counted but never traced or reported slow. */
+const INFRASTRUCTURE = ["/grpc.health.", "/grpc.reflection."];
+
+/** Labels of one method over one transport, worked out once. */
+interface MethodLabels {
+  service: string;
+  method: string;
+  transport: Transport;
+  spanName: string;
+  upload: boolean;
+  infrastructure: boolean;
+}
+
+/**
+ * The outermost middleware: counts each call by service, method, transport and status code,
+ * times it, traces it (continuing the caller's `traceparent`) and writes the slow-call line.
+ * Stages inside the call (see call-scope.ts) report into the same call record.
+ */
+export function observeMiddleware(config: ObserveConfig): ServerMiddleware<ObservedContext> {
+  const { metrics, tracer, slowCallMs, logger } = config;
+  const labelCache = new Map<string, MethodLabels>();
+  const labelsOf = (path: string, transport: Transport): MethodLabels => {
+    const key = `${transport}${path}`;
+    let labels = labelCache.get(key);
+    if (labels === undefined) {
+      const [service = "", method = ""] = path.replace(/^\//, "").split("/");
+      labels = {
+        service,
+        method,
+        transport,
+        spanName: `${service}/${method}`,
+        upload: UPLOAD_METHODS.has(path),
+        infrastructure: INFRASTRUCTURE.some((prefix) => path.startsWith(prefix)),
+      };
+      labelCache.set(key, labels);
+    }
+    return labels;
+  };
+  const onStage = metrics ? (stage: string, seconds: number) => metrics.searchStageSeconds.observe({ stage }, seconds) : undefined;
+  const onSearch = metrics ? (plan: string, seconds: number) => metrics.searchSeconds.observe({ plan }, seconds) : undefined;
+
+  return async function* <Request, Response>(
+    call: ServerMiddlewareCall<Request, Response, ObservedContext>,
+    context: CallContext,
+  ): AsyncGenerator<Response, Response | void, undefined> {
+    const path = call.method.path;
+    const labels = labelsOf(path, config.bridged(context.metadata) ? "http" : "grpc");
+    const { service, method, transport } = labels;
+    let span: Span | undefined;
+    if (tracer && !labels.infrastructure) {
+      const traceparent = context.metadata.get("traceparent");
+      span = tracer.startSpan(
+        labels.spanName,
+        {
+          kind: SpanKind.SERVER,
+          attributes: { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method, "glimpse.transport": transport },
+        },
+        parentContext(typeof traceparent === "string" ? traceparent : undefined),
+      );
+    }
+    const traceId = span?.spanContext().traceId;
+    const record: CallRecord = {
+      stages: new Map(),
+      onStage,
+      onSearch,
+      tracer: span ? tracer : undefined,
+      logFields: traceId ? { traceId } : undefined,
+    };
+    const started = performance.now();
+    metrics?.callsInFlight.inc({ service, method, transport });
+    if (labels.upload) metrics?.uploadsInFlight.inc();
+    let code = Status.OK;
+    let failure: unknown;
+    try {
+      const chain = call.next(call.request, traceId ? { ...context, traceId } : context);
+      return yield* inCall<Response, Response | void>(record, span, chain);
+    } catch (error) {
+      code = error instanceof ServerError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
+      failure = error;
+      throw error;
+    } finally {
+      const ms = performance.now() - started;
+      const codeName = Status[code];
+      if (metrics) {
+        metrics.callsInFlight.dec({ service, method, transport });
+        if (labels.upload) metrics.uploadsInFlight.dec();
+        metrics.calls.inc({ service, method, transport, code: codeName });
+        metrics.callSeconds.observe({ service, method, transport }, ms / 1000);
+      }
+      const requestId = context.header.get("x-request-id");
+      if (span) {
+        span.setAttribute("rpc.grpc.status_code", code);
+        if (typeof requestId === "string") span.setAttribute("glimpse.request_id", requestId);
+        if (code !== Status.OK) {
+          const message = failure instanceof ServerError ? failure.details : codeName;
+          span.setStatus({ code: SpanStatusCode.ERROR, message });
+        }
+        span.end();
+      }
+      if (slowCallMs > 0 && ms >= slowCallMs && !labels.infrastructure) {
+        const slowest = slowestStage(record.stages, ms);
+        metrics?.slowCalls.inc({ service, method, stage: slowest.stage });
+        logger.warn("slow call", {
+          requestId,
+          ...(traceId ? { traceId } : {}),
+          method: path,
+          transport,
+          code: codeName,
+          ms: round(ms),
+          stage: slowest.stage,
+          stageMs: round(slowest.ms),
+          stages: Object.fromEntries([...record.stages].map(([name, stageMs]) => [name, round(stageMs)])),
+        });
+      }
+    }
+  };
+}
+
+/**
+ * The stage that took the most time; time outside every named stage (authentication, the
+ * handler's own work, queries outside a stage) counts as `handler`.
+ */
+export function slowestStage(stages: ReadonlyMap<string, number>, totalMs: number): { stage: string; ms: number } {
+  let best = { stage: "handler", ms: Math.max(0, totalMs - [...stages.values()].reduce((a, b) => a + b, 0)) };
+  for (const [stage, ms] of stages) if (ms > best.ms) best = { stage, ms };
+  return best;
+}
+
+const round = (ms: number) => Math.round(ms * 10) / 10;
