@@ -3,7 +3,7 @@ import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Metadata } from "nice-grpc";
-import { DomainError } from "../errors.js";
+import { DomainError, UserFacingError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
 import { HTTP_BODY_MEMORY_FACTOR, type ByteBudget } from "../server/byte-budget.js";
@@ -372,7 +372,15 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     });
   };
   server.listen(options.port, options.host);
-  await once(server, "listening");
+  await once(server, "listening").catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "EADDRINUSE") {
+      throw new UserFacingError(
+        `HTTP port ${options.host}:${options.port} is already in use (another glimpse?); ` +
+          `stop that process or set GLIMPSE_HTTP_PORT to a free port`,
+      );
+    }
+    throw error;
+  });
   return {
     port: (server.address() as AddressInfo).port,
     async close() {

@@ -2,7 +2,6 @@ import type { ChannelOptions, ServerOptions } from "@grpc/grpc-js";
 import { createServer, type Server } from "nice-grpc";
 import type { ServerMiddleware } from "nice-grpc-common";
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
-import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Logger } from "../logging/logger.js";
 import type { AppCallContext } from "./context.js";
 import { deadlineInterceptor, deadlineMiddleware } from "./middleware/deadline.js";
@@ -16,6 +15,8 @@ import type { ByteBudget } from "./byte-budget.js";
 import { textInputMiddleware } from "./middleware/text-input.js";
 import type { ObservedContext } from "./middleware/observe.js";
 import { loadContract } from "../gateway/descriptors.js";
+import { UserFacingError } from "../errors.js";
+import { addReflection } from "./reflection.js";
 
 /** Adds one service to the server; built by the composition root for each service. */
 export type ServiceRegistration = {
@@ -112,13 +113,19 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     .use(textInputMiddleware(loadContract(config.descriptorSet))) as Server<AppCallContext>;
 
   server.add(HealthDefinition, HealthServiceImpl(health));
-  server.add(
-    ServerReflectionService,
-    ServerReflection(Buffer.from(config.descriptorSet), [...serviceNames, "grpc.health.v1.Health"]),
-  );
+  addReflection(server, config.descriptorSet, [...serviceNames, "grpc.health.v1.Health"]);
   for (const service of config.services) service.register(server);
 
-  const port = await server.listen(`${config.host}:${config.port}`);
+  const port = await server.listen(`${config.host}:${config.port}`).catch((error: Error) => {
+    // Another server on the port (a second glimpse, most often) is the operator's to sort out.
+    if (/EADDRINUSE/.test(error.message)) {
+      throw new UserFacingError(
+        `gRPC port ${config.host}:${config.port} is already in use (another glimpse?); ` +
+          `stop that process or set GLIMPSE_GRPC_PORT to a free port`,
+      );
+    }
+    throw error;
+  });
   config.logger.info("gRPC server listening", { host: config.host, port });
 
   return {
