@@ -4,7 +4,7 @@ import path from "node:path";
 import hnswlib from "hnswlib-node";
 import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix, type TopK } from "./kernel.js";
-import { QuantisedMatrix } from "./quantised-matrix.js";
+import { QuantisedMatrix, quantisedPays, rerank, rerankDepth } from "./quantised-matrix.js";
 
 /** One nearest neighbour: an image id and its cosine similarity to the query. */
 export interface Neighbour {
@@ -14,8 +14,8 @@ export interface Neighbour {
 
 /**
  * How the exact scan reads the vectors: `int8` scans int8 rows (a quarter of the bytes) and
- * re-ranks the best RERANK_FACTOR x k of them by their float32 inner products; `float32` scans
- * the float32 rows themselves.
+ * re-ranks the best candidates (rerankDepth) by their float32 inner products; `float32` scans
+ * the float32 rows themselves. Both keep the float32 rows.
  */
 export type ScanQuantisation = "int8" | "float32";
 
@@ -24,11 +24,6 @@ export type ScanQuantisation = "int8" | "float32";
  * least 0.99 on the benchmark sets (bench/quantised.ts, test/vector/quantised.test.ts).
  */
 export const DEFAULT_SCAN_QUANTISATION: ScanQuantisation = "int8";
-
-/** Candidates per wanted result that the int8 scan hands to the float32 re-rank. */
-export const RERANK_FACTOR = 4;
-/** ...and at least this many more, so that a small k still re-ranks a useful pool. */
-const RERANK_EXTRA = 32;
 
 /** Graph parameters; the defaults suit 512-wide CLIP vectors up to a few million images. */
 export interface VectorIndexOptions {
@@ -218,15 +213,20 @@ export class VectorIndex {
    */
   searchExactSlots(query: Float32Array, k: number, rows: Int32Array): Neighbour[] {
     if (rows.length === 0 || k <= 0) return [];
-    if (!this.quantised) return this.neighbours(this.matrix.topK(query, Math.min(k, rows.length), rows));
-    return this.rerank(query, k, this.quantised.topK(query, rerankDepth(k, rows.length), rows));
+    if (!this.quantised || !quantisedPays(k, rows.length)) {
+      return this.neighbours(this.matrix.topK(query, Math.min(k, rows.length), rows));
+    }
+    return this.neighbours(rerank(this.matrix, query, k, this.quantised.topK(query, rerankDepth(k, rows.length), rows)));
   }
 
   /** Exact top k of every indexed image: a scan of the whole matrix, not the graph. */
   searchExactAll(query: Float32Array, k: number): Neighbour[] {
     if (this.size === 0 || k <= 0) return [];
     const want = Math.min(k, this.size);
-    if (this.quantised) return this.rerank(query, want, this.quantised.topKAll(query, rerankDepth(want, this.used), this.used));
+    if (this.quantised) {
+      const candidates = this.quantised.topKAll(query, rerankDepth(want, this.used), this.used);
+      return this.neighbours(rerank(this.matrix, query, want, candidates));
+    }
     // Free slots still hold their old vectors here: take as many more as there are, drop them.
     const top = this.matrix.topKAll(query, want + this.free.length, this.used);
     const live = this.neighbours(top).filter((n) => n.id !== 0n);
@@ -271,19 +271,6 @@ export class VectorIndex {
     return out;
   }
 
-  /**
-   * The best k of the int8 scan's candidates by their float32 inner products (the kernel's
-   * scores, the same a float32 scan gives), higher first, lower slot first on a tie.
-   */
-  private rerank(query: Float32Array, k: number, candidates: TopK): Neighbour[] {
-    const rows = candidates.rows;
-    const scores = new Float32Array(rows.length);
-    this.matrix.dot(query, rows, scores);
-    const order = Array.from(rows.keys()).sort((a, b) => scores[b] - scores[a] || rows[a] - rows[b]);
-    const out: Neighbour[] = new Array(Math.min(k, order.length));
-    for (let i = 0; i < out.length; i++) out[i] = { id: this.slotIds[rows[order[i]]], cosine: scores[order[i]] };
-    return out;
-  }
 
   /**
    * Writes a snapshot into `dir` atomically: the graph, the vectors and the slot table go
@@ -455,10 +442,6 @@ async function quantisedFor(options: Required<VectorIndexOptions>, capacity: num
   return options.scanQuantisation === "int8" ? QuantisedMatrix.create(options.dimension, capacity) : undefined;
 }
 
-/** How many int8 candidates are re-ranked for the best k of n. */
-function rerankDepth(k: number, n: number): number {
-  return Math.min(n, Math.max(k * RERANK_FACTOR, k + RERANK_EXTRA));
-}
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
