@@ -11,33 +11,39 @@ const HTTP_STATUS: Record<string, number> = Object.fromEntries(
     .map(([name, code]) => [name, httpStatusOf(code)]),
 );
 
-/** Every call needs a key, so every route may answer these whatever its comment lists. */
-const ALWAYS = ["UNAUTHENTICATED", "RESOURCE_EXHAUSTED"];
+/**
+ * Every call needs a key and may carry a `Grpc-Timeout` header, so every route may answer
+ * these whatever its comment lists (401, 429, and 400 for a malformed header).
+ */
+const ALWAYS = ["UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"];
 
 /** The error body of every route. */
 export const STATUS_SCHEMA = "google.rpc.Status";
+/** The error body of a streaming route whose call failed before its first message. */
+export const STREAM_ERROR_SCHEMA = "StreamError";
 const HTTP_BODY = "google.api.HttpBody";
 
 /**
- * The `paths` object. Templates that differ only in their variable names (`/v1/images/{id}`
- * and `/v1/images/{image.id}`) are one path in OpenAPI, so later ones take the first one's
- * names.
+ * The `paths` object. Path variables are named by their JSON names, field by field
+ * (`{keyId}`, `{image.id}`), as grpc-gateway's OpenAPI generator names them, so clients
+ * generated from this document match those generated for grpc-gateway. Templates that differ
+ * only in their variable names (`/v1/images/{id}` for GetImage, `/v1/images/{image.id}` for
+ * UpdateImage) stay two paths, as there; they serve the same URLs.
  */
 export class PathTable {
   readonly items: Record<string, Record<string, unknown>> = {};
-  private readonly byShape = new Map<string, { path: string; names: string[] }>();
 
-  /** The OpenAPI path for a template, and the parameter name to use for each of its variables. */
-  resolve(template: string): { path: string; names: Map<string, string> } {
-    const vars: string[] = [];
-    const path = template.replace(/\{([^}=]+)(?:=[^}]*)?\}/g, (_, name: string) => {
-      vars.push(name);
-      return `{${name}}`;
+  /**
+   * The OpenAPI path for a template, and the parameter name of each of its variables;
+   * `jsonPath` gives a variable's (proto field path's) JSON name.
+   */
+  resolve(template: string, jsonPath: (variable: string) => string): { path: string; names: Map<string, string> } {
+    const names = new Map<string, string>();
+    const path = template.replace(/\{([^}=]+)(?:=[^}]*)?\}/g, (_, variable: string) => {
+      names.set(variable, jsonPath(variable));
+      return `{${names.get(variable)}}`;
     });
-    const shape = path.replace(/\{[^}]+\}/g, "{}");
-    const known = this.byShape.get(shape) ?? { path, names: vars };
-    this.byShape.set(shape, known);
-    return { path: known.path, names: new Map(vars.map((v, i) => [v, known.names[i]])) };
+    return { path, names };
   }
 
   add(path: string, method: string, operation: object): void {
@@ -62,19 +68,15 @@ export function addOperation(
 ): void {
   const input = contract.messages.get(method.requestType);
   if (!input) throw new Error(`${method.name}: unknown request type ${method.requestType}`);
-  const { path, names } = paths.resolve(binding.template);
+  const { path, names } = paths.resolve(binding.template, (variable) => jsonPathOf(contract, input, variable));
   const bound = binding.pathParams;
   const parameters: Schema[] = [];
   for (const [variable, name] of names) {
     const field = fieldAt(contract, input, variable);
-    const description = [docText(field.comment), name === variable ? "" : `The request field \`${variable}\`.`];
-    parameters.push({
-      name,
-      in: "path",
-      required: true,
-      description: description.filter(Boolean).join("\n\n"),
-      schema: schemas.valueSchema(field),
-    });
+    const parameter: Schema = { name, in: "path", required: true };
+    if (field.comment) parameter.description = docText(field.comment);
+    parameter.schema = schemas.valueSchema(field, "input");
+    parameters.push(parameter);
   }
   if (binding.body !== "*") {
     const skip = new Set([...bound, binding.body].filter(Boolean));
@@ -92,7 +94,10 @@ export function addOperation(
   if (parameters.length > 0) operation.parameters = parameters;
   const body = requestBody(schemas, input, binding, method.requestStream);
   if (body) operation.requestBody = body;
-  operation.responses = { "200": successResponse(contract, schemas, method, binding), ...errorRefs(description) };
+  operation.responses = {
+    "200": successResponse(contract, schemas, method, binding),
+    ...errorRefs(description, method.responseStream),
+  };
 
   const verb = binding.method.toLowerCase();
   if (path === CONTENT_PATH && verb === "get") {
@@ -111,6 +116,12 @@ export function addOperation(
     return;
   }
   paths.add(path, verb, operation);
+}
+
+/** A path variable's field path in JSON names: `key_id` -> `keyId`, `image.id` -> `image.id`. */
+function jsonPathOf(contract: Contract, message: MessageInfo, path: string): string {
+  const parts = path.split(".");
+  return parts.map((_, i) => fieldAt(contract, message, parts.slice(0, i + 1).join(".")).jsonName).join(".");
 }
 
 /** The field a path variable such as `image.id` names, starting from the request message. */
@@ -150,11 +161,11 @@ function queryParameters(contract: Contract, schemas: SchemaSet, input: MessageI
       if (field.comment) parameter.description = docText(field.comment);
       if (top && field.behaviors.includes("REQUIRED")) parameter.required = true;
       if (field.repeated) {
-        parameter.schema = { type: "array", items: schemas.valueSchema(field) };
+        parameter.schema = { type: "array", items: schemas.valueSchema(field, "input") };
         parameter.style = "form";
         parameter.explode = true;
       } else {
-        parameter.schema = schemas.valueSchema(field);
+        parameter.schema = schemas.valueSchema(field, "input");
       }
       out.push(parameter);
     }
@@ -175,26 +186,26 @@ function requestBody(
   let description: string | undefined;
   if (binding.body === "*") {
     const inPath = new Set(bound.filter((v) => !v.includes(".")));
-    schemas.include(input.fullName);
-    schema = inPath.size === 0 ? refTo(input.fullName) : schemas.messageSchema(input, inPath);
+    schema = inPath.size === 0 ? schemas.refOf(input.fullName, "input") : schemas.messageSchema(input, inPath, "input");
   } else {
     const field = input.fields.find((f) => f.name === binding.body);
     if (!field) throw new Error(`${input.fullName} has no body field ${binding.body}`);
-    schema = field.repeated || field.mapKey ? schemas.fieldSchema(field) : schemas.valueSchema(field);
+    schema = field.repeated || field.mapKey ? schemas.fieldSchema(field, "input") : schemas.valueSchema(field, "input");
     description = docText(field.comment) || undefined;
   }
   if (clientStreaming) {
+    // Either label is read the same way: JSON objects one after another.
     return {
-      description: "Newline-delimited JSON: one request message per line.",
+      description: "Newline-delimited JSON: one request message per line (as `application/x-ndjson` or `application/json`).",
       required: true,
-      content: { "application/x-ndjson": { schema } },
+      content: { "application/x-ndjson": { schema }, "application/json": { schema } },
     };
   }
   const content: Record<string, Schema> = { "application/json": { schema } };
   const files = input.fields.filter((f) => f.kind === "scalar" && f.type === "bytes" && !f.repeated && !f.mapKey);
   if (binding.body === "*" && files.length > 0) {
     // The bridge also reads form uploads: a file part fills a bytes field, text parts the rest.
-    const form = schemas.messageSchema(input, new Set(bound));
+    const form = schemas.messageSchema(input, new Set(bound), "input");
     const properties = { ...(form.properties as Record<string, Schema>) };
     for (const file of files) {
       properties[file.jsonName] = { type: "string", format: "binary", description: docText(file.comment) };
@@ -224,45 +235,59 @@ function successResponse(contract: Contract, schemas: SchemaSet, method: MethodI
     const output = contract.messages.get(method.responseType);
     const field = output?.fields.find((f) => f.name === binding.responseBody);
     if (!field) throw new Error(`${method.responseType} has no response field ${binding.responseBody}`);
-    schema = schemas.fieldSchema(field);
+    schema = schemas.fieldSchema(field, "output");
   } else {
-    schemas.include(method.responseType);
-    schema = refTo(method.responseType);
+    schema = schemas.refOf(method.responseType, "output");
   }
   if (!method.responseStream) return { description: "OK", content: { "application/json": { schema } } };
-  schemas.include(STATUS_SCHEMA);
+  schemas.include(STATUS_SCHEMA, "output");
   return {
     description:
       "Newline-delimited JSON: one `{\"result\": ...}` line per message. A failure after the first " +
       "message ends the stream with an `{\"error\": ...}` line (the HTTP status stays 200); a failure " +
-      "before it answers the error's own status.",
+      "before it answers the error's own status with one `{\"error\": ...}` line.",
     content: {
       "application/x-ndjson": {
         schema: {
-          type: "object",
-          properties: { result: schema, error: refTo(STATUS_SCHEMA) },
+          description: "One line of the stream.",
+          oneOf: [
+            { type: "object", properties: { result: schema }, required: ["result"] },
+            refTo(STREAM_ERROR_SCHEMA),
+          ],
         },
       },
     },
   };
 }
 
-/** The error statuses a method's comment names (plus authentication and rate limits), as refs. */
-function errorRefs(description: string): Record<string, Schema> {
+/**
+ * The error statuses a method's comment names (plus authentication, rate limits and bad
+ * requests), as refs; a streaming route's are its own (see errorResponses).
+ */
+function errorRefs(description: string, streaming: boolean): Record<string, Schema> {
   const codes = new Set(ALWAYS);
   for (const match of description.matchAll(/\b[A-Z][A-Z_]+[A-Z]\b/g)) if (match[0] in HTTP_STATUS) codes.add(match[0]);
   const statuses = [...new Set([...codes].map((c) => HTTP_STATUS[c]))].sort((a, b) => a - b);
+  const prefix = streaming ? "StreamError" : "Error";
   const out: Record<string, Schema> = {};
-  for (const status of statuses) out[String(status)] = { $ref: `#/components/responses/Error${status}` };
-  out.default = { $ref: "#/components/responses/Error" };
+  for (const status of statuses) out[String(status)] = { $ref: `#/components/responses/${prefix}${status}` };
+  out.default = { $ref: `#/components/responses/${prefix}` };
   return out;
 }
 
-/** One shared response per HTTP error status, naming the gRPC codes behind it. */
+/**
+ * One shared response per HTTP error status, naming the gRPC codes behind it; and the same
+ * for streaming routes, whose call's failures before the first message are grpc-gateway's
+ * stream error chunk `{"error": ...}`, while a request the bridge could not read (bad JSON, a
+ * bad parameter) is answered, before any call, with the plain google.rpc.Status.
+ */
 export function errorResponses(): Record<string, Schema> {
   const json = { "application/json": { schema: refTo(STATUS_SCHEMA) } };
+  const streamJson = { "application/json": { schema: { oneOf: [refTo(STREAM_ERROR_SCHEMA), refTo(STATUS_SCHEMA)] } } };
+  const streamNote = "`{\"error\": google.rpc.Status}` when the call failed; a google.rpc.Status when the request could not be read.";
   const out: Record<string, Schema> = {
     Error: { description: "An error, as a google.rpc.Status.", content: json },
+    StreamError: { description: `An error of a streaming route: ${streamNote}`, content: streamJson },
   };
   const byStatus = new Map<number, string[]>();
   for (const [code, status] of Object.entries(HTTP_STATUS)) {
@@ -270,7 +295,8 @@ export function errorResponses(): Record<string, Schema> {
   }
   for (const [status, codes] of [...byStatus].sort((a, b) => a[0] - b[0])) {
     const response: Schema = { description: `${codes.join(" or ")}, as a google.rpc.Status.`, content: json };
-    if (status === 429) {
+    const streamed: Schema = { description: `${codes.join(" or ")}: ${streamNote}`, content: streamJson };
+    if (status === 429 || status === 503) {
       response.headers = {
         "Retry-After": {
           description: "Seconds to wait before retrying (the RetryInfo delay, rounded up).",
@@ -278,9 +304,21 @@ export function errorResponses(): Record<string, Schema> {
         },
       };
     }
+    if (response.headers) streamed.headers = response.headers;
     out[`Error${status}`] = response;
+    out[`StreamError${status}`] = streamed;
   }
   return out;
+}
+
+/** The body of a streaming route's call failure before its first message (grpc-gateway's error chunk). */
+export function streamErrorSchema(): Schema {
+  return {
+    type: "object",
+    description: "A streaming call's failure: before the first message, the whole answer (with the error's HTTP status); after it, the last line.",
+    properties: { error: refTo(STATUS_SCHEMA) },
+    required: ["error"],
+  };
 }
 
 /** The first sentence of a comment's first paragraph, as an operation summary. */

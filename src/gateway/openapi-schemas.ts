@@ -78,21 +78,65 @@ export function refTo(typeName: string): Schema {
 }
 
 /**
+ * Which way a message travels: in a request (`required` lists the fields the contract marks
+ * REQUIRED) or in an answer (`required` lists every field the bridge always writes: all but
+ * oneof members and proto3 `optional` fields, which it writes only when set).
+ */
+export type Direction = "input" | "output";
+
+/** Suffix of the request form of a message that also travels in answers. */
+const INPUT_SUFFIX = "Input";
+
+/**
  * Maps proto types to JSON Schema by the proto3 JSON mapping (the one grpc-gateway's default
  * marshaller writes) and collects a component for every message and enum it refers to.
+ *
+ * A message has one component, in the form of the direction it travels; one that travels both
+ * ways (an Image read, and sent back in a PATCH) has its answer form under its own name and its
+ * request form as `<name>Input`, so that generated clients see what is always there in answers
+ * without having to send all of it.
  */
 export class SchemaSet {
   readonly components: Record<string, Schema> = {};
 
-  constructor(private readonly contract: Contract) {}
+  /**
+   * `outputs`: the messages that travel in answers (reachable from a response type); all
+   * others are request forms.
+   */
+  constructor(
+    private readonly contract: Contract,
+    private readonly outputs: ReadonlySet<string> = new Set(),
+  ) {}
 
-  /** Adds the component for a message or enum (and everything it refers to). */
-  include(typeName: string): void {
-    if (typeName in this.components || typeName in WELL_KNOWN) return;
+  /** The component name of a message or enum in a direction. */
+  nameOf(typeName: string, direction: Direction): string {
+    if (direction === "input" && this.outputs.has(typeName) && this.contract.messages.has(typeName)) {
+      const name = typeName + INPUT_SUFFIX;
+      if (this.contract.messages.has(name) || this.contract.enums.has(name)) {
+        throw new Error(`${typeName} travels both ways, and ${name}, the name of its request form, is taken`);
+      }
+      return name;
+    }
+    return typeName;
+  }
+
+  /** A `$ref` to the component of a type in a direction (added if missing). */
+  refOf(typeName: string, direction: Direction): Schema {
+    this.include(typeName, direction);
+    return refTo(this.nameOf(typeName, direction));
+  }
+
+  /**
+   * Adds the component for a message or enum (and everything it refers to), by default in
+   * the direction it travels (as an answer when it ever does).
+   */
+  include(typeName: string, direction: Direction = this.outputs.has(typeName) ? "output" : "input"): void {
+    const name = this.nameOf(typeName, direction);
+    if (name in this.components || typeName in WELL_KNOWN) return;
     const e = this.contract.enums.get(typeName);
     if (e) {
       const list = e.values.map((v) => `- \`${v.name}\`${v.comment ? `: ${oneLine(docText(v.comment))}` : ""}`);
-      this.components[typeName] = {
+      this.components[name] = {
         type: "string",
         enum: e.values.map((v) => v.name),
         description: [docText(e.comment), list.join("\n")].filter(Boolean).join("\n\n"),
@@ -101,18 +145,19 @@ export class SchemaSet {
     }
     const message = this.contract.messages.get(typeName);
     if (!message || message.mapEntry) return;
-    this.components[typeName] = {}; // placeholder against cycles
-    this.components[typeName] = this.messageSchema(message, new Set());
+    this.components[name] = {}; // placeholder against cycles
+    this.components[name] = this.messageSchema(message, new Set(), direction);
   }
 
   /** The object schema of a message, without the top-level fields named in `omit`. */
-  messageSchema(message: MessageInfo, omit: ReadonlySet<string>): Schema {
+  messageSchema(message: MessageInfo, omit: ReadonlySet<string>, direction: Direction): Schema {
     const properties: Record<string, Schema> = {};
     const required: string[] = [];
     for (const field of message.fields) {
       if (omit.has(field.name)) continue;
-      properties[field.jsonName] = this.fieldSchema(field);
-      if (field.behaviors.includes("REQUIRED")) required.push(field.jsonName);
+      properties[field.jsonName] = this.fieldSchema(field, direction);
+      const always = direction === "output" ? !field.optional && field.oneof === undefined : field.behaviors.includes("REQUIRED");
+      if (always) required.push(field.jsonName);
     }
     const schema: Schema = { type: "object" };
     if (message.comment) schema.description = docText(message.comment);
@@ -126,32 +171,30 @@ export class SchemaSet {
    * maps, and null allowed for a singular message field, which the bridge writes as `null`
    * when unset. Carries the field's comment and behaviours.
    */
-  fieldSchema(field: FieldInfo): Schema {
+  fieldSchema(field: FieldInfo, direction: Direction): Schema {
     let schema: Schema;
     if (field.mapKey) {
-      schema = { type: "object", additionalProperties: this.valueSchema(field) };
+      schema = { type: "object", additionalProperties: this.valueSchema(field, direction) };
     } else if (field.repeated) {
-      schema = { type: "array", items: this.valueSchema(field) };
+      schema = { type: "array", items: this.valueSchema(field, direction) };
     } else if (field.kind === "message" && field.oneof === undefined) {
-      schema = nullable(this.valueSchema(field));
+      schema = nullable(this.valueSchema(field, direction));
     } else {
-      schema = this.valueSchema(field);
+      schema = this.valueSchema(field, direction);
     }
     return annotate(schema, field);
   }
 
   /** The schema of one value of a field (an element of a repeated field, a value of a map). */
-  valueSchema(field: FieldInfo): Schema {
+  valueSchema(field: FieldInfo, direction: Direction): Schema {
     if (field.kind === "message") {
       const known = WELL_KNOWN[field.type];
       if (known) return { ...known };
-      this.include(field.type);
-      return refTo(field.type);
+      return this.refOf(field.type, direction);
     }
     if (field.kind === "enum") {
       if (field.type === "google.protobuf.NullValue") return { type: "null" };
-      this.include(field.type);
-      return refTo(field.type);
+      return this.refOf(field.type, direction);
     }
     return { ...(SCALARS[field.type as ScalarType] ?? { type: "string" }) };
   }

@@ -1,8 +1,8 @@
 import type { RouteDeps } from "./gateway.js";
 import type { Route } from "./http.js";
-import { loadContract } from "./descriptors.js";
-import { addOperation, errorResponses, PathTable, STATUS_SCHEMA } from "./openapi-operations.js";
-import { docText, SchemaSet } from "./openapi-schemas.js";
+import { loadContract, type Contract } from "./descriptors.js";
+import { addOperation, errorResponses, PathTable, STATUS_SCHEMA, STREAM_ERROR_SCHEMA, streamErrorSchema } from "./openapi-operations.js";
+import { docText, refTo, SchemaSet, type Schema } from "./openapi-schemas.js";
 
 /**
  * `GET /openapi.json`: the OpenAPI 3.1 document of the bridge, built once at start from the
@@ -31,8 +31,24 @@ export function openapiRoutes(deps: RouteDeps): Route[] {
   ];
 }
 
-/** Messages a google.rpc.Status carries in `details`; documented as components. */
-const DETAIL_TYPES = ["google.rpc.BadRequest", "google.rpc.RetryInfo"];
+/**
+ * Messages a google.rpc.Status may carry in `details` (glimpse sends BadRequest and RetryInfo;
+ * the others are google.rpc's standard details, listed so a client handles any of them):
+ * documented as components carrying their `@type`. DebugInfo is left out: stack traces never
+ * leave the server.
+ */
+const DETAIL_TYPES = [
+  "google.rpc.BadRequest",
+  "google.rpc.RetryInfo",
+  "google.rpc.ErrorInfo",
+  "google.rpc.QuotaFailure",
+  "google.rpc.PreconditionFailure",
+  "google.rpc.ResourceInfo",
+  "google.rpc.RequestInfo",
+  "google.rpc.Help",
+  "google.rpc.LocalizedMessage",
+];
+const TYPE_URL_PREFIX = "type.googleapis.com/";
 
 const API_DESCRIPTION = `The HTTP/JSON bridge of glimpse, generated from its protobuf contract: every RPC with a
 google.api.http binding is served here and passes through the same authentication, rate
@@ -45,8 +61,10 @@ when unset, and an unset message field as \`null\`.
 
 Errors are a google.rpc.Status \`{code, message, details}\` with grpc-gateway's HTTP status for
 the code; INVALID_ARGUMENT carries a google.rpc.BadRequest naming each bad field, and a rate
-limit (429) a google.rpc.RetryInfo and a \`Retry-After\` header. Server-streaming RPCs answer
-newline-delimited JSON.
+limit (429) a google.rpc.RetryInfo and a \`Retry-After\` header; each detail carries its
+\`@type\`. Server-streaming RPCs answer newline-delimited JSON, one \`{"result": ...}\` per line; a
+call that fails before the first line answers its status with one \`{"error": ...}\`, as
+grpc-gateway does. Every field an answer always carries is listed as \`required\`.
 
 Send an API key as \`Authorization: Bearer <key>\` or \`X-Api-Key: <key>\`.`;
 
@@ -58,8 +76,10 @@ Send an API key as \`Authorization: Bearer <key>\` or \`X-Api-Key: <key>\`.`;
  */
 export function buildOpenApi(descriptors: Uint8Array, serverUrl: string): object {
   const contract = loadContract(descriptors);
-  const schemas = new SchemaSet(contract);
   const services = contract.services.filter((s) => s.methods.some((m) => m.bindings.length > 0));
+  const bound = services.flatMap((s) => s.methods.filter((m) => m.bindings.length > 0));
+  const outputs = reachable(contract, [...bound.map((m) => m.responseType), STATUS_SCHEMA, ...DETAIL_TYPES]);
+  const schemas = new SchemaSet(contract, outputs);
   const paths = new PathTable();
   for (const service of services) {
     for (const method of service.methods) {
@@ -70,7 +90,9 @@ export function buildOpenApi(descriptors: Uint8Array, serverUrl: string): object
   const packages = services.map((s) => s.fullName.slice(0, s.fullName.lastIndexOf(".") + 1));
   const inApi = (name: string) => packages.some((prefix) => name.startsWith(prefix));
   for (const name of [...contract.messages.keys(), ...contract.enums.keys()]) if (inApi(name)) schemas.include(name);
-  for (const name of [STATUS_SCHEMA, ...DETAIL_TYPES]) schemas.include(name);
+  for (const name of [STATUS_SCHEMA, ...DETAIL_TYPES]) schemas.include(name, "output");
+  typeDetails(schemas.components, contract);
+  schemas.components[STREAM_ERROR_SCHEMA] = streamErrorSchema();
 
   return {
     openapi: "3.1.0",
@@ -98,6 +120,45 @@ export function buildOpenApi(descriptors: Uint8Array, serverUrl: string): object
           description: "An API key as `X-Api-Key: <key>`.",
         },
       },
+    },
+  };
+}
+
+/** The messages a set of types refers to, themselves included. */
+function reachable(contract: Contract, roots: string[]): Set<string> {
+  const seen = new Set<string>();
+  const walk = (typeName: string) => {
+    const message = contract.messages.get(typeName);
+    if (!message || seen.has(typeName)) return;
+    seen.add(typeName);
+    for (const field of message.fields) if (field.kind === "message") walk(field.type);
+  };
+  roots.forEach(walk);
+  return seen;
+}
+
+/**
+ * Gives each detail type's component its `@type` (a constant), and google.rpc.Status's
+ * `details` items the union of those, discriminated by `@type`: a generated client narrows a
+ * detail by its `@type` to its fields without a cast.
+ */
+function typeDetails(components: Record<string, Schema>, contract: Contract): void {
+  const mapping: Record<string, string> = {};
+  for (const name of DETAIL_TYPES) {
+    if (!contract.messages.has(name)) continue;
+    const url = TYPE_URL_PREFIX + name;
+    const component = components[name];
+    component.properties = { "@type": { type: "string", const: url }, ...(component.properties as object) };
+    component.required = ["@type", ...((component.required as string[] | undefined) ?? [])];
+    mapping[url] = (refTo(name).$ref as string);
+  }
+  const status = components[STATUS_SCHEMA];
+  const properties = status.properties as Record<string, Schema>;
+  properties.details = {
+    ...properties.details,
+    items: {
+      oneOf: Object.values(mapping).map(($ref) => ({ $ref })),
+      discriminator: { propertyName: "@type", mapping },
     },
   };
 }

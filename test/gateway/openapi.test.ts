@@ -70,13 +70,23 @@ describe("GET /openapi.json", () => {
     }
     const status = ajv.getSchema(`${root}#/components/schemas/google.rpc.Status`)!;
     const auth = { authorization: `Bearer ${t.adminKey}` };
-    for (const path of ["/v1/images/123456789/content", "/v1/images/x/content", "/v1/no-such-route"]) {
+    for (const path of ["/v1/images/123456789/content", "/v1/images/x/content", "/v1/no-such-route", "/v1/images/x", "/v1/images/"]) {
       const res = await fetch(`${base}${path}`, { headers: auth });
       expect(res.status, path).toBeGreaterThanOrEqual(400);
       const body = await res.json();
       expect(status(body), `${path}: ${JSON.stringify(status.errors)}`).toBe(true);
     }
     expect(status({ code: "5", message: 1 })).toBe(false);
+    // A detail must be one of the typed details, by its @type and fields.
+    const badRequest = { "@type": "type.googleapis.com/google.rpc.BadRequest", fieldViolations: [] };
+    expect(status({ code: 3, message: "m", details: [badRequest] })).toBe(true);
+    expect(status({ code: 3, message: "m", details: [{ ...badRequest, "@type": "type.googleapis.com/google.rpc.RetryInfo" }] })).toBe(false);
+    // A stream whose call fails before its first message: grpc-gateway's {error} chunk.
+    const streamError = ajv.getSchema(`${root}#/components/schemas/StreamError`)!;
+    const res = await fetch(`${base}/v1/images:streamSearch`, { method: "POST", body: '{"prompt": "x", "limit": 100000}', headers: auth });
+    expect(res.status).toBe(400);
+    const body = await res.json();
+    expect(streamError(body), JSON.stringify(streamError.errors)).toBe(true);
   });
 
   it("describes the JSON the bridge really answers", async () => {
@@ -113,7 +123,7 @@ describe("GET /openapi.json", () => {
     const checks: [string, string, string][] = [
       [`/v1/images/${image!.id}`, "/v1/images/{id}", "get"],
       ["/v1/images?pageSize=5", "/v1/images", "get"],
-      [`/v1/images/${image!.id}/comments`, "/v1/images/{image_id}/comments", "get"],
+      [`/v1/images/${image!.id}/comments`, "/v1/images/{imageId}/comments", "get"],
       ["/v1/account", "/v1/account", "get"],
       ["/v1/models", "/v1/models", "get"],
     ];
@@ -159,20 +169,21 @@ describe("GET /openapi.json", () => {
         "POST /v1/images",
         "GET /v1/images",
         "GET /v1/images/{id}",
-        "PATCH /v1/images/{id}",
+        "PATCH /v1/images/{image.id}",
         "DELETE /v1/images/{id}",
         "GET /v1/images/{id}/content",
         "HEAD /v1/images/{id}/content",
-        "POST /v1/images/{image_id}/reactions",
-        "PUT /v1/images/{image_id}/reactions/{kind}",
-        "DELETE /v1/images/{image_id}/reactions/{kind}",
+        "POST /v1/images/{imageId}/reactions",
+        "PUT /v1/images/{imageId}/reactions/{kind}",
+        "DELETE /v1/images/{imageId}/reactions/{kind}",
         "POST /v1/images:search",
         "GET /v1/images:search",
         "POST /v1/images:streamSearch",
         "POST /v1/generations",
         "GET /v1/account",
-        "GET /v1/accounts/{account_id}",
-        "POST /v1/accounts/{account_id}/credits:grant",
+        "GET /v1/accounts/{accountId}",
+        "POST /v1/accounts/{accountId}/credits:grant",
+        "DELETE /v1/account/keys/{keyId}",
         "GET /healthz",
         "GET /readyz",
       ]),
@@ -199,10 +210,10 @@ describe("GET /openapi.json", () => {
     });
     expect(byName.get("filter.postId")).toMatchObject({ schema: { type: "string", format: "int64" } });
     // A field bound to the path, or sent as the body, is not also a query parameter.
-    const update = doc.paths["/v1/images/{id}"].patch;
-    expect(update.parameters.map((p: Json) => p.name)).toEqual(["id", "updateMask"]);
-    expect(update.requestBody.content["application/json"].schema).toEqual(ref("glimpse.image.v1.Image"));
-    const react = doc.paths["/v1/images/{image_id}/reactions"].post.requestBody.content["application/json"].schema;
+    const update = doc.paths["/v1/images/{image.id}"].patch;
+    expect(update.parameters.map((p: Json) => p.name)).toEqual(["image.id", "updateMask"]);
+    expect(update.requestBody.content["application/json"].schema).toEqual(ref("glimpse.image.v1.ImageInput"));
+    const react = doc.paths["/v1/images/{imageId}/reactions"].post.requestBody.content["application/json"].schema;
     expect(Object.keys(react.properties)).toEqual(["kind"]);
     const upload = doc.paths["/v1/images"].post.requestBody.content;
     expect(upload["application/json"].schema).toEqual(ref("glimpse.image.v1.UploadImageRequest"));
@@ -239,11 +250,23 @@ describe("GET /openapi.json", () => {
 
     const stream = doc.paths["/v1/images:streamSearch"].post;
     const line = stream.responses["200"].content["application/x-ndjson"].schema;
-    expect(line.properties.result).toEqual(ref("glimpse.image.v1.StreamSearchImagesResponse"));
-    expect(line.properties.error).toEqual(ref("google.rpc.Status"));
+    expect(line.oneOf).toEqual([
+      { type: "object", properties: { result: ref("glimpse.image.v1.StreamSearchImagesResponse") }, required: ["result"] },
+      ref("StreamError"),
+    ]);
+    expect(doc.components.schemas.StreamError).toMatchObject({ properties: { error: ref("google.rpc.Status") }, required: ["error"] });
     expect(stream.requestBody.content["application/json"].schema).toEqual({
       $ref: "#/components/schemas/glimpse.image.v1.SearchImagesRequest",
     });
+    // Its failures: the call's as {error}, a request it could not read as a plain Status; 400 included.
+    expect(stream.responses["400"]).toEqual({ $ref: "#/components/responses/StreamError400" });
+    expect(doc.components.responses.StreamError400.content["application/json"].schema.oneOf).toEqual([
+      ref("StreamError"),
+      ref("google.rpc.Status"),
+    ]);
+    const batch = doc.paths["/v1/images:batchUpload"].post;
+    expect(Object.keys(batch.requestBody.content)).toEqual(["application/x-ndjson", "application/json"]);
+    expect(batch.responses["400"]).toEqual({ $ref: "#/components/responses/StreamError400" });
 
     const getImage = doc.paths["/v1/images/{id}"].get.responses;
     expect(getImage["404"]).toEqual({ $ref: "#/components/responses/Error404" });
@@ -253,6 +276,34 @@ describe("GET /openapi.json", () => {
       $ref: "#/components/schemas/google.rpc.Status",
     });
     expect(Object.keys(doc.components.schemas["google.rpc.Status"].properties)).toEqual(["code", "message", "details"]);
+  });
+
+  it("lists as required every field an answer always carries, and only REQUIRED ones in requests", () => {
+    const image = doc.components.schemas["glimpse.image.v1.Image"];
+    expect(image.required).toEqual(expect.arrayContaining(["id", "fileName", "tags", "createdAt", "stats", "meta"]));
+    // proto3 optional fields and oneof members are written only when set.
+    expect(image.required).not.toContain("postId");
+    expect(image.required).not.toContain("content");
+    const batch = doc.components.schemas["glimpse.image.v1.BatchUploadImagesResponse"];
+    expect(batch.required).not.toContain("image");
+    expect(batch.required).not.toContain("error");
+    // The request form of a message that travels both ways requires nothing the contract does not.
+    expect(doc.components.schemas["glimpse.image.v1.ImageInput"].required).toBeUndefined();
+    expect(Object.keys(doc.components.schemas["glimpse.image.v1.ImageInput"].properties)).toEqual(Object.keys(image.properties));
+    expect(doc.components.schemas["glimpse.image.v1.UploadImageRequest"].required).toEqual(["content"]);
+    expect(doc.components.schemas["google.rpc.Status"].required).toEqual(["code", "message", "details"]);
+  });
+
+  it("types status details by their @type", () => {
+    const items = doc.components.schemas["google.rpc.Status"].properties.details.items;
+    expect(items.discriminator.propertyName).toBe("@type");
+    expect(items.discriminator.mapping["type.googleapis.com/google.rpc.BadRequest"]).toBe("#/components/schemas/google.rpc.BadRequest");
+    expect(items.oneOf).toContainEqual(ref("google.rpc.RetryInfo"));
+    expect(items.oneOf).toContainEqual(ref("google.rpc.ErrorInfo"));
+    expect(items.oneOf).not.toContainEqual(ref("google.rpc.DebugInfo"));
+    const badRequest = doc.components.schemas["google.rpc.BadRequest"];
+    expect(badRequest.properties["@type"]).toEqual({ type: "string", const: "type.googleapis.com/google.rpc.BadRequest" });
+    expect(badRequest.required).toEqual(["@type", "fieldViolations"]);
   });
 
   it("carries the proto comments as descriptions", () => {
