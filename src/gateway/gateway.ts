@@ -11,6 +11,7 @@ import type { BlobStore } from "../blobs/blob-store.js";
 import { contentRoutes } from "./content.js";
 import { nativeRoutes } from "./native.js";
 import { openapiRoutes } from "./openapi.js";
+import { webRoutes } from "./web.js";
 
 /** What the bridge is built from. */
 export interface GatewayDeps {
@@ -88,6 +89,7 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
   // Before the generic routes: these answer some of the same paths with raw bytes.
   router.add(...contentRoutes(routeDeps));
   router.add(...openapiRoutes(routeDeps));
+  router.add(...webRoutes());
   router.add(...nativeRoutes(routeDeps));
   router.add(...mikiRoutes(routeDeps));
   router.add(...civitaiRoutes(routeDeps));
