@@ -1,6 +1,7 @@
 import { AccountService } from "../accounts/account-service.js";
 import { loadOptions, type Options } from "../config/options.js";
 import { DomainError } from "../errors.js";
+import { UsageError } from "./args.js";
 import { createLogger, type Logger } from "../logging/logger.js";
 import { AccountsRepository } from "../store/accounts-repository.js";
 import { connect, type Sql } from "../store/db.js";
@@ -30,8 +31,6 @@ interface KeysFlags {
   rest: string[];
 }
 
-/** Usage errors: printed with the usage text, exit status 2. */
-export class UsageError extends Error {}
 
 function parseKeysFlags(argv: string[]): KeysFlags {
   const flags: KeysFlags = { admin: false, name: "cli", rest: [] };

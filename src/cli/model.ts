@@ -46,7 +46,7 @@ export async function runModelCommand(argv: readonly string[], context: ModelCom
     stderr.write(USAGE);
     return 2;
   }
-  if (command === "help" || command === "--help") {
+  if (command === "help" || command === "--help" || command === "-h" || rest.includes("--help") || rest.includes("-h")) {
     stdout.write(USAGE);
     return 0;
   }
