@@ -6,7 +6,7 @@
  *   npm run bench:load -- --scenario search-user[,get-image,...|all] [--concurrency 16[,64] | --rate 200/s]
  *                         [--duration 30s] [--target grpc|http|grpc,http] [--share 0.01] [--images 100000]
  *                         [--address 127.0.0.1:50051 --key glk_...] [--workers 2] [--warmup 3s]
- *                         [--cpu-prof] [--out DIR]
+ *                         [--cpu-prof] [--out DIR] [--repeat 3]
  *   npm run bench:load -- sweep --scenarios get-image,search-user [--target grpc,http] [--p99 50ms]
  *                         [--start-rate 100/s] [--max-rate 20000/s] [--probes 8] [--duration 5s] [--budget 10m]
  *   npm run bench:load -- compare --base 3bcb0a1 [--current HEAD] [--scenarios search-admin,search-user,search-user-tag:0.01]
@@ -26,6 +26,10 @@
  * both, alternating, in one run. Only loopback addresses are accepted; every run is bounded in
  * time (--duration, plus the warm-up and the per-call timeout) and in count (--max-requests);
  * a sweep also by --probes and --budget.
+ *
+ * --repeat N runs every row N times, in rounds whose order alternates (forwards, then
+ * backwards), and adds the median of the rounds, so rows compared with each other (gRPC
+ * against HTTP) share the machine's state as far as a busy machine allows.
  *
  * --cpu-prof profiles the server(s) over the measured calls only (V8's CPU profiler through the
  * inspector, as `node --cpu-prof` does) and reports the functions with the most self time.
@@ -81,6 +85,7 @@ const { values: opt } = parseArgs({
     "start-rate": { type: "string", default: "100/s" },
     "max-rate": { type: "string", default: "20000/s" },
     probes: { type: "string", default: "8" },
+    repeat: { type: "string", default: "1" },
     budget: { type: "string", default: "10m" },
     help: { type: "boolean", default: false },
   },
@@ -501,6 +506,68 @@ function profileMarkdown(label: string, p: ProfileSummary): string {
   ].join("\n");
 }
 
+interface MedianRow {
+  scenario: string;
+  target: Target;
+  mode: string;
+  load: string;
+  rounds: number;
+  requests_per_s: number;
+  p50_ms: number;
+  p99_ms: number;
+  errors: number;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/** One row per scenario, target and load: the median of its rounds. */
+function medianRows(rows: { scenario: string; target: Target; mode: string; load: string; summary: Summary }[]): MedianRow[] {
+  const groups = new Map<string, typeof rows>();
+  for (const r of rows) {
+    const key = `${r.scenario}|${r.target}|${r.load}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  return [...groups.values()].map((g) => ({
+    scenario: g[0].scenario,
+    target: g[0].target,
+    mode: g[0].mode,
+    load: g[0].load,
+    rounds: g.length,
+    requests_per_s: round(median(g.map((r) => r.summary.requests_per_s)), 1),
+    p50_ms: round(median(g.map((r) => r.summary.p50_ms)), 3),
+    p99_ms: round(median(g.map((r) => r.summary.p99_ms)), 3),
+    errors: g.reduce((a, r) => a + r.summary.requests - r.summary.ok, 0),
+  }));
+}
+
+function medianTable(m: MedianRow[]): string {
+  return markdownTable(
+    ["scenario", "target", "mode", "load", "rounds", "req/s", "p50 ms", "p99 ms", "failed calls"],
+    m.map((r) => [r.scenario, r.target, r.mode, r.load, r.rounds, r.requests_per_s, r.p50_ms, r.p99_ms, r.errors]),
+  );
+}
+
+/** gRPC against HTTP for every scenario and load measured over both. */
+function ratioLines(m: MedianRow[]): string[] {
+  const pairs = m.filter((r) => r.target === "grpc").flatMap((g) => {
+    const h = m.find((r) => r.target === "http" && r.scenario === g.scenario && r.load === g.load);
+    return h ? [[g, h] as const] : [];
+  });
+  if (pairs.length === 0) return [];
+  return [
+    "",
+    "HTTP bridge against gRPC, same server, same run" + (m[0].rounds > 1 ? " (medians of the rounds)" : "") + ":",
+    "",
+    markdownTable(
+      ["scenario", "load", "gRPC req/s", "HTTP req/s", "gRPC/HTTP req/s", "HTTP/gRPC p50", "HTTP/gRPC p99"],
+      pairs.map(([g, h]) => [g.scenario, g.load, g.requests_per_s, h.requests_per_s, round(g.requests_per_s / h.requests_per_s, 2), round(h.p50_ms / g.p50_ms, 2), round(h.p99_ms / g.p99_ms, 2)]),
+    ),
+  ];
+}
+
 /** This tree's server on the seeded data set, or the running one at --address. */
 async function setUp(cleanup: Cleanup, images: number, scenarios: string[]) {
   let server: Server;
@@ -575,23 +642,27 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     const machine = `${environment.cpu} x ${environment.cores} cores, ${environment.memory_gib} GiB; node ${environment.node}, PostgreSQL ${environment.postgres}`;
 
     if (command === "run") {
-      const rows: { scenario: string; target: Target; mode: string; load: string; summary: Summary; profile?: Record<string, ProfileSummary> }[] = [];
-      for (const { sc, target } of pairs) {
-        for (const load of loads) {
+      const rows: { round: number; scenario: string; target: Target; mode: string; load: string; summary: Summary; profile?: Record<string, ProfileSummary> }[] = [];
+      const repeat = Number(opt.repeat);
+      if (!Number.isInteger(repeat) || repeat < 1 || repeat > 20) throw new Error("--repeat is 1..20");
+      const plan = pairs.flatMap((p) => loads.map((load) => ({ ...p, load })));
+      for (let round = 1; round <= repeat; round++) {
+        for (const { sc, target, load } of round % 2 === 1 ? plan : [...plan].reverse()) {
           const cfg: RunConfig = { scenario: sc.scenario, name: sc.name, share: sc.share, target, mode: load.rate ? "open" : "closed", ...load, durationMs, warmupMs };
           const loadText = cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`;
           await prof.start();
           const summary = await measure(pool, server, cfg, ids, opt.key);
           const profile = await prof.stop(`${sc.name.replace(":", "-")}-${target}-${loadText.replace(/[=/]/g, "")}`);
-          rows.push({ scenario: sc.name, target, mode: cfg.mode, load: loadText, summary, profile });
-          console.log(`  ${sc.name} ${target} ${cfg.mode} ${loadText}: ${summary.requests_per_s} req/s, p50 ${summary.p50_ms} ms, p99 ${summary.p99_ms} ms, errors ${errorsText(summary)}${summary.dropped ? `, dropped ${summary.dropped}` : ""}`);
+          rows.push({ round, scenario: sc.name, target, mode: cfg.mode, load: loadText, summary, profile });
+          console.log(`  ${repeat > 1 ? `round ${round}: ` : ""}${sc.name} ${target} ${cfg.mode} ${loadText}: ${summary.requests_per_s} req/s, p50 ${summary.p50_ms} ms, p99 ${summary.p99_ms} ms, errors ${errorsText(summary)}${summary.dropped ? `, dropped ${summary.dropped}` : ""}`);
           if (profile) console.log(profileMarkdown(server.label, profile.current ?? Object.values(profile)[0]));
         }
       }
       const table = markdownTable(
-        ["scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped"],
-        rows.map((r) => [r.scenario, r.target, r.mode, r.load, r.summary.requests_per_s, r.summary.p50_ms, r.summary.p90_ms, r.summary.p99_ms, r.summary.max_ms, errorsText(r.summary), r.summary.dropped]),
+        ["round", "scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped"],
+        rows.map((r) => [r.round, r.scenario, r.target, r.mode, r.load, r.summary.requests_per_s, r.summary.p50_ms, r.summary.p90_ms, r.summary.p99_ms, r.summary.max_ms, errorsText(r.summary), r.summary.dropped]),
       );
+      const medians = medianRows(rows);
       const loadAfter = os.loadavg().map((x) => round(x));
       const markdown = [
         `# Load run: ${server.commit}`,
@@ -601,12 +672,14 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
         `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${loadAfter.join(" ")}`,
         ...skipped.map((s) => `- skipped: ${s}`),
         "",
+        ...(repeat > 1 ? ["Median of the rounds:", "", medianTable(medians), "", "Every round:", ""] : []),
         table,
+        ...ratioLines(medians),
         ...rows.filter((r) => r.profile).map((r) => `\n## ${r.scenario} ${r.target} ${r.load}\n\n${profileMarkdown(server.label, Object.values(r.profile!)[0])}`),
       ].join("\n");
       const written = await save(
         `load-run-${stamp()}`,
-        { benchmark: "load", environment, load_average_before: loadBefore, load_average_after: loadAfter, config: { duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k), argv }, server, dataset, skipped, rows },
+        { benchmark: "load", environment, load_average_before: loadBefore, load_average_after: loadAfter, config: { duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k), repeat, argv }, server, dataset, skipped, medians, rows },
         markdown,
       );
       console.log(markdown);

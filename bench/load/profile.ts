@@ -16,7 +16,7 @@ interface CpuProfile {
 
 export interface HotFunction {
   function: string;
-  /** path:line, relative to the build's root when inside it. */
+  /** path (and line, outside .ts files), relative to the build's root when inside it. */
   location: string;
   self_ms: number;
   /** Share of the busy time (all samples but idle). */
@@ -68,7 +68,9 @@ export async function summariseProfile(file: string, root: string, top = 25): Pr
     if (frame.functionName === "(idle)") idleUs += us;
     if (frame.functionName === "(garbage collector)") gcUs += us;
     const { location, ours } = locate(frame.url, root);
-    const where = location ? `${location}:${frame.lineNumber + 1}` : "";
+    // Under tsx the .ts files run transpiled without their source map, so their line numbers
+    // are not the source's: name the file only.
+    const where = !location ? "" : location.endsWith(".ts") ? location : `${location}:${frame.lineNumber + 1}`;
     const name = frame.functionName || "(anonymous)";
     const key = `${name} ${where}`;
     const entry = byFunction.get(key) ?? { function: name, location: where, ours, us: 0 };
