@@ -146,6 +146,7 @@ describe("the bridge against a stand-in gRPC server", () => {
     expect(res.status).toBe(400);
     expect(res.headers.get("content-type")).toMatch(/^application\/json/);
     expect(await res.text()).toBe(`${JSON.stringify({ error: { code: 9, message: "no index to search", details: [] } })}\n`);
+    expect(res.headers.get("grpc-metadata-x-served-by")).toBe("stand-in");
   });
 
   it("answers a request it cannot read before any call with the plain Status body, as grpc-gateway does", async () => {
