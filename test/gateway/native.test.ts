@@ -544,6 +544,8 @@ describe("native HTTP/JSON routes", () => {
     expect(sent.headers.get("x-request-id")).toBe("req-http-123");
     const given = await call("GET", "/v1/account");
     expect(given.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    // The server's response headers also come back as grpc-gateway forwards them.
+    expect(given.headers.get("grpc-metadata-x-request-id")).toBe(given.headers.get("x-request-id"));
     const failed = await call("GET", "/v1/images/123456789", { headers: { "x-request-id": "req-http-404" } });
     expect(failed.headers.get("x-request-id")).toBe("req-http-404");
   });
