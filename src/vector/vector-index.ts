@@ -208,13 +208,16 @@ export class VectorIndex {
 
   /**
    * Exact top k among the given slots (live ones; the caller passes no free slot, though the
-   * int8 scan skips one anyway). An ascending list, as a bitmap of slots gives, is cheapest.
+   * int8 mode skips one anyway). An ascending list, as a bitmap of slots gives, is cheapest.
    * Scores are float32 inner products in both scan modes.
    */
   searchExactSlots(query: Float32Array, k: number, rows: Int32Array): Neighbour[] {
     if (rows.length === 0 || k <= 0) return [];
-    if (!this.quantised || !quantisedPays(k, rows.length)) {
-      return this.neighbours(this.matrix.topK(query, Math.min(k, rows.length), rows));
+    if (!this.quantised) return this.neighbours(this.matrix.topK(query, Math.min(k, rows.length), rows));
+    if (!quantisedPays(k, rows.length)) {
+      // A short list: the float32 scan alone, skipping free slots as the int8 scan does.
+      const live = rows.filter((slot) => this.slotIds[slot] !== 0n);
+      return this.neighbours(this.matrix.topK(query, Math.min(k, live.length), live));
     }
     return this.neighbours(rerank(this.matrix, query, k, this.quantised.topK(query, rerankDepth(k, rows.length), rows)));
   }
