@@ -17,7 +17,8 @@ import { imageHandlers } from "./server/handlers/image-handlers.js";
 import { serviceRegistrations, type HandlerSet } from "./server/handlers/index.js";
 import { AccountService } from "./accounts/account-service.js";
 import { KeyCache } from "./accounts/key-cache.js";
-import { RateLimiter } from "./accounts/token-bucket.js";
+import { RedisRateLimiter } from "./accounts/redis-buckets.js";
+import { RateLimiter, type TokenBuckets } from "./accounts/token-bucket.js";
 import { GenerationService } from "./generation/generation-service.js";
 import { abandonedAfterMs, buildProviders } from "./generation/providers/index.js";
 import { ReplicaLease } from "./generation/replica-lease.js";
@@ -110,11 +111,18 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   const metrics = options.metrics ? new Metrics() : undefined;
   const tracing = await startTracing(options, logger);
   let serving = false;
+  // Rate-limit buckets in Redis when replicas share them, else in this process.
+  let limiter: TokenBuckets = new RateLimiter(clock);
+  if (options.redisUrl !== undefined) {
+    const shared = new RedisRateLimiter({ url: options.redisUrl, prefix: options.redisPrefix, fail: options.redisFail, logger });
+    closers.push(() => shared.close());
+    limiter = shared;
+  }
   // One gatekeeper for both transports: the bridge admits a request by its headers before
   // reading its body, and the gRPC calls it then makes are not charged again.
   const gatekeeper = new Gatekeeper({
     accounts: () => servingAccounts,
-    limiter: new RateLimiter(clock),
+    limiter,
     anonymousRead: options.anonymousRead,
     anonymousRateLimit: options.rateLimitPerMinute,
     rateLimited: metrics ? (caller) => metrics.rateLimited.inc({ caller }) : undefined,

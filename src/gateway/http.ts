@@ -33,9 +33,9 @@ export interface HttpContext {
   admit(): Promise<void>;
   /**
    * Charges the admitted request one more rate-limit token, for work beyond one call (each
-   * further file of a multi-file upload); throws RESOURCE_EXHAUSTED when the budget is spent.
+   * further file of a multi-file upload); rejects RESOURCE_EXHAUSTED when the budget is spent.
    */
-  charge(): void;
+  charge(): Promise<void>;
   /**
    * The whole request body, read only once the request is admitted, within `maxBodyBytes`
    * (larger: the route's `oversize` error, or 413), the body timeout (408) and the process's
@@ -222,7 +222,7 @@ function requestIdOf(req: IncomingMessage): string {
  * Lets a request in for an RPC (see HttpContext.admit); throws a DomainError to refuse it.
  * Answers how to charge the request for more.
  */
-export type Admit = (rpc: string, metadata: Metadata, clientAddress: string) => Promise<{ charge: () => void }>;
+export type Admit = (rpc: string, metadata: Metadata, clientAddress: string) => Promise<{ charge: () => Promise<void> }>;
 
 export interface HttpServerOptions {
   host: string;
@@ -304,7 +304,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     });
     let body: Promise<Buffer> | undefined;
     let admitted: Promise<void> | undefined;
-    let charge: (() => void) | undefined;
+    let charge: (() => Promise<void>) | undefined;
     const metadata = metadataOf(req);
     metadata.set("x-request-id", requestId);
     // Calls on the client's behalf may name its address (x-forwarded-for): the gRPC side
@@ -335,9 +335,9 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       metadata,
       signal: controller.signal,
       admit,
-      charge: () => {
+      charge: async () => {
         if (!charge) throw new Error("charge() before the request was admitted");
-        charge();
+        await charge();
       },
       body: () =>
         (body ??= admit().then(async () => {

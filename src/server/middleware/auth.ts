@@ -141,7 +141,7 @@ export class Gatekeeper {
     clientAddress: string,
     tokens: "take" | "peek" | "none",
   ): Promise<Admission> {
-    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: () => {} };
+    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: async () => {} };
     const { caller, buckets, who } = await this.identify(method, metadata, clientAddress);
     if (tokens !== "none") await this.take(buckets, who, tokens === "take");
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
