@@ -3,6 +3,23 @@ import type { Clock } from "../clock.js";
 /** The outcome of asking for one request's worth of tokens. */
 export type Admission = { allowed: true } | { allowed: false; retryAfterMs: number };
 
+/** One bucket a call is charged to: its name and its size (and refill) per minute. */
+export interface BucketLimit {
+  key: string;
+  perMinute: number;
+}
+
+/**
+ * Where token buckets live: in this process ({@link RateLimiter}) or in Redis, shared by
+ * every replica (RedisRateLimiter). Both take from several buckets at once, or from none.
+ */
+export interface TokenBuckets {
+  /** Takes one token from each bucket, or none when any is empty (then: the longest wait). */
+  takeAll(limits: readonly BucketLimit[]): Admission | Promise<Admission>;
+  /** Whether {@link takeAll} would admit now, without taking anything. */
+  wouldAdmit(limits: readonly BucketLimit[]): Admission | Promise<Admission>;
+}
+
 interface Bucket {
   tokens: number;
   /** Clock time (ms) at which `tokens` was last brought up to date. */
@@ -17,9 +34,9 @@ const SWEEP_EVERY = 1000;
  * Token buckets, one per key (an API key, an account, a client address): each holds at most `perMinute` tokens and refills continuously
  * at `perMinute` per minute; a request takes one. Time comes from the injected clock, so
  * tests move it instead of sleeping. Buckets live in this process only: with several
- * replicas each enforces the limit on the calls it serves.
+ * replicas each enforces the limit on the calls it serves (GLIMPSE_REDIS_URL shares them).
  */
-export class RateLimiter {
+export class RateLimiter implements TokenBuckets {
   private readonly buckets = new Map<string, Bucket>();
   private checks = 0;
 

@@ -50,6 +50,8 @@ export interface Options {
   redisUrl: string | undefined;
   /** What a call meets while Redis does not answer: admitted unlimited (`open`) or refused UNAVAILABLE (`closed`). */
   redisFail: "open" | "closed";
+  /** Prepended to every rate-limit key in Redis, so deployments sharing one Redis stay apart. */
+  redisPrefix: string;
   /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
   model: string;
   /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
@@ -377,6 +379,12 @@ function optionalRedisUrl(raw: string | undefined, env: string): string | undefi
   return text;
 }
 
+function redisPrefix(raw: string | undefined, env: string): string {
+  const text = (raw ?? "").trim();
+  if (!/^[\x21-\x7e]{1,100}$/.test(text)) throw new Error(`${env} must be 1 to 100 printable characters without spaces`);
+  return text;
+}
+
 /** An optional absolute http(s) endpoint, without a trailing slash. */
 function optionalEndpoint(raw: string | undefined, env: string): string | undefined {
   if (raw === undefined || raw.trim() === "") return undefined;
@@ -539,6 +547,13 @@ function optionalEndpoint(raw: string | undefined, env: string): string | undefi
     doc: "While Redis does not answer: open admits calls without a limit, closed refuses them UNAVAILABLE.",
     parse: oneOf(["open", "closed"] as const),
   } satisfies OptionSpec<"redisFail">,
+  {
+    key: "redisPrefix",
+    env: "GLIMPSE_REDIS_PREFIX",
+    default: "glimpse:rate:",
+    doc: "Prefix of the rate-limit keys in Redis; deployments sharing one Redis need different ones.",
+    parse: redisPrefix,
+  } satisfies OptionSpec<"redisPrefix">,
   {
   {
     key: "embedBatchSize",

@@ -99,7 +99,7 @@ describe("the bridge against a stand-in gRPC server", () => {
       logger: testLogger(),
       maxBodyBytes: 1024 * 1024,
       // This test's server has no authentication: every request is let in.
-      admit: async () => ({ charge: () => {} }),
+      admit: async () => ({ charge: async () => {} }),
       ticket: "test",
       budget: new ByteBudget(64 * 1024 * 1024),
       bodyTimeoutMs: 30_000,

@@ -145,7 +145,7 @@ async function upload(ctx: HttpContext, images: ImageClient): Promise<unknown> {
   // stored, and sending the same bytes again returns them (glimpse deduplicates by content).
   for (const [i, file] of form.files.entries()) {
     // The request's admission paid for the first file; each further one costs a token.
-    if (i > 0) ctx.charge();
+    if (i > 0) await ctx.charge();
     const entry = perFile[i];
     const request: Partial<UploadImageRequest> = {
       content: file.content,

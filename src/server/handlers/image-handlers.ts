@@ -142,7 +142,7 @@ export function imageHandlers(deps: ImageHandlerDeps): Partial<ImageServiceImple
         const requestId = item.request?.requestId ?? "";
         try {
           // The call's own token pays for the first item; every further item costs one more.
-          if (index > 0) context.charge();
+          if (index > 0) await context.charge();
           if (!item.request) throw invalidArgument({ field: "request", description: "is required" });
           const { image, deduplicated } = await catalogue.upload(context.caller, { ...uploadIn(item.request, "request."), signal: context.signal });
           yield { index, requestId, result: { $case: "image", value: imageOut(image, publicUrl, { deduplicated }) } };

@@ -11,7 +11,7 @@ export interface CallerContext {
    * Charges the call one more rate-limit token (for each item of a stream after the first);
    * throws RESOURCE_EXHAUSTED when the caller's budget is spent.
    */
-  charge: () => void;
+  charge: () => Promise<void>;
 }
 
 /**
@@ -21,7 +21,7 @@ export interface CallerContext {
 export type CallerResolver = (
   method: string,
   context: CallContext,
-) => Promise<{ caller: Caller; charge: () => void }> | { caller: Caller; charge: () => void };
+) => Promise<{ caller: Caller; charge: () => Promise<void> }> | { caller: Caller; charge: () => Promise<void> };
 
 /** The id of no account: calls made without a key act as it, so they see public images only. */
 export const ANONYMOUS_ACCOUNT_ID = "00000000-0000-0000-0000-000000000000";
