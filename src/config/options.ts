@@ -52,6 +52,8 @@ export interface Options {
   redisFail: "open" | "closed";
   /** Prepended to every rate-limit key in Redis, so deployments sharing one Redis stay apart. */
   redisPrefix: string;
+  /** Seconds a batch of pending images claimed by one replica's indexer stays its alone. */
+  indexClaimLeaseS: number;
   /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
   model: string;
   /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
@@ -74,6 +76,8 @@ export interface Options {
   searchEf: number;
   /** Filters matching at most this many images are answered by an exact scan instead of HNSW. */
   searchExactMax: number;
+  /** What the exact scan reads: int8 rows plus a float32 re-rank of the best, or float32 rows. */
+  scanQuantisation: "int8" | "float32";
   /** Index changes after which a snapshot is written. */
   snapshotEveryChanges: number;
   /** Seconds after which changes not yet in a snapshot are written to one. */
@@ -128,6 +132,9 @@ export interface Options {
   serviceName: string;
 }
 
+/** Where blobs are stored; a files location with an empty `dir` means `<dataDir>/blobs`. */
+export type BlobLocation = { kind: "files"; dir: string } | { kind: "s3"; bucket: string; prefix: string };
+
 /** One documented option: where it comes from and how its text becomes a value. */
 interface OptionSpec<K extends keyof Options> {
   key: K;
@@ -140,9 +147,6 @@ interface OptionSpec<K extends keyof Options> {
 }
 
 /** A configuration that cannot be used; the message names every offending variable. */
-/** Where blobs are stored; a files location with an empty `dir` means `<dataDir>/blobs`. */
-export type BlobLocation = { kind: "files"; dir: string } | { kind: "s3"; bucket: string; prefix: string };
-
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`invalid configuration:\n  ${problems.join("\n  ")}`);
@@ -307,6 +311,47 @@ function serviceName(raw: string | undefined, env: string): string {
   return text;
 }
 
+/** `s3://bucket/prefix`, or a directory; unset: the data directory's `blobs/`. */
+function blobLocation(raw: string | undefined, env: string): BlobLocation {
+  const text = (raw ?? "").trim();
+  if (text === "") return { kind: "files", dir: "" };
+  if (!text.startsWith("s3://")) return { kind: "files", dir: directory(text, env) };
+  const [bucket, ...rest] = text.slice("s3://".length).split("/");
+  // S3's bucket naming rules: 3-63 of lower-case letters, digits, dots and hyphens.
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw new Error(`${env} must be s3://bucket/prefix with a valid bucket name (3-63 of a-z, 0-9, '.', '-'), got ${JSON.stringify(raw)}`);
+  }
+  const prefix = rest.filter((part) => part !== "").join("/");
+  if (/[^\x21-\x7e]/.test(prefix)) throw new Error(`${env} key prefix must be printable characters without spaces`);
+  return { kind: "s3", bucket, prefix: prefix === "" ? "" : `${prefix}/` };
+}
+
+/** An optional `redis://` or `rediss://` URL, kept as written. */
+function optionalRedisUrl(raw: string | undefined, env: string): string | undefined {
+  const text = (raw ?? "").trim();
+  if (text === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`${env} must be a URL such as redis://127.0.0.1:6379`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") throw new Error(`${env} must use redis:// or rediss://`);
+  return text;
+}
+
+function redisPrefix(raw: string | undefined, env: string): string {
+  const text = (raw ?? "").trim();
+  if (!/^[\x21-\x7e]{1,100}$/.test(text)) throw new Error(`${env} must be 1 to 100 printable characters without spaces`);
+  return text;
+}
+
+/** An optional absolute http(s) endpoint, without a trailing slash. */
+function optionalEndpoint(raw: string | undefined, env: string): string | undefined {
+  if (raw === undefined || raw.trim() === "") return undefined;
+  return apiRoot(raw, env);
+}
+
 /** The option table: the single source for parsing, validation and the README's table. */
 export const optionSpecs = [
   {
@@ -350,47 +395,6 @@ export const optionSpecs = [
   } satisfies OptionSpec<"grpcPort">,
   {
     key: "httpPort",
-/** `s3://bucket/prefix`, or a directory; unset: the data directory's `blobs/`. */
-function blobLocation(raw: string | undefined, env: string): BlobLocation {
-  const text = (raw ?? "").trim();
-  if (text === "") return { kind: "files", dir: "" };
-  if (!text.startsWith("s3://")) return { kind: "files", dir: directory(text, env) };
-  const [bucket, ...rest] = text.slice("s3://".length).split("/");
-  // S3's bucket naming rules: 3-63 of lower-case letters, digits, dots and hyphens.
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-    throw new Error(`${env} must be s3://bucket/prefix with a valid bucket name (3-63 of a-z, 0-9, '.', '-'), got ${JSON.stringify(raw)}`);
-  }
-  const prefix = rest.filter((part) => part !== "").join("/");
-  if (/[^\x21-\x7e]/.test(prefix)) throw new Error(`${env} key prefix must be printable characters without spaces`);
-  return { kind: "s3", bucket, prefix: prefix === "" ? "" : `${prefix}/` };
-}
-
-/** An optional `redis://` or `rediss://` URL, kept as written. */
-function optionalRedisUrl(raw: string | undefined, env: string): string | undefined {
-  const text = (raw ?? "").trim();
-  if (text === "") return undefined;
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new Error(`${env} must be a URL such as redis://127.0.0.1:6379`);
-  }
-  if (url.protocol !== "redis:" && url.protocol !== "rediss:") throw new Error(`${env} must use redis:// or rediss://`);
-  return text;
-}
-
-function redisPrefix(raw: string | undefined, env: string): string {
-  const text = (raw ?? "").trim();
-  if (!/^[\x21-\x7e]{1,100}$/.test(text)) throw new Error(`${env} must be 1 to 100 printable characters without spaces`);
-  return text;
-}
-
-/** An optional absolute http(s) endpoint, without a trailing slash. */
-function optionalEndpoint(raw: string | undefined, env: string): string | undefined {
-  if (raw === undefined || raw.trim() === "") return undefined;
-  return apiRoot(raw, env);
-}
-
     env: "GLIMPSE_HTTP_PORT",
     flag: "--http-port",
     default: "8080",
@@ -463,49 +467,6 @@ function optionalEndpoint(raw: string | undefined, env: string): string | undefi
     parse: integer(60, 2_592_000),
   } satisfies OptionSpec<"blobOrphanGraceS">,
   {
-    key: "model",
-    env: "GLIMPSE_MODEL",
-    flag: "--model",
-    default: "clip-vit-b32",
-    doc: `Embedding model: a registry id (${MODELS.map((m) => m.id).join(", ")}) or the path of a model directory.`,
-    parse: modelReference,
-  } satisfies OptionSpec<"model">,
-  {
-    key: "modelCacheDir",
-    env: "GLIMPSE_MODEL_CACHE",
-    flag: "--model-cache",
-    default: undefined,
-    doc: "Directory registry models are downloaded to (default <GLIMPSE_DATA_DIR>/models).",
-    parse: optionalDirectory,
-  } satisfies OptionSpec<"modelCacheDir">,
-  {
-    key: "modelAutoPull",
-    env: "GLIMPSE_MODEL_AUTO_PULL",
-    default: "true",
-    doc: "Download a missing registry model at start, in the background (true or false).",
-    parse: boolean,
-  } satisfies OptionSpec<"modelAutoPull">,
-  {
-    key: "modelBaseUrl",
-    env: "GLIMPSE_MODEL_BASE_URL",
-    default: "https://huggingface.co",
-    doc: "Host registry models are downloaded from.",
-    parse: baseUrl,
-  } satisfies OptionSpec<"modelBaseUrl">,
-  {
-    key: "embedThreads",
-    env: "GLIMPSE_EMBED_THREADS",
-    default: "2",
-    doc: "Threads per embedding model run (onnxruntime intra-op threads).",
-    parse: integer(1, 256),
-  } satisfies OptionSpec<"embedThreads">,
-  {
-    key: "embedExecutionProvider",
-    env: "GLIMPSE_EMBED_EXECUTION_PROVIDER",
-    default: "cpu",
-    doc: "cpu, or cuda (used when onnxruntime's CUDA provider is installed; otherwise cpu with a warning).",
-    parse: oneOf(["cpu", "cuda"] as const),
-  } satisfies OptionSpec<"embedExecutionProvider">,
     key: "blobs",
     env: "GLIMPSE_BLOBS",
     default: undefined,
@@ -555,6 +516,56 @@ function optionalEndpoint(raw: string | undefined, env: string): string | undefi
     parse: redisPrefix,
   } satisfies OptionSpec<"redisPrefix">,
   {
+    key: "indexClaimLeaseS",
+    env: "GLIMPSE_INDEX_CLAIM_LEASE_S",
+    default: "120",
+    doc: "Seconds a batch of pending images one replica claimed for embedding stays its alone; a replica that dies holds its batch this long.",
+    parse: integer(5, 3600),
+  } satisfies OptionSpec<"indexClaimLeaseS">,
+  {
+    key: "model",
+    env: "GLIMPSE_MODEL",
+    flag: "--model",
+    default: "clip-vit-b32",
+    doc: `Embedding model: a registry id (${MODELS.map((m) => m.id).join(", ")}) or the path of a model directory.`,
+    parse: modelReference,
+  } satisfies OptionSpec<"model">,
+  {
+    key: "modelCacheDir",
+    env: "GLIMPSE_MODEL_CACHE",
+    flag: "--model-cache",
+    default: undefined,
+    doc: "Directory registry models are downloaded to (default <GLIMPSE_DATA_DIR>/models).",
+    parse: optionalDirectory,
+  } satisfies OptionSpec<"modelCacheDir">,
+  {
+    key: "modelAutoPull",
+    env: "GLIMPSE_MODEL_AUTO_PULL",
+    default: "true",
+    doc: "Download a missing registry model at start, in the background (true or false).",
+    parse: boolean,
+  } satisfies OptionSpec<"modelAutoPull">,
+  {
+    key: "modelBaseUrl",
+    env: "GLIMPSE_MODEL_BASE_URL",
+    default: "https://huggingface.co",
+    doc: "Host registry models are downloaded from.",
+    parse: baseUrl,
+  } satisfies OptionSpec<"modelBaseUrl">,
+  {
+    key: "embedThreads",
+    env: "GLIMPSE_EMBED_THREADS",
+    default: "2",
+    doc: "Threads per embedding model run (onnxruntime intra-op threads).",
+    parse: integer(1, 256),
+  } satisfies OptionSpec<"embedThreads">,
+  {
+    key: "embedExecutionProvider",
+    env: "GLIMPSE_EMBED_EXECUTION_PROVIDER",
+    default: "cpu",
+    doc: "cpu, or cuda (used when onnxruntime's CUDA provider is installed; otherwise cpu with a warning).",
+    parse: oneOf(["cpu", "cuda"] as const),
+  } satisfies OptionSpec<"embedExecutionProvider">,
   {
     key: "embedBatchSize",
     env: "GLIMPSE_EMBED_BATCH_SIZE",
@@ -590,6 +601,13 @@ function optionalEndpoint(raw: string | undefined, env: string): string | undefi
     doc: "Upper bound on the images a filtered search scans exactly (recall 1) instead of walking HNSW; below it, lists of up to 2,000 images or 5% of the index are scanned.",
     parse: integer(0, 100_000_000),
   } satisfies OptionSpec<"searchExactMax">,
+  {
+    key: "scanQuantisation",
+    env: "GLIMPSE_SCAN_QUANTISATION",
+    default: "int8",
+    doc: "What the exact scan reads: int8 (int8 rows, a quarter of the bytes, then the best 4k candidates re-ranked by their float32 scores; recall@10 1.0 against float32 on the benchmark sets) or float32 (the float32 rows themselves). The float32 rows are held either way.",
+    parse: oneOf(["int8", "float32"] as const),
+  } satisfies OptionSpec<"scanQuantisation">,
   {
     key: "snapshotEveryChanges",
     env: "GLIMPSE_SNAPSHOT_EVERY_CHANGES",
@@ -821,6 +839,6 @@ export function loadOptions(
   const result = { ...(options as unknown as Options), ...overrides };
   if (result.publicUrl === "") result.publicUrl = `http://127.0.0.1:${result.httpPort}`;
   if (result.modelCacheDir === "") result.modelCacheDir = path.join(result.dataDir, "models");
+  if (result.blobs.kind === "files" && result.blobs.dir === "") result.blobs = { kind: "files", dir: path.join(result.dataDir, "blobs") };
   return result;
 }
-  if (result.blobs.kind === "files" && result.blobs.dir === "") result.blobs = { kind: "files", dir: path.join(result.dataDir, "blobs") };
