@@ -57,7 +57,11 @@ const MANIFEST = "snapshot.json";
 /**
  * The in-process vector index: an HNSW graph (hnswlib, inner product) for approximate
  * search, and beside it the same vectors in one contiguous float32 matrix for exact scans
- * of candidate lists with the WASM kernel.
+ * of candidate lists with the WASM kernel. In the int8 scan mode (the default) the scan reads
+ * int8 rows instead (QuantisedMatrix, a quarter of the bytes) and the float32 matrix re-ranks
+ * its best candidates; the float32 rows stay because hnswlib's own copy is too slow to read
+ * back (getPoint builds a JS array element by element: 0.2-0.4 ms per vector, measured in
+ * bench/quantised.ts, against 0.04-0.08 ms for the whole re-rank from the matrix).
  *
  * Images are mapped to dense slots: a slot is both the HNSW label and the matrix row. A
  * removed image's slot is marked deleted in the graph and reused by the next insert (hnswlib
