@@ -7,7 +7,7 @@ import type { AppCallContext } from "./context.js";
 import { deadlineInterceptor, deadlineMiddleware } from "./middleware/deadline.js";
 import { errorMiddleware } from "./middleware/errors.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
-import { loggingMiddleware } from "./middleware/logging.js";
+import { callLogging } from "./middleware/logging.js";
 import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
 import type { Gatekeeper } from "./middleware/auth.js";
 import { uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
@@ -83,8 +83,14 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
   };
   setHealth("unhealthy");
 
+  // The logging interceptor comes first (nearest the transport) to see every call's end.
+  const logging = callLogging(config.logger);
   const options: ServerOptions & ChannelOptions = {
-    interceptors: [deadlineInterceptor, ...(config.gatekeeper ? [uploadAdmissionInterceptor(config.gatekeeper)] : [])],
+    interceptors: [
+      logging.interceptor,
+      deadlineInterceptor,
+      ...(config.gatekeeper ? [uploadAdmissionInterceptor(config.gatekeeper)] : []),
+    ],
     "grpc.max_receive_message_length": config.maxReceiveMessageBytes ?? 64 * 1024 * 1024,
     // Connections cannot be held open for free: an idle one (a client that never sends the
     // HTTP/2 preface included) is closed, a silent peer is found by keepalive pings, and
@@ -98,7 +104,7 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
   };
   const base = createServer(options);
   const server = (config.observe ? (base.use(config.observe) as unknown as typeof base) : base)
-    .use(loggingMiddleware(config.logger))
+    .use(logging.middleware)
     .use(lifecycle.middleware)
     .use(deadlineMiddleware)
     .use(errorMiddleware)

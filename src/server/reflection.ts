@@ -11,13 +11,13 @@ const ServerReflectionV1AlphaService = {
     ...ServerReflectionService.serverReflectionInfo,
     path: "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
   },
-} as typeof ServerReflectionService;
+} as unknown as typeof ServerReflectionService; // the same shape; only the path's literal type differs
 
 /**
  * Adds server reflection, v1 and v1alpha, over the contract's descriptor set, listing
  * `serviceNames`.
  */
-export function addReflection<Ext>(server: Server<Ext>, descriptorSet: Uint8Array, serviceNames: string[]): void {
+export function addReflection(server: Server, descriptorSet: Uint8Array, serviceNames: string[]): void {
   const reflection = ServerReflection(Buffer.from(descriptorSet), serviceNames);
   server.add(ServerReflectionService, reflection);
   server.add(ServerReflectionV1AlphaService, reflection);

@@ -36,9 +36,17 @@ export interface DeadlineContext {
  * the call), so anything that honours the signal stops in time.
  */
 export const deadlineMiddleware: ServerMiddleware<DeadlineContext> = async function* (call, context: CallContext) {
-  const raw = context.metadata.get(DEADLINE_KEY);
+  const deadline = callDeadline(context);
   context.metadata.delete(DEADLINE_KEY);
-  const deadline = raw === undefined ? undefined : new Date(Number(raw));
   return yield* call.next(call.request, { ...context, deadline });
 };
+
+/**
+ * The caller's deadline, for middleware that runs before the deadline middleware (logging,
+ * to tell a deadline from a cancellation); `undefined` when the caller set none.
+ */
+export function callDeadline(context: CallContext): Date | undefined {
+  const raw = context.metadata.get(DEADLINE_KEY);
+  return raw === undefined ? undefined : new Date(Number(raw));
+}
 

@@ -1,8 +1,11 @@
 import { randomUUID } from "node:crypto";
+import http2 from "node:http2";
+import { ServerInterceptingCall, type ServerInterceptingCallInterface, type ServerInterceptor } from "@grpc/grpc-js";
 import { Status, type CallContext, type ServerMiddleware, ServerError } from "nice-grpc-common";
 import { isAbortError } from "abort-controller-x";
 import type { Logger } from "../../logging/logger.js";
 import { annotateCall } from "../../observability/call-scope.js";
+import { callDeadline } from "./deadline.js";
 
 /** What the logging middleware adds to every call context. */
 export interface RequestContext {
@@ -15,12 +18,117 @@ export interface RequestContext {
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
 /**
+ * Internal metadata key under which the interceptor of `callLogging` hands a call's id to the
+ * middleware (overwriting anything a client sent under that name).
+ */
+const CALL_KEY = "x-glimpse-internal-call";
+
+/** What the interceptor knows of one call, shared with the middleware that takes it. */
+interface CallState {
+  /** The middleware took the call: the line is its to write. */
+  taken: boolean;
+  /** The middleware's line, waiting for the call's end (set when the handler ended first). */
+  write?: (unanswered: Status | undefined) => void;
+  /** The call has ended; `unanswered` is how, when it ended before an answer was sent. */
+  ended?: { unanswered: Status | undefined };
+}
+
+/** The calls an interceptor follows, by the id it gave them. */
+type CallStates = Map<string, CallState>;
+
+/**
+ * One log line for every call, with the code the client got:
+ * - calls that end before any middleware sees them: grpc-js answers DEADLINE_EXCEEDED itself
+ *   when the deadline passes before the handler starts (one already past on arrival), an
+ *   interceptor may refuse a call (an upload over the memory budget), a client may cancel
+ *   first. The interceptor logs those (`handled: false`).
+ * - a call the client cancels, a stream it stops reading included, is CANCELLED
+ *   (DEADLINE_EXCEEDED once its deadline passed) even when its handler ends without an error:
+ *   the middleware's line waits for the call's end, which the interceptor reports.
+ * The interceptor goes first in the server's list (nearest the transport), to see every end.
+ */
+export function callLogging(logger: Logger): { interceptor: ServerInterceptor; middleware: ServerMiddleware<RequestContext> } {
+  const calls: CallStates = new Map();
+  let count = 0;
+  const interceptor: ServerInterceptor = (method, call) => {
+    const id = String(++count);
+    const started = performance.now();
+    const state: CallState = { taken: false };
+    let requestId: string | undefined;
+    let answered: Status | undefined;
+    calls.set(id, state);
+    return new ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(metadata, forward) {
+            const sent = metadata.get("x-request-id")[0];
+            if (typeof sent === "string" && REQUEST_ID.test(sent)) requestId = sent;
+            metadata.set(CALL_KEY, id);
+            forward(metadata);
+          },
+          // grpc-js calls this when any call ends, answered or not.
+          onCancel() {
+            if (state.ended) return;
+            calls.delete(id);
+            const deadline = Number(call.getDeadline());
+            // A stream the client reset got no status, whatever the handler handed over last.
+            const unanswered =
+              answered !== undefined && !streamReset(call)
+                ? undefined
+                : deadline <= Date.now()
+                  ? Status.DEADLINE_EXCEEDED
+                  : Status.CANCELLED;
+            state.ended = { unanswered };
+            if (state.write) {
+              state.write(unanswered);
+            } else if (!state.taken) {
+              logger.child({ requestId: requestId ?? randomUUID(), method: method.path }).info("call", {
+                code: Status[answered ?? unanswered!],
+                ms: Math.round((performance.now() - started) * 10) / 10,
+                peer: call.getPeer(),
+                handled: false,
+              });
+            }
+          },
+        });
+      },
+      sendStatus(status, next) {
+        // A status after the end (a handler finishing a cancelled call) reaches nobody.
+        if (!state.ended) answered ??= status.code as number as Status;
+        next(status);
+      },
+    });
+  };
+  return { interceptor, middleware: loggingMiddleware(logger, calls) };
+}
+
+/**
+ * Whether the call's HTTP/2 stream closed with a reset (RST_STREAM with an error code: the
+ * client cancelled), rather than after the status was written. The stream is grpc-js's base
+ * call's `stream` field, a look inside grpc-js: should it go, this answers false and a
+ * cancelled call that its handler finished is logged with the handler's code.
+ */
+function streamReset(call: ServerInterceptingCallInterface): boolean {
+  const code = (call as unknown as { stream?: { rstCode?: unknown } }).stream?.rstCode;
+  return typeof code === "number" && code !== http2.constants.NGHTTP2_NO_ERROR;
+}
+
+/**
  * Gives each call a request id (echoed in the `x-request-id` response header) and writes one
  * JSON line per call with its method, status code and duration. Health checks log at debug.
- * Every line of the call carries its request id, and its trace id when it is traced.
+ * Every line of the call carries its request id, and its trace id when it is traced. With the
+ * states of callLogging's interceptor, the line waits for the call's end and carries the code
+ * the client got; without them, a call whose signal aborted is CANCELLED.
  */
-export function loggingMiddleware(logger: Logger): ServerMiddleware<RequestContext> {
+export function loggingMiddleware(logger: Logger, calls?: CallStates): ServerMiddleware<RequestContext> {
   return async function* (call, context: CallContext) {
+    const id = context.metadata.get(CALL_KEY);
+    context.metadata.delete(CALL_KEY);
+    const state = id === undefined ? undefined : calls?.get(id);
+    if (state) state.taken = true;
+    // Followed by the interceptor but already ended: it has written the line.
+    const logged = id !== undefined && calls !== undefined && state === undefined;
+    const deadline = callDeadline(context);
     const sent = context.metadata.get("x-request-id");
     const requestId = sent && REQUEST_ID.test(sent) ? sent : randomUUID();
     const method = call.method.path;
@@ -38,10 +146,23 @@ export function loggingMiddleware(logger: Logger): ServerMiddleware<RequestConte
       code = err instanceof ServerError ? err.code : isAbortError(err) ? Status.CANCELLED : Status.UNKNOWN;
       throw err;
     } finally {
-      const fields = { code: Status[code], ms: Math.round((performance.now() - started) * 10) / 10, peer: context.peer };
-      if (method.startsWith("/grpc.health.") || method.startsWith("/grpc.reflection.")) log.debug("call", fields);
-      else if (code === Status.INTERNAL || code === Status.UNKNOWN) log.error("call", fields);
-      else log.info("call", fields);
+      const ms = Math.round((performance.now() - started) * 10) / 10;
+      const write = (unanswered: Status | undefined) => {
+        const fields = { code: Status[unanswered ?? code], ms, peer: context.peer };
+        if (method.startsWith("/grpc.health.") || method.startsWith("/grpc.reflection.")) log.debug("call", fields);
+        else if (code === Status.INTERNAL || code === Status.UNKNOWN) log.error("call", fields);
+        else log.info("call", fields);
+      };
+      if (logged) {
+        // nothing: see above
+      } else if (state?.ended) {
+        write(state.ended.unanswered);
+      } else if (state) {
+        state.write = write;
+      } else {
+        const aborted = code === Status.OK && context.signal.aborted;
+        write(!aborted ? undefined : deadline !== undefined && deadline.getTime() <= Date.now() ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
+      }
     }
   };
 }
