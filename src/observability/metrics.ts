@@ -107,6 +107,12 @@ export class Metrics {
     labelNames: ["caller"] as const,
     registers: [this.registry],
   });
+  readonly rateLimitStoreUnavailable = new Counter({
+    name: "glimpse_rate_limit_redis_unavailable_total",
+    help: "Calls decided without Redis (GLIMPSE_REDIS_URL) because it did not answer, by GLIMPSE_REDIS_FAIL (open: admitted, closed: refused).",
+    labelNames: ["fail"] as const,
+    registers: [this.registry],
+  });
   readonly slowCalls = new Counter({
     name: "glimpse_slow_calls_total",
     help: "Calls slower than GLIMPSE_SLOW_CALL_MS, by method and the stage that took most of their time.",
