@@ -114,7 +114,13 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   // Rate-limit buckets in Redis when replicas share them, else in this process.
   let limiter: TokenBuckets = new RateLimiter(clock);
   if (options.redisUrl !== undefined) {
-    const shared = new RedisRateLimiter({ url: options.redisUrl, prefix: options.redisPrefix, fail: options.redisFail, logger });
+    const shared = new RedisRateLimiter({
+      url: options.redisUrl,
+      prefix: options.redisPrefix,
+      fail: options.redisFail,
+      logger,
+      unavailable: metrics ? (fail) => metrics.rateLimitStoreUnavailable.inc({ fail }) : undefined,
+    });
     closers.push(() => shared.close());
     limiter = shared;
   }
