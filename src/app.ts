@@ -39,6 +39,7 @@ import { ModelManager, stillStarting } from "./embedding/model-manager.js";
 import type { ModelEntry } from "./embedding/registry.js";
 import { IndexKeeper } from "./search/index-keeper.js";
 import { Indexer } from "./search/indexer.js";
+import { IndexClaimsRepository } from "./store/index-claims-repository.js";
 import { SearchService, type SearchEngine } from "./search/search-service.js";
 import { searchHandlers } from "./server/handlers/search-handlers.js";
 import { DomainError } from "./errors.js";
@@ -371,6 +372,8 @@ function startSearch(
   metrics?.watch({ index: () => engine?.keeper.state, embedQueue: () => engine?.embedder.queued });
   const indexer = new Indexer({
     embeddings,
+    claims: new IndexClaimsRepository(sql),
+    claimLeaseMs: options.indexClaimLeaseS * 1000,
     blobs,
     logger,
     batchSize: options.embedBatchSize,

@@ -97,7 +97,7 @@ export class RedisRateLimiter implements TokenBuckets {
     }) as Redis & TakeCommand;
     this.redis.defineCommand("glimpseTakeTokens", { lua: TAKE_SCRIPT });
     const timeoutMs = options.timeoutMs ?? 500;
-    this.firstConnection = new Promise((resolve) => {
+    this.firstConnection = new Promise<void>((resolve) => {
       // Without a queue, a take sent before the first connection would fail at once: at
       // start, takes wait for it (a little), while later outages answer without waiting.
       const timer = setTimeout(resolve, Math.max(timeoutMs, 2000));

@@ -1,11 +1,15 @@
+import { randomUUID } from "node:crypto";
 import type { BlobStore } from "../blobs/blob-store.js";
 import type { Embedder } from "../embedding/embedder.js";
 import type { Logger } from "../logging/logger.js";
 import { DomainError } from "../errors.js";
 import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
+import type { IndexClaimsRepository } from "../store/index-claims-repository.js";
 
 export interface IndexerDeps {
   embeddings: EmbeddingsRepository;
+  /** Claims on pending images, so replicas on one database embed each image once. */
+  claims: IndexClaimsRepository;
   blobs: BlobStore;
   logger: Logger;
   /** Images embedded per round; the batcher groups them into model runs. */
@@ -14,11 +18,20 @@ export interface IndexerDeps {
   afterStore: () => Promise<void>;
   /** How often to look for pending images nobody announced (other replicas' uploads). */
   pollMs?: number;
+  /**
+   * How long a claimed batch is this indexer's alone, in milliseconds (default two minutes):
+   * longer than a batch takes to embed, and how long the images of a replica that died
+   * mid-batch wait before another takes them.
+   */
+  claimLeaseMs?: number;
 }
 
+/** Default lease of a claimed batch. */
+export const DEFAULT_CLAIM_LEASE_MS = 120_000;
+
 /**
- * Embeds pending images in the background: takes them oldest first, a round at a time,
- * reuses the vector of identical bytes already embedded by this model, stores vectors and
+ * Embeds pending images in the background: claims them oldest first, a round at a time (a
+ * batch another replica has claimed is left to it; its claim lapses if it dies), reuses the vector of identical bytes already embedded by this model, stores vectors and
  * statuses in one transaction (the index follows through `index_log`), and marks images that
  * cannot be embedded as failed with the reason. Uploads waiting for their image are told when
  * it is done.
@@ -32,6 +45,8 @@ export class Indexer {
   private readonly waiters = new Map<bigint, (() => void)[]>();
   /** Failed tries of images still pending (transient errors only). */
   private readonly attempts = new Map<bigint, number>();
+  /** Names this indexer's claims. */
+  private readonly claimant = `${process.pid}-${randomUUID()}`;
 
   constructor(private readonly deps: IndexerDeps) {}
 
@@ -104,7 +119,7 @@ export class Indexer {
     const embedder = this.embedder!;
     for (;;) {
       if (this.closed) return;
-      const pending = await embeddings.pending(batchSize);
+      const pending = await this.deps.claims.claim(this.claimant, batchSize, this.deps.claimLeaseMs ?? DEFAULT_CLAIM_LEASE_MS);
       if (pending.length === 0) {
         await this.releaseSettled();
         return;
@@ -137,6 +152,9 @@ export class Indexer {
         logger.warn("images could not be indexed", { count: failed.length, first: failed[0].error });
         await embeddings.markFailed(failed);
       }
+      // Every claim of the round goes: stored and failed images are no longer pending, and
+      // one to retry may be taken by any replica.
+      await this.deps.claims.release(this.claimant, pending.map((p) => p.id));
       await this.deps.afterStore();
       this.release([...done.map((d) => d.imageId), ...failed.map((f) => f.imageId)]);
       if (transient > 0) return; // the poll timer tries again
