@@ -80,7 +80,12 @@ interface RepeatUpload {
   caller: Caller;
   content: Uint8Array;
   annotations: Annotations;
-  index: boolean;
+  /**
+   * `index` was explicitly true: an image stored without indexing (or whose indexing failed)
+   * is queued now. Left unset, a repeat returns the image as stored, so bytes kept out of
+   * search stay out unless a caller asks otherwise.
+   */
+  reindex: boolean;
   requestId: string | null;
 }
 
@@ -151,7 +156,7 @@ export class CatalogueService {
 
     const sha256 = contentSha256(input.content);
     const annotations = fields.annotations ?? { classes: {}, boxes: [] };
-    const again: RepeatUpload = { caller, content: input.content, annotations, index, requestId };
+    const again: RepeatUpload = { caller, content: input.content, annotations, reindex: input.index === true, requestId };
     // Bytes this account already stored cost one indexed lookup instead of a decode (seconds
     // of CPU for a large PNG). Over-size bytes go on to analysis, which refuses them.
     if (input.content.length <= this.deps.limits.maxBytes && (await images.findByContent(caller.accountId, sha256))) {
@@ -234,8 +239,8 @@ export class CatalogueService {
   }
 
   /**
-   * The answer to bytes the account already stored: the existing image, queued for indexing
-   * when it was stored without (or failed) and indexing is asked for now. Runs under the
+   * The answer to bytes the account already stored: the existing image as stored, or queued
+   * for indexing when it was stored without (or failed) and `index` is explicitly true now. Runs under the
    * content lock. Annotations are still checked, so a bad box fails as it would on a first
    * upload; bytes lost by an earlier fault are written back.
    */
@@ -246,7 +251,7 @@ export class CatalogueService {
     v.throwIfAny();
     if (!(await blobs.has(existing.sha256))) await blobs.put(again.content, existing.sha256);
     if (again.requestId) await images.recordUploadRequest(again.caller.accountId, again.requestId, existing.id, true, tx);
-    if (again.index && (existing.indexStatus === "not_indexed" || existing.indexStatus === "failed")) {
+    if (again.reindex && (existing.indexStatus === "not_indexed" || existing.indexStatus === "failed")) {
       return { image: await images.markPending(existing.id, tx), deduplicated: true };
     }
     return { image: existing, deduplicated: true };

@@ -135,6 +135,18 @@ describe("catalogue over gRPC", () => {
     expect(blobs.filter((b) => b === first.sha256)).toHaveLength(1);
   });
 
+  it("returns bytes stored without indexing as stored when uploaded again without `index`, and queues them with index true", async () => {
+    const content = await distinctPng(1003);
+    const first = (await client.uploadImage({ content, index: false })).image!;
+    expect(first.indexStatus).toBe(IndexStatus.INDEX_STATUS_NOT_INDEXED);
+    const unset = (await client.uploadImage({ content })).image!;
+    expect(unset).toMatchObject({ id: first.id, deduplicated: true, indexStatus: IndexStatus.INDEX_STATUS_NOT_INDEXED });
+    const refused = (await client.uploadImage({ content, index: false })).image!;
+    expect(refused.indexStatus).toBe(IndexStatus.INDEX_STATUS_NOT_INDEXED);
+    const asked = (await client.uploadImage({ content, index: true })).image!;
+    expect(asked).toMatchObject({ id: first.id, deduplicated: true, indexStatus: IndexStatus.INDEX_STATUS_PENDING });
+  });
+
   it("replays an upload retried with the same request_id", async () => {
     const requestId = randomUUID();
     const first = (await client.uploadImage({ content: await distinctPng(1002), requestId, index: false })).image!;

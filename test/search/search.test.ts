@@ -192,7 +192,12 @@ describe("semantic search with the test model", () => {
     const content = await solidImage(64, 64, { r: 10, g: 240, b: 240 }, "png", 123);
     const { image: first } = await client.uploadImage({ content, index: false });
     expect(first!.indexStatus).toBe(IndexStatus.INDEX_STATUS_NOT_INDEXED);
-    const { image: again } = await client.uploadImage({ content, waitForIndex: true });
+    // Without `index` set, a repeat returns the image as stored: still out of search.
+    const { image: unset } = await client.uploadImage({ content, waitForIndex: true });
+    expect(unset!.id).toBe(first!.id);
+    expect(unset!.deduplicated).toBe(true);
+    expect(unset!.indexStatus).toBe(IndexStatus.INDEX_STATUS_NOT_INDEXED);
+    const { image: again } = await client.uploadImage({ content, index: true, waitForIndex: true });
     expect(again!.id).toBe(first!.id);
     expect(again!.deduplicated).toBe(true);
     expect(again!.indexStatus).toBe(IndexStatus.INDEX_STATUS_INDEXED);

@@ -151,7 +151,9 @@ export interface UploadImageRequest {
    * Whether to embed the image for semantic search. Default (unset): true; the
    * image is then indexed in the background and shows INDEX_STATUS_PENDING
    * until it is done. false stores it only (INDEX_STATUS_NOT_INDEXED): it is
-   * listed but never searched.
+   * listed but not searched. For bytes this account already stored, only an
+   * explicit true changes anything: it queues an image stored without indexing
+   * (or whose indexing failed); unset or false returns the image as stored.
    */
   index?:
     | boolean
@@ -3742,7 +3744,10 @@ export const ImageServiceDefinition = {
      * Stores one image with its metadata and, unless `index` is false, queues it
      * for the semantic search index. The format is sniffed from the bytes; the
      * file name and any client-side type are never trusted. Uploading bytes this
-     * account already stored returns the existing image with `deduplicated` set.
+     * account already stored returns the existing image as stored, with
+     * `deduplicated` set: the new metadata is ignored and its index status kept,
+     * except that `index` explicitly true queues an image stored without
+     * indexing (or whose indexing failed) for the index.
      *
      * Errors: INVALID_ARGUMENT when content is empty, not a supported image
      * (JPEG, PNG, WebP, GIF, AVIF, TIFF), truncated or corrupt, over the byte
@@ -3751,8 +3756,10 @@ export const ImageServiceDefinition = {
      * a UUID, or when any metadata field breaks its documented range; nothing is
      * stored then. RESOURCE_EXHAUSTED when the message exceeds the transport's
      * maximum message size (refused by gRPC before the server sees it).
-     * FAILED_PRECONDITION when wait_for_index is set but the embedding model is
-     * not available; nothing is stored then.
+     * When wait_for_index is set but there is no embedding model, nothing is
+     * stored: UNAVAILABLE with google.rpc.RetryInfo while the model is still
+     * loading or downloading (retry after the delay), FAILED_PRECONDITION when
+     * none is installed (the message says how to get one).
      * DEADLINE_EXCEEDED when wait_for_index is set and the deadline passes before
      * indexing ends: the image stays stored, and a retry with the same
      * request_id returns it. UNAUTHENTICATED; RESOURCE_EXHAUSTED (rate limit,
@@ -4302,10 +4309,11 @@ export const ImageServiceDefinition = {
      * upload limits, threshold is outside [0, 1], offset < 0, limit is outside
      * 0..250, offset + limit > 10000, a `fields` entry is unknown, ef is outside
      * 0..4096, or a filter field breaks its range. NOT_FOUND when like_image_id
-     * names no image the caller may read. FAILED_PRECONDITION when the embedding
-     * model is not available (the message says why and how to get it), or when
-     * like_image_id names an image that is not indexed (its index_status says
-     * why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
+     * names no image the caller may read. UNAVAILABLE with google.rpc.RetryInfo
+     * while the embedding model is still loading or downloading.
+     * FAILED_PRECONDITION when no embedding model is installed (the message says
+     * why and how to get it), or when like_image_id names an image that is not
+     * indexed (its index_status says why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
      * or the embedding queue is full. UNAUTHENTICATED.
      */
     searchImages: {
@@ -4499,7 +4507,10 @@ export interface ImageServiceImplementation<CallContextExt = {}> {
    * Stores one image with its metadata and, unless `index` is false, queues it
    * for the semantic search index. The format is sniffed from the bytes; the
    * file name and any client-side type are never trusted. Uploading bytes this
-   * account already stored returns the existing image with `deduplicated` set.
+   * account already stored returns the existing image as stored, with
+   * `deduplicated` set: the new metadata is ignored and its index status kept,
+   * except that `index` explicitly true queues an image stored without
+   * indexing (or whose indexing failed) for the index.
    *
    * Errors: INVALID_ARGUMENT when content is empty, not a supported image
    * (JPEG, PNG, WebP, GIF, AVIF, TIFF), truncated or corrupt, over the byte
@@ -4508,8 +4519,10 @@ export interface ImageServiceImplementation<CallContextExt = {}> {
    * a UUID, or when any metadata field breaks its documented range; nothing is
    * stored then. RESOURCE_EXHAUSTED when the message exceeds the transport's
    * maximum message size (refused by gRPC before the server sees it).
-   * FAILED_PRECONDITION when wait_for_index is set but the embedding model is
-   * not available; nothing is stored then.
+   * When wait_for_index is set but there is no embedding model, nothing is
+   * stored: UNAVAILABLE with google.rpc.RetryInfo while the model is still
+   * loading or downloading (retry after the delay), FAILED_PRECONDITION when
+   * none is installed (the message says how to get one).
    * DEADLINE_EXCEEDED when wait_for_index is set and the deadline passes before
    * indexing ends: the image stays stored, and a retry with the same
    * request_id returns it. UNAUTHENTICATED; RESOURCE_EXHAUSTED (rate limit,
@@ -4669,10 +4682,11 @@ export interface ImageServiceImplementation<CallContextExt = {}> {
    * upload limits, threshold is outside [0, 1], offset < 0, limit is outside
    * 0..250, offset + limit > 10000, a `fields` entry is unknown, ef is outside
    * 0..4096, or a filter field breaks its range. NOT_FOUND when like_image_id
-   * names no image the caller may read. FAILED_PRECONDITION when the embedding
-   * model is not available (the message says why and how to get it), or when
-   * like_image_id names an image that is not indexed (its index_status says
-   * why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
+   * names no image the caller may read. UNAVAILABLE with google.rpc.RetryInfo
+   * while the embedding model is still loading or downloading.
+   * FAILED_PRECONDITION when no embedding model is installed (the message says
+   * why and how to get it), or when like_image_id names an image that is not
+   * indexed (its index_status says why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
    * or the embedding queue is full. UNAUTHENTICATED.
    */
   searchImages(
@@ -4719,7 +4733,10 @@ export interface ImageServiceClient<CallOptionsExt = {}> {
    * Stores one image with its metadata and, unless `index` is false, queues it
    * for the semantic search index. The format is sniffed from the bytes; the
    * file name and any client-side type are never trusted. Uploading bytes this
-   * account already stored returns the existing image with `deduplicated` set.
+   * account already stored returns the existing image as stored, with
+   * `deduplicated` set: the new metadata is ignored and its index status kept,
+   * except that `index` explicitly true queues an image stored without
+   * indexing (or whose indexing failed) for the index.
    *
    * Errors: INVALID_ARGUMENT when content is empty, not a supported image
    * (JPEG, PNG, WebP, GIF, AVIF, TIFF), truncated or corrupt, over the byte
@@ -4728,8 +4745,10 @@ export interface ImageServiceClient<CallOptionsExt = {}> {
    * a UUID, or when any metadata field breaks its documented range; nothing is
    * stored then. RESOURCE_EXHAUSTED when the message exceeds the transport's
    * maximum message size (refused by gRPC before the server sees it).
-   * FAILED_PRECONDITION when wait_for_index is set but the embedding model is
-   * not available; nothing is stored then.
+   * When wait_for_index is set but there is no embedding model, nothing is
+   * stored: UNAVAILABLE with google.rpc.RetryInfo while the model is still
+   * loading or downloading (retry after the delay), FAILED_PRECONDITION when
+   * none is installed (the message says how to get one).
    * DEADLINE_EXCEEDED when wait_for_index is set and the deadline passes before
    * indexing ends: the image stays stored, and a retry with the same
    * request_id returns it. UNAUTHENTICATED; RESOURCE_EXHAUSTED (rate limit,
@@ -4889,10 +4908,11 @@ export interface ImageServiceClient<CallOptionsExt = {}> {
    * upload limits, threshold is outside [0, 1], offset < 0, limit is outside
    * 0..250, offset + limit > 10000, a `fields` entry is unknown, ef is outside
    * 0..4096, or a filter field breaks its range. NOT_FOUND when like_image_id
-   * names no image the caller may read. FAILED_PRECONDITION when the embedding
-   * model is not available (the message says why and how to get it), or when
-   * like_image_id names an image that is not indexed (its index_status says
-   * why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
+   * names no image the caller may read. UNAVAILABLE with google.rpc.RetryInfo
+   * while the embedding model is still loading or downloading.
+   * FAILED_PRECONDITION when no embedding model is installed (the message says
+   * why and how to get it), or when like_image_id names an image that is not
+   * indexed (its index_status says why). RESOURCE_EXHAUSTED (google.rpc.RetryInfo) when the rate limit is hit
    * or the embedding queue is full. UNAUTHENTICATED.
    */
   searchImages(
