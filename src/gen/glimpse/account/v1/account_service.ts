@@ -157,8 +157,10 @@ export interface ApiKey {
     | Date
     | undefined;
   /**
-   * When the key last authenticated a call (UTC), to within about a minute
-   * (updates are batched); unset if never used.
+   * When the key last authenticated a call (UTC), lagging the latest use by
+   * up to about a minute: a use is recorded, in the background, only once the
+   * recorded one is a minute old, so authentication costs no write per call.
+   * Unset if never used.
    */
   lastUsedAt?:
     | Date
