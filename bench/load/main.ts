@@ -36,7 +36,9 @@
  */
 import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { cp, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -86,6 +88,7 @@ const { values: opt } = parseArgs({
     "max-rate": { type: "string", default: "20000/s" },
     probes: { type: "string", default: "8" },
     repeat: { type: "string", default: "1" },
+    "index-cache": { type: "boolean", default: true },
     budget: { type: "string", default: "10m" },
     help: { type: "boolean", default: false },
   },
@@ -307,6 +310,9 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
   cleanup.add(`drop database ${db.name}`, () => db.drop());
   const dataDir = await mkdtemp(path.join(os.tmpdir(), `glimpse-load-${label}-`));
   cleanup.add(`remove ${dataDir}`, () => rm(dataDir, { recursive: true, force: true }));
+  const cached = opt["index-cache"] ? await indexCacheDir(template, root) : undefined;
+  const fromCache = cached !== undefined && existsSync(path.join(cached, "ok"));
+  if (fromCache) await cp(path.join(cached!, "index"), path.join(dataDir, "index"), { recursive: true });
   const started = Date.now();
   const child = fork(
     path.join(HERE, "server.ts"),
@@ -358,8 +364,42 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
         child.send(msg);
       }),
   };
-  console.log(`${label} (${server.commit}) ready: gRPC ${server.grpc}, HTTP ${server.http}, search ready in ${ready.search_ready_s} s`);
+  console.log(`${label} (${server.commit}) ready: gRPC ${server.grpc}, HTTP ${server.http}, search ready in ${ready.search_ready_s} s${fromCache ? " (index snapshot from the cache)" : ""}`);
+  server.facts.index_from_cache = fromCache;
+  if (cached && !fromCache) await keepIndex(dataDir, cached);
   return server;
+}
+
+/**
+ * Index snapshots (--index-cache, on by default): the snapshot a server writes right after
+ * building its index on an untouched copy of a template, kept and copied into the data
+ * directory of later servers on copies of the same template, which then load it (about a
+ * second) instead of rebuilding (minutes at 100k on a busy machine). Keyed by the template and
+ * the code that writes and reads snapshots; a snapshot the build cannot use is rebuilt anyway.
+ */
+async function indexCacheDir(template: string, root: string): Promise<string> {
+  const hash = createHash("sha256");
+  for (const file of ["src/vector/vector-index.ts", "src/search/filter-index.ts", "src/search/index-keeper.ts"]) {
+    hash.update(await readFile(path.join(root, file)).catch(() => Buffer.alloc(0)));
+  }
+  return path.join(os.tmpdir(), `glimpse-load-index-${template}-${hash.digest("hex").slice(0, 12)}`);
+}
+
+/** Waits (up to 5 min) for the snapshot written after the build, and keeps a copy, before any load. */
+async function keepIndex(dataDir: string, cached: string): Promise<void> {
+  const until = Date.now() + 5 * 60_000;
+  const manifest = async () => (await readdir(path.join(dataDir, "index")).catch(() => [])).some((d) => existsSync(path.join(dataDir, "index", d, "snapshot.json")));
+  while (!(await manifest())) {
+    if (Date.now() > until) return console.log("no index snapshot written within 5 min of ready; not cached");
+    await sleep(500);
+  }
+  const tmp = `${cached}.${process.pid}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  await cp(path.join(dataDir, "index"), path.join(tmp, "index"), { recursive: true });
+  await writeFile(path.join(tmp, "ok"), new Date().toISOString());
+  await rm(cached, { recursive: true, force: true });
+  await rename(tmp, cached);
+  console.log(`index snapshot kept in ${cached} for later runs on this template`);
 }
 
 /**

@@ -88,6 +88,37 @@ async function templateName(root: string, images: number): Promise<string> {
   return `glimpse_load_tpl_${images}_${schema}_v${DATA_VERSION}`;
 }
 
+/**
+ * A template of this size and data version whose applied migrations are all among this
+ * build's (an earlier schema): reusing it saves the seed, and the index snapshot kept for it.
+ */
+async function olderTemplate(root: string, images: number): Promise<string | undefined> {
+  const files = (await readdir(path.join(root, "src", "store", "migrations"))).filter((f) => f.endsWith(".sql"));
+  const known = new Set(files.map((f) => Number.parseInt(f, 10)));
+  const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
+  let names: string[];
+  try {
+    const rows = await admin<{ datname: string }[]>`
+      select datname from pg_database
+      where datname like ${`glimpse_load_tpl_${images}_%_v${DATA_VERSION}`} order by datname`;
+    names = rows.map((r) => r.datname);
+  } finally {
+    await admin.end();
+  }
+  for (const name of names) {
+    const sql = postgres(withDatabase(ADMIN_DATABASE_URL, name), { max: 1, onnotice: () => {} });
+    try {
+      const applied = await sql<{ version: number }[]>`select version from schema_migrations`;
+      if (applied.length > 0 && applied.every((r) => known.has(Number(r.version)))) return name;
+    } catch {
+      // not a finished template
+    } finally {
+      await sql.end();
+    }
+  }
+  return undefined;
+}
+
 async function templateExists(name: string): Promise<boolean> {
   const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
   try {
@@ -104,10 +135,13 @@ async function templateExists(name: string): Promise<boolean> {
  * Returns its name and facts about its data.
  */
 export async function ensureTemplate(root: string, images: number, log = console.log): Promise<SeedFacts> {
-  const name = await templateName(root, images);
-  const url = withDatabase(ADMIN_DATABASE_URL, name);
+  let name = await templateName(root, images);
   let seedS: number | undefined;
-  if (!(await templateExists(name))) {
+  const older = (await templateExists(name)) ? undefined : await olderTemplate(root, images);
+  if (older) {
+    log(`seed: reusing template ${older}, migrated by an earlier schema (servers migrate their copies forward)`);
+    name = older;
+  } else if (!(await templateExists(name))) {
     const elapsed = startTimer();
     const building = `${name}_building`;
     const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
@@ -137,7 +171,7 @@ export async function ensureTemplate(root: string, images: number, log = console
   } else {
     log(`seed: reusing template ${name}`);
   }
-  const facts = await describe(url);
+  const facts = await describe(withDatabase(ADMIN_DATABASE_URL, name));
   return { template: name, ...facts, seed_s: seedS, migrated_by: root };
 }
 
