@@ -18,6 +18,7 @@ const SPEC = {
     tag: { type: "string", multiple: true },
     public: { type: "boolean" },
     "no-index": { type: "boolean" },
+    "wait-for-index": { type: "boolean" },
     journal: { type: "string" },
     fresh: { type: "boolean" },
     json: { type: "boolean" },
@@ -39,6 +40,7 @@ flags:
   --tag <tag>        add this tag to every image (repeatable)
   --public           store images as public (a sidecar's visibility wins)
   --no-index         store without embedding the images for search
+  --wait-for-index   answer each upload only once it is searchable (for a search right after)
   --journal <file>   where to keep the journal (default: per folder, server and key)
   --fresh            ignore the journal and send every file again
   --json             print the summary as JSON
@@ -60,7 +62,7 @@ type Outcome =
 export interface IngestSummary {
   ingested: number;
   deduplicated: number;
-  /** Skipped: stored by an earlier run (the journal says so), not sent again. */
+  /** Stored by an earlier run: skipped unsent when the journal has them, else answered from the request id. */
   storedBefore: number;
   refused: { path: string; reason: string }[];
   failed: { path: string; reason: string }[];
@@ -102,6 +104,7 @@ export async function ingestCommand(argv: readonly string[], context: CliContext
     notAttempted: 0,
     bytesSent: 0,
   };
+  const startedAt = Date.now();
   const client = connect(context, values, () => summary.retried++);
   try {
     const address = values.address ?? context.env[CLIENT_ENV.address] ?? DEFAULT_ADDRESS;
@@ -150,13 +153,18 @@ export async function ingestCommand(argv: readonly string[], context: CliContext
             meta: sidecar?.meta,
             visibility: sidecar?.visibility ?? (values.public ? Visibility.VISIBILITY_PUBLIC : Visibility.VISIBILITY_UNSPECIFIED),
             index: values["no-index"] ? false : undefined,
+            waitForIndex: values["wait-for-index"] ?? false,
             requestId: uploadRequestId(file.relative, sha256),
           },
           { signal: context.signal },
         );
         summary.bytesSent += content.length;
         await journal.record({ ...entry, imageId: image!.id });
-        return { kind: image!.deduplicated ? "deduplicated" : "ingested", imageId: image!.id };
+        if (image!.deduplicated) return { kind: "deduplicated", imageId: image!.id };
+        // The server answered a request id it had seen (a run whose journal was lost, or
+        // --fresh): the image was stored by an earlier run, not by this one.
+        if (image!.createdAt && image!.createdAt.getTime() < startedAt) return { kind: "stored-before", imageId: image!.id };
+        return { kind: "ingested", imageId: image!.id };
       } catch (err) {
         if (!(err instanceof GlimpseError)) throw err;
         if (FATAL.has(err.code)) stopped ??= `${err.codeName}: ${err.details}`;
@@ -216,7 +224,7 @@ export function formatSummary(s: IngestSummary): string {
   const lines = [
     `ingested       ${s.ingested}`,
     `deduplicated   ${s.deduplicated}`,
-    `stored before  ${s.storedBefore} (not sent again)`,
+    `stored before  ${s.storedBefore} (by an earlier run)`,
     `refused        ${s.refused.length}`,
     ...s.refused.map((r) => `  ${r.path}: ${r.reason}`),
     `failed         ${s.failed.length}`,

@@ -5,7 +5,6 @@ import { DomainError, UserFacingError } from "../errors.js";
 import { CommandError, EXIT, UsageError } from "./args.js";
 import { CONFIG_USAGE, configCommand } from "./config.js";
 import type { CliContext } from "./context.js";
-import { modelMain } from "./model.js";
 import { serveUntilSignalled } from "./serve.js";
 
 const USAGE = `usage: glimpse <command> [flags]
@@ -129,7 +128,7 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
     case "config":
       return configCommand(rest, { env: process.env, stdout: process.stdout, stderr: process.stderr, signal: new AbortController().signal });
     case "model":
-      await modelMain(rest);
+      await (await import("./model.js")).modelMain(rest);
       return undefined;
   }
   if (command === "keys" && rest[0] === "create") {
