@@ -424,37 +424,40 @@ export interface RankOptions {
   exactMax: number;
   /** On the exact path, score every candidate (for exact counts above a threshold). */
   everyScore?: boolean;
+  /** The exact scan's share of the index (default EXACT_SHARE; benchmarks force paths with it). */
+  exactShare?: number;
+  /** The largest plain-HNSW over-fetch (default MAX_OVERFETCH; 0 turns over-fetching off). */
+  overfetchMax?: number;
 }
 
 /** Lists this short are always scanned exactly (well under a millisecond). */
 const ALWAYS_EXACT = 2000;
 /**
- * Above this share of the index, HNSW with the candidate bitmap as filter beats the exact
- * scan at the same recall. Measured at 100k x 512 (rankSlots, like-image queries, p50): 5%,
- * 0.6 ms exact vs 11.8 ms walk; 10%, 1.9 vs 4.8 ms; 20%, 4.4 vs 1.4 ms; 50%, 9.6 vs 1.7 ms.
- * hnswlib calls the filter back into JavaScript for every node it visits, so narrow walks
- * cost more than the earlier allow-list figures (bench/results/search.md) suggested.
+ * Candidate sets up to this share of the index are scanned exactly; wider ones over-fetch with
+ * plain HNSW (or walk with the bitmap as filter). Calibrated with `bench/filtered.ts` at
+ * 100k x 512 on the float32 WASM scan (see the README's search section): the share where the
+ * exact scan stops being faster than the over-fetching walk. A faster exact scan moves it up.
  */
-const EXACT_SHARE = 0.12;
+export const EXACT_SHARE = 0.03;
 
 /**
- * At or above this share of the index, the planner over-fetches with plain HNSW and drops
- * what the bitmap rejects, rather than walking with the bitmap as hnswlib's filter (a call
- * into JavaScript for every visited node, which also costs under concurrency).
+ * The most results the planner asks of plain HNSW to keep the first `depth` the bitmap passes
+ * (`overfetchDepth`). Beyond it the filtered walk answers. Plain HNSW at ef 400 still costs
+ * less than hnswlib's filtered walk, which calls back into JavaScript for every node it
+ * considers (bench/filtered.ts).
  */
-export const OVERFETCH_SHARE = 0.5;
+export const MAX_OVERFETCH = 400;
 /** Extra results asked of the over-fetching walk beyond depth / share x 1.5. */
 const OVERFETCH_MARGIN = 10;
-
 /**
  * How many plain-HNSW results to ask for so that `depth` of them likely pass a filter keeping
- * `share` of the index: ceil(depth / share x 1.5) + a margin; null when the share is below
- * OVERFETCH_SHARE or the breadth needed would exceed MAX_EF (then the filtered walk answers).
+ * `share` of the index: ceil(depth / share x 1.5) + a margin; null when that exceeds `max`
+ * (MAX_OVERFETCH, never more than MAX_EF): then the filtered walk answers.
  */
-export function overfetchDepth(depth: number, share: number): number | null {
-  if (share < OVERFETCH_SHARE || depth <= 0) return null;
-  const want = Math.ceil((depth / share) * 1.5) + OVERFETCH_MARGIN;
-  return want > MAX_EF ? null : want;
+export function overfetchDepth(depth: number, share: number, max = MAX_OVERFETCH): number | null {
+  if (share <= 0 || depth <= 0) return null;
+  const want = Math.ceil((depth / Math.min(share, 1)) * 1.5) + OVERFETCH_MARGIN;
+  return want > Math.min(max, MAX_EF) ? null : want;
 }
 
 /**
@@ -469,16 +472,16 @@ export function filteredEf(baseEf: number, depth: number, share: number): number
 }
 
 /** Whether the planner scans a candidate list exactly rather than walking HNSW. */
-export function scanExactly(candidates: number, indexSize: number, exactMax: number): boolean {
+export function scanExactly(candidates: number, indexSize: number, exactMax: number, exactShare = EXACT_SHARE): boolean {
   if (candidates > exactMax) return false;
-  return candidates <= ALWAYS_EXACT || candidates <= EXACT_SHARE * indexSize;
+  return candidates <= ALWAYS_EXACT || candidates <= exactShare * indexSize;
 }
 
 /**
  * The query planner. `candidates` null means every indexed image may be returned: plain
- * HNSW. A short list (at most `exactMax` ids, and at most 5% of the index or 2000 ids):
- * exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the list,
- * with ef raised as the list's share of the index shrinks (by its square root, see below).
+ * HNSW. A short list (at most `exactMax` ids, and at most EXACT_SHARE of the index or 2000
+ * ids): exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the
+ * list, with ef raised as the list's share of the index shrinks (by its square root).
  */
 export function rankCandidates(
   index: VectorIndex,
@@ -492,7 +495,7 @@ export function rankCandidates(
   if (candidates === null) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };
   }
-  if (scanExactly(candidates.length, index.size, options.exactMax)) {
+  if (scanExactly(candidates.length, index.size, options.exactMax, options.exactShare)) {
     const includes = (id: bigint) => candidates.includes(id);
     if (options.everyScore) {
       const all = index.scoreAll(vector, candidates).sort(byCosine);
@@ -509,9 +512,11 @@ export function rankCandidates(
 /**
  * The planner on an exact candidate bitmap (slots of the vector index, from the filter
  * index): every indexed image -> plain HNSW; few (`scanExactly`) -> exact scan of just those
- * rows; at least OVERFETCH_SHARE of the index -> plain HNSW for `overfetchDepth` results, of
- * which the first `depth` the bitmap passes (the filtered walk when fewer pass); in between ->
- * HNSW with the bitmap as filter and ef raised as its share narrows.
+ * rows; more -> plain HNSW for `overfetchDepth` results, of which the first `depth` the bitmap
+ * passes (no JavaScript call per visited node), when that depth is at most MAX_OVERFETCH.
+ * When fewer pass (the filter keeps images far from the query): an exact scan, whatever the
+ * set's size. When the over-fetch would be too deep (a narrow set past `exactMax`): HNSW with
+ * the bitmap as filter, ef raised as its share narrows.
  */
 export function rankSlots(
   index: VectorIndex,
@@ -529,20 +534,20 @@ export function rankSlots(
   if (count === index.size) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
   }
-  if (scanExactly(count, index.size, options.exactMax)) {
+  /** `far`: the set's best lie far from the query, among many close scores: scan float32. */
+  const exact = (far = false): Ranking => {
     const rows = new Int32Array(slots.toUint32Array().buffer);
     if (options.everyScore) {
       const all = index.scoreSlots(vector, rows).sort(byCosine);
       return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, includes };
     }
-    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows), total: count, includes };
-  }
+    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows, far), total: count, includes };
+  };
+  if (scanExactly(count, index.size, options.exactMax, options.exactShare)) return exact();
   const share = count / Math.max(index.size, 1);
-  const want = overfetchDepth(depth, share);
+  const want = overfetchDepth(depth, share, options.overfetchMax);
   if (want !== null) {
     // Plain HNSW (no callback per visited node), then the first `depth` that pass the bitmap.
-    // Enough of them pass unless the filter keeps mostly images far from the query; then the
-    // filtered walk below answers instead.
     const kept: Neighbour[] = [];
     for (const n of index.searchHnsw(vector, want, Math.max(options.ef, want))) {
       const slot = index.slot(n.id);
@@ -552,12 +557,32 @@ export function rankSlots(
       }
     }
     if (kept.length >= Math.min(depth, count)) return { plan: "hnsw_overfetch", neighbours: kept, total: count, includes };
+    // Too few pass: the filter rejects the query's neighbourhood (it keeps images far from the
+    // query). A filtered walk would cross every rejected node near the query before it found
+    // allowed ones: at 100k x 512, 420 ms for a filter keeping the farthest half, and recall
+    // 0.86 for the farthest 90% (bench/filtered.ts). The exact scan's cost is bounded by the
+    // set's size and its recall is 1, so it answers, whatever `exactMax` says; on the float32
+    // rows, since the best of such a set score close to thousands of others.
+    return exact(true);
   }
   const ef = filteredEf(options.ef, depth, share);
-  const allowed = new Uint8Array(index.slots);
-  for (const slot of slots.toUint32Array()) allowed[slot] = 1;
-  const neighbours = index.searchHnsw(vector, depth, ef, allowed);
+  const neighbours = index.searchHnsw(vector, depth, ef, denseBitmap(slots, index.slots));
   return { plan: "hnsw_filtered", neighbours, total: count, includes };
+}
+
+/** A reused byte per slot for the filtered walk's membership test (one JS thread: never shared). */
+let dense = new Uint8Array(0);
+
+/**
+ * The bitmap as one byte per slot, for hnswlib's filter callback: O(1) membership per visited
+ * node. One buffer is reused across calls (cleared at the start of each), so a walk allocates
+ * nothing per call; hnswlib reads it synchronously, before the next call can run.
+ */
+function denseBitmap(slots: roaring.RoaringBitmap32, extent: number): Uint8Array {
+  if (dense.length < extent) dense = new Uint8Array(Math.max(extent, dense.length * 2));
+  else dense.fill(0, 0, extent);
+  for (const slot of slots.toUint32Array()) if (slot < extent) dense[slot] = 1;
+  return dense;
 }
 
 const byCosine = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import roaring from "roaring";
-import { filteredEf, overfetchDepth, rankSlots } from "../../src/search/search-service.js";
+import { filteredEf, MAX_EF, MAX_OVERFETCH, overfetchDepth, rankSlots } from "../../src/search/search-service.js";
 import { VectorIndex } from "../../src/vector/vector-index.js";
 import { clusteredVectors, makeRandom } from "../../bench/vectors.js";
 
@@ -39,14 +39,17 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
     return index.searchHnsw(query, K, filteredEf(EF, K, slots.size / index.size), allowed).map((n) => n.id);
   };
   const exact = (query: Float32Array, slots: roaring.RoaringBitmap32) =>
-    index.searchExactSlots(query, K, new Int32Array(slots.toUint32Array().buffer)).map((n) => n.id);
+    index.searchExactSlots(query, K, new Int32Array(slots.toUint32Array().buffer), true).map((n) => n.id);
 
-  it("asks plain HNSW for depth / share x 1.5 plus a margin, from half the index up", () => {
-    expect(overfetchDepth(10, 0.49)).toBeNull();
+  it("asks plain HNSW for depth / share x 1.5 plus a margin, up to MAX_OVERFETCH", () => {
+    expect(overfetchDepth(10, 0.1)).toBe(160);
     expect(overfetchDepth(10, 0.5)).toBe(40);
     expect(overfetchDepth(10, 0.9)).toBe(Math.ceil((10 / 0.9) * 1.5) + 10);
     expect(overfetchDepth(10, 1)).toBe(25);
-    expect(overfetchDepth(4000, 0.9)).toBeNull(); // past MAX_EF: the filtered walk answers
+    expect(overfetchDepth(10, 0.03)).toBeNull(); // 511 > MAX_OVERFETCH: the filtered walk answers
+    expect(overfetchDepth(10, 0.03, 1000)).toBe(Math.ceil((10 / 0.03) * 1.5) + 10);
+    expect(overfetchDepth(4000, 0.9, 10_000)).toBeNull(); // never past MAX_EF
+    expect(MAX_OVERFETCH).toBeLessThanOrEqual(MAX_EF);
   });
 
   it("over-fetches on a high-share filter and returns what the filtered walk would", () => {
@@ -54,7 +57,6 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
     for (const share of [0.5, 0.7, 0.9]) {
       const slots = new roaring.RoaringBitmap32();
       for (let s = 0; s < N; s++) if (random() < share) slots.add(s);
-      while (slots.size < N / 2) slots.add(Math.floor(random() * N));
       for (const query of queries) {
         const ranking = rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
         expect(ranking.plan).toBe("hnsw_overfetch");
@@ -68,19 +70,18 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
     }
   });
 
-  it("falls back to the filtered walk when the passing images are the farthest from the query", () => {
-    for (const share of [0.5, 0.9]) {
+  it("scans exactly when the passing images are the farthest from the query, whatever exactMax says", () => {
+    for (const share of [0.1, 0.5, 0.9]) {
       for (const query of queries) {
         // Keep the `share` of images farthest from the query: the nearest ones HNSW finds all fail.
         const order = vectors.map((v, i) => ({ slot: index.slot(ids[i])!, s: dot(v, query) })).sort((a, b) => a.s - b.s);
         const slots = new roaring.RoaringBitmap32(order.slice(0, Math.round(N * share)).map((x) => x.slot));
         const ranking = rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
-        expect(ranking.plan).toBe("hnsw_filtered");
+        expect(ranking.plan).toBe("exact");
         expect(ranking.total).toBe(slots.size);
         const got = ranking.neighbours.map((n) => n.id);
         expect(got).toHaveLength(K);
         for (const id of got) expect(slots.has(index.slot(id)!)).toBe(true);
-        expect(got).toEqual(filteredWalk(query, slots));
         expect(got).toEqual(exact(query, slots));
       }
     }
