@@ -182,8 +182,11 @@ export class SearchService {
       vector = stored;
       exclude = image.id;
     } else if (q.kind === "like_image_content") {
-      await this.deps.analyse(q.content, this.deps.limits, "like_image_content", { signal });
-      vector = await stage("embed", () => engine.embedder.embedImage(q.content, signal));
+      // Checking and decoding the query image is part of turning it into a vector.
+      vector = await stage("embed", async () => {
+        await this.deps.analyse(q.content, this.deps.limits, "like_image_content", { signal });
+        return engine.embedder.embedImage(q.content, signal);
+      });
     } else {
       throw new Error("unreachable: validated query");
     }
