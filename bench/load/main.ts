@@ -265,6 +265,9 @@ function summarise(replies: RunReply[], durationMs: number): Summary {
   };
 }
 
+/** A latency for a table: "n/a" when no call ended in the measured window (each took longer). */
+const ms = (x: number) => (Number.isNaN(x) ? "n/a" : x);
+
 const errorsText = (s: Summary) =>
   Object.keys(s.errors).length === 0 ? "none" : Object.entries(s.errors).map(([k, v]) => `${k} ${v}`).join(", ");
 
@@ -700,7 +703,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       }
       const table = markdownTable(
         ["round", "scenario", "target", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped"],
-        rows.map((r) => [r.round, r.scenario, r.target, r.mode, r.load, r.summary.requests_per_s, r.summary.p50_ms, r.summary.p90_ms, r.summary.p99_ms, r.summary.max_ms, errorsText(r.summary), r.summary.dropped]),
+        rows.map((r) => [r.round, r.scenario, r.target, r.mode, r.load, r.summary.requests_per_s, ms(r.summary.p50_ms), ms(r.summary.p90_ms), ms(r.summary.p99_ms), ms(r.summary.max_ms), errorsText(r.summary), r.summary.dropped]),
       );
       const medians = medianRows(rows);
       const loadAfter = os.loadavg().map((x) => round(x));
