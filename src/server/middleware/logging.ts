@@ -83,7 +83,7 @@ export function callLogging(logger: Logger): { interceptor: ServerInterceptor; m
               state.write(unanswered);
             } else if (!state.taken) {
               logger.child({ requestId: requestId ?? randomUUID(), method: method.path }).info("call", {
-                code: Status[answered ?? unanswered!],
+                code: Status[unanswered ?? answered!],
                 ms: Math.round((performance.now() - started) * 10) / 10,
                 peer: call.getPeer(),
                 handled: false,
