@@ -13,7 +13,7 @@ const BAR_WIDTH = 24;
 export class Progress {
   private files = 0;
   private bytes = 0;
-  private readonly startedAt = Date.now();
+  private readonly startedAt: number;
   private lastDraw = 0;
   private lastTenth = 0;
   private drawn = false;
@@ -23,13 +23,17 @@ export class Progress {
     private readonly totalFiles: number,
     private readonly totalBytes: number,
     private readonly label: string,
-  ) {}
+    /** Milliseconds now; tests pass their own. */
+    private readonly now: () => number = Date.now,
+  ) {
+    this.startedAt = now();
+  }
 
   /** Counts one more file (of `bytes` bytes) as done, whatever its outcome. */
   advance(bytes: number): void {
     this.files++;
     this.bytes += bytes;
-    const now = Date.now();
+    const now = this.now();
     if (this.out.isTTY) {
       if (now - this.lastDraw < REDRAW_MS && this.files < this.totalFiles) return;
       this.lastDraw = now;
