@@ -49,6 +49,7 @@ import { storeState } from "./observability/store-probe.js";
 import { tracedSql } from "./observability/traced-sql.js";
 import { startTracing } from "./observability/tracing.js";
 import { observeMiddleware } from "./server/middleware/observe.js";
+import { detached } from "./observability/call-scope.js";
 
 /** Verified API keys held in memory at most (each well under a kilobyte). */
 const KEY_CACHE_ENTRIES = 10_000;
@@ -416,8 +417,9 @@ function startSearch(
     ready,
     hooks: {
       ensureAvailable: () => void currentEngine(),
-      notify: () => indexer.notify(),
-      waitFor: (id: bigint, signal?: AbortSignal) => indexer.waitFor(id, signal),
+      // Indexing rounds serve every pending image: they run outside the call that set them off.
+      notify: () => detached(() => indexer.notify()),
+      waitFor: (id: bigint, signal?: AbortSignal) => detached(() => indexer.waitFor(id, signal)),
       changed: () => engine?.keeper.catchUp() ?? Promise.resolve(),
     },
     async close() {

@@ -64,6 +64,15 @@ export async function* inCall<T, R>(
   }
 }
 
+/**
+ * Runs `work` outside any call: background work a call only sets off (an indexing round, a
+ * snapshot) must not count toward its stages, hang its queries under its span, or put its
+ * request id on the background work's log lines.
+ */
+export function detached<T>(work: () => T): T {
+  return frames.exit(work);
+}
+
 /** The span code now running hangs under (the call's, or a stage's), if the call is traced. */
 export function activeSpan(): { span: Span; tracer: Tracer } | undefined {
   const frame = frames.getStore();

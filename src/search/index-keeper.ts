@@ -5,6 +5,7 @@ import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-reposit
 import type { Sql } from "../store/db.js";
 import { SnapshotError, VectorIndex } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
+import { detached } from "../observability/call-scope.js";
 
 /** When snapshots are written. */
 export interface SnapshotPolicy {
@@ -242,7 +243,8 @@ export class IndexKeeper {
   private maybeSnapshot(): void {
     if (this.closed || this.snapshotQueued || this.changesSinceSnapshot < this.deps.policy.everyChanges) return;
     this.snapshotQueued = true;
-    this.snapshot()
+    // Written in the background, outside the call whose change made it due.
+    detached(() => this.snapshot())
       .catch((error) => this.deps.logger.error("index snapshot failed", { error }))
       .finally(() => (this.snapshotQueued = false));
   }
