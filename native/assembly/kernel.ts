@@ -467,7 +467,7 @@ function dotRowI8(row: usize, query: usize, stride: usize): i32 {
     a = i32x4.add(a, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(v), v128.load(q)));
     a = i32x4.add(a, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(v), v128.load(q, 16)));
   }
-  return i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) + i32x4.extract_lane(a, 3);
+  return lanesI32(a);
 }
 
 /** Sum of the four i32 lanes. */
@@ -573,6 +573,18 @@ function offerI8(scales: usize, dot: i32, r: i32): void {
   if (scale > 0) offer(<f32>dot * scale, r);
 }
 
+// Where touchRow's loads go, so that they are not optimised away.
+let touched: u32 = 0;
+
+/** Loads one byte of each 64-byte line of a row: a prefetch (WebAssembly has none). */
+// @ts-ignore: decorator
+@inline
+function touchRow(row: usize, stride: usize): void {
+  let t: u32 = 0;
+  for (let o: usize = 0; o < stride; o += 64) t += load<u8>(row + o);
+  touched += t;
+}
+
 /** Whether the `n` int32 at `rows` are strictly ascending (sorted, no repeats). */
 function ascending(rows: usize, n: i32): bool {
   let last = -1;
@@ -664,6 +676,13 @@ export function topKRowsI8(
   const eighth = (<usize>groups) << 2;
   for (let i = 0; i < groups; i++) {
     const p = list + ((<usize>i) << 2);
+    // Touch the next group's rows while this one is summed. An int8 row is only eight cache
+    // lines, too short for the prefetcher to start on; this took a 10% list of 100k x 512
+    // from 1.5 to 1.05-1.2 ms (best of 40), where two groups ahead or every other line did worse.
+    if (i + 1 < groups) {
+      const n = p + 4;
+      for (let j: usize = 0; j < 8; j++) touchRow(codes + (<usize>load<i32>(n + j * eighth)) * s, s);
+    }
     const w0 = load<i32>(p);
     const w1 = load<i32>(p + eighth);
     const w2 = load<i32>(p + 2 * eighth);
