@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelManager } from "../../src/embedding/model-manager.js";
 import type { ModelEntry } from "../../src/embedding/registry.js";
 import { DomainError } from "../../src/errors.js";
+import { IndexStatus } from "../../src/gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
 import { createLogger } from "../../src/logging/logger.js";
 import { decodeStatusDetails } from "../../src/server/status-details.js";
@@ -96,6 +97,22 @@ describe("while the embedding model is still on its way", () => {
     expect((await images.listImages({})).images).toHaveLength(0);
     // Without waiting, the upload is stored and indexed once the model is there.
     expect((await images.uploadImage({ content })).image?.indexStatus).toBeDefined();
+  });
+
+  it("still stores a Reka upload with index=true, without waiting, to be indexed once the model is there", async () => {
+    const form = new FormData();
+    form.append("images", new Blob([await distinctPng(72)], { type: "image/png" }), "car.png");
+    form.append("index", "true");
+    const res = await fetch(`http://127.0.0.1:${t.app.httpPort}/compat/reka/v1/images/upload`, {
+      method: "POST",
+      headers: { "x-api-key": t.adminKey },
+      body: form,
+    });
+    const body = (await res.json()) as { results: { image_id: string; indexing_status: number }[] };
+    expect(res.status, JSON.stringify(body)).toBe(200);
+    expect(body.results).toHaveLength(1);
+    const { image } = await t.client(ImageServiceDefinition).getImage({ id: body.results[0].image_id });
+    expect(image!.indexStatus).toBe(IndexStatus.INDEX_STATUS_PENDING);
   });
 
   it("answers 503 with Retry-After over HTTP", async () => {

@@ -167,8 +167,9 @@ async function upload(ctx: HttpContext, images: ImageClient): Promise<unknown> {
 
 /**
  * Uploads one image, waiting for its indexing when it is indexed. Without an embedding model
- * that wait is refused (FAILED_PRECONDITION, nothing stored); the image is then stored without
- * waiting and is indexed once the model is ready.
+ * that wait is refused, nothing stored (FAILED_PRECONDITION when none is installed,
+ * UNAVAILABLE while it loads); the image is then stored without waiting and is indexed once
+ * the model is ready.
  */
 async function uploadOne(ctx: HttpContext, images: ImageClient, request: Partial<UploadImageRequest>): Promise<Image> {
   const store = (waitForIndex: boolean) =>
@@ -177,7 +178,8 @@ async function uploadOne(ctx: HttpContext, images: ImageClient, request: Partial
   try {
     return (await store(true)).image!;
   } catch (err) {
-    if (err instanceof CallFailure && err.code === Status.FAILED_PRECONDITION) return (await store(false)).image!;
+    const noModel = err instanceof CallFailure && (err.code === Status.FAILED_PRECONDITION || err.code === Status.UNAVAILABLE);
+    if (noModel) return (await store(false)).image!;
     throw err;
   }
 }
