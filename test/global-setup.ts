@@ -14,6 +14,8 @@ declare module "vitest" {
     storeKind: "external" | "embedded";
     /** Endpoint of the run's S3 server when GLIMPSE_TEST_BLOBS=s3; "" when blobs are files. */
     s3Endpoint: string;
+    /** Where that server keeps its objects ("" when blobs are files). */
+    s3Directory: string;
   }
 }
 
@@ -26,11 +28,13 @@ async function setupBlobs(project: TestProject): Promise<(() => Promise<void>) |
   const kind = process.env.GLIMPSE_TEST_BLOBS ?? "files";
   if (kind === "files" || kind === "") {
     project.provide("s3Endpoint", "");
+    project.provide("s3Directory", "");
     return undefined;
   }
   if (kind !== "s3") throw new Error(`GLIMPSE_TEST_BLOBS must be files or s3, got ${JSON.stringify(kind)}`);
   const server = await startS3Server();
   project.provide("s3Endpoint", server.endpoint);
+  project.provide("s3Directory", server.directory);
   console.log(`tests store blobs in S3 (s3rver at ${server.endpoint})`);
   return () => server.stop();
 }

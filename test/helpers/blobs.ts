@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, utimes } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { inject } from "vitest";
@@ -6,7 +6,7 @@ import { FileBlobStore, type BlobStore } from "../../src/blobs/blob-store.js";
 import { S3BlobStore } from "../../src/blobs/s3-blob-store.js";
 import type { Options } from "../../src/config/options.js";
 import type { Clock } from "../../src/clock.js";
-import { freshLocation, useS3rverCredentials } from "./s3.js";
+import { freshLocation, s3rverObjectFile, useS3rverCredentials } from "./s3.js";
 
 /** Which blob store this run tests against (GLIMPSE_TEST_BLOBS, read by the global setup). */
 export function testBlobKind(): "files" | "s3" {
@@ -30,14 +30,42 @@ export function testBlobOptions(): Partial<Options> {
   };
 }
 
-/** A blob store of this run's kind, empty, and how to dispose of it. */
-export async function testBlobStore(clock?: Clock): Promise<{ store: BlobStore; dispose(): Promise<void> }> {
+/** A blob store made for one test. */
+export interface TestBlobStore {
+  store: BlobStore;
+  /** The file store's root (undefined for S3). */
+  root: string | undefined;
+  /** Places a stored blob's write `ms` in the past, as the orphan sweep will see it. */
+  age(sha256: string, ms: number): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+/** A blob store of this run's kind, empty: a temporary directory, or a fresh prefix in the run's S3 server. */
+export async function testBlobStore(clock?: Clock): Promise<TestBlobStore> {
   const endpoint = inject("s3Endpoint");
   if (endpoint) {
     useS3rverCredentials();
-    const store = new S3BlobStore(freshLocation(endpoint), clock);
-    return { store, dispose: () => store.close() };
+    const location = freshLocation(endpoint);
+    const store = new S3BlobStore(location, clock);
+    return {
+      store,
+      root: undefined,
+      age: (sha256, ms) => backdate(s3rverObjectFile(inject("s3Directory"), location.bucket, store.keyOf(sha256)), ms),
+      dispose: () => store.close(),
+    };
   }
   const root = await mkdtemp(path.join(tmpdir(), "glimpse-blobs-"));
-  return { store: new FileBlobStore(root, clock), dispose: () => rm(root, { recursive: true, force: true }) };
+  const store = new FileBlobStore(root, clock);
+  return {
+    store,
+    root,
+    age: (sha256, ms) => backdate(store.pathOf(sha256), ms),
+    dispose: () => rm(root, { recursive: true, force: true }),
+  };
+}
+
+/** Moves a file's times `ms` into the past. */
+export async function backdate(file: string, ms: number): Promise<void> {
+  const then = new Date(Date.now() - ms);
+  await utimes(file, then, then);
 }

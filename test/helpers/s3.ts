@@ -15,6 +15,8 @@ const S3RVER_KEY = "S3RVER";
 export interface TestS3Server {
   endpoint: string;
   bucket: string;
+  /** Where s3rver keeps the objects (tests age them by their file times, which it reports). */
+  directory: string;
   stop(): Promise<void>;
 }
 
@@ -33,6 +35,7 @@ export async function startS3Server(): Promise<TestS3Server> {
   return {
     endpoint: `http://127.0.0.1:${port}`,
     bucket: TEST_BUCKET,
+    directory,
     async stop() {
       await server.close();
       await rm(directory, { recursive: true, force: true });
@@ -58,4 +61,12 @@ export function freshLocation(endpoint: string): S3Location {
     region: "us-east-1",
     forcePathStyle: true,
   };
+}
+
+/**
+ * The file in which s3rver keeps an object: it reports the file's modification time as the
+ * object's LastModified, so a test can place an object's write in the past.
+ */
+export function s3rverObjectFile(directory: string, bucket: string, key: string): string {
+  return path.join(directory, bucket, `${key}._S3rver_object`);
 }
