@@ -125,6 +125,26 @@ describe("while the embedding model is still on its way", () => {
     expect(Number(res.headers.get("retry-after"))).toBeGreaterThan(0);
     expect(await res.json()).toMatchObject({ code: Status.UNAVAILABLE });
   });
+
+  it("answers 503 with Retry-After on the seed search surfaces too", async () => {
+    const base = `http://127.0.0.1:${t.app.httpPort}`;
+    const json = { "content-type": "application/json" };
+    const roboflow = await fetch(`${base}/compat/roboflow/ws/project/search?api_key=${encodeURIComponent(t.adminKey)}`, {
+      method: "POST",
+      headers: json,
+      body: JSON.stringify({ prompt: "a dog" }),
+    });
+    const reka = await fetch(`${base}/compat/reka/v1/images/search`, {
+      method: "POST",
+      headers: { ...json, "x-api-key": t.adminKey },
+      body: JSON.stringify({ query: "a dog" }),
+    });
+    for (const [name, res] of [["roboflow", roboflow], ["reka", reka]] as const) {
+      const body = await res.text();
+      expect(res.status, `${name}: ${body}`).toBe(503);
+      expect(Number(res.headers.get("retry-after")), name).toBeGreaterThan(0);
+    }
+  });
 });
 
 describe("when the embedding model cannot be downloaded (offline)", () => {

@@ -297,8 +297,11 @@ function errorOf(failure: CallFailure): RekaError {
       return new RekaError(429, "rate_limit_error", message, undefined, { "retry-after": retryAfterSeconds(failure.retryAfterMs) });
     }
     case Status.FAILED_PRECONDITION:
-    case Status.UNAVAILABLE:
-      return new RekaError(503, "server_error", message);
+    case Status.UNAVAILABLE: {
+      // A passing state (the model still loading, say) says when to come back.
+      const retry = failure.retryAfterMs === undefined ? undefined : { "retry-after": retryAfterSeconds(failure.retryAfterMs) };
+      return new RekaError(503, "server_error", message, undefined, retry);
+    }
     case Status.DEADLINE_EXCEEDED:
       return new RekaError(504, "server_error", message);
     case Status.CANCELLED:

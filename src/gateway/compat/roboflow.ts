@@ -389,7 +389,13 @@ function errorOf(failure: CallFailure): RoboflowError {
     case Status.CANCELLED:
       return new RoboflowError(499, "cancelled", message);
     case Status.UNAVAILABLE:
-      return new RoboflowError(503, "unavailable", message);
+      // A passing state (the model still loading, say) says when to come back.
+      return new RoboflowError(
+        503,
+        "unavailable",
+        message,
+        failure.retryAfterMs === undefined ? undefined : { "retry-after": retryAfterSeconds(failure.retryAfterMs) },
+      );
     case Status.DEADLINE_EXCEEDED:
       return new RoboflowError(504, "timeout", message);
     default:
