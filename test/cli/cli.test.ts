@@ -125,6 +125,44 @@ describe("glimpse CLI against a running server", { timeout: SLOW }, () => {
     expect(await listMine()).toHaveLength(3);
   });
 
+  it("interrupted, continues where it stopped when run again", async () => {
+    const other = await t.newAccount();
+    const otherEnv = { ...env, GLIMPSE_API_KEY: other.key };
+    const dir = path.join(work, "many");
+    await mkdir(dir, { recursive: true });
+    for (let i = 0; i < 10; i++) await writeFile(path.join(dir, `img-${i}.png`), await solidImage(48, 48, { r: 20 * i, g: 100, b: 50 }, "png", 100 + i));
+
+    const child = spawn(process.execPath, ["bin/glimpse.js", "ingest", dir, "--concurrency", "1", "--json"], {
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...otherEnv },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    child.stdout.setEncoding("utf8").on("data", (c) => (stdout += c));
+    // Interrupted as soon as the first file is done (the first progress line).
+    child.stderr.setEncoding("utf8").on("data", function onData(c: string) {
+      if (c.includes("ingest: ")) {
+        child.stderr.off("data", onData);
+        child.kill("SIGINT");
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    expect(code).toBe(130);
+    const first = JSON.parse(stdout);
+    expect(first.ingested).toBeGreaterThanOrEqual(1);
+    expect(first.ingested).toBeLessThan(10);
+    expect(first.notAttempted).toBeGreaterThan(0);
+
+    const rerun = await glimpse(["ingest", dir, "--json"], otherEnv);
+    expect(rerun.code, rerun.stderr).toBe(0);
+    const second = JSON.parse(rerun.stdout);
+    // What the first run stored is not sent again (an upload cut off in flight may have been
+    // stored all the same: its request id answers with that image).
+    expect(second.storedBefore).toBeGreaterThanOrEqual(first.ingested);
+    expect(second.ingested + second.storedBefore).toBe(10);
+    const { images } = await t.client(ImageServiceDefinition, other.key).listImages({ pageSize: 100 });
+    expect(images.filter((i) => i.owner === other.id)).toHaveLength(10);
+  });
+
   it("searches by prompt and by likeness: a ranked table and JSON", async () => {
     const table = await glimpse(["search", "red", "--limit", "3"], env);
     expect(table.code, table.stderr).toBe(0);
