@@ -54,8 +54,6 @@ export interface Options {
   redisPrefix: string;
   /** Seconds a batch of pending images claimed by one replica's indexer stays its alone. */
   indexClaimLeaseS: number;
-  /** Seconds a batch of pending images claimed by one replica's indexer stays its alone. */
-  indexClaimLeaseS: number;
   /** Embedding model: a registry id (`clip-vit-b32`) or the absolute path of a model directory. */
   model: string;
   /** Where `glimpse model pull` installs registry models; `<dataDir>/models` by default. */
@@ -517,13 +515,6 @@ export const optionSpecs = [
     doc: "Prefix of the rate-limit keys in Redis; deployments sharing one Redis need different ones.",
     parse: redisPrefix,
   } satisfies OptionSpec<"redisPrefix">,
-  {
-    key: "indexClaimLeaseS",
-    env: "GLIMPSE_INDEX_CLAIM_LEASE_S",
-    default: "120",
-    doc: "Seconds a batch of pending images one replica claimed for embedding stays its alone; a replica that dies holds its batch this long.",
-    parse: integer(5, 3600),
-  } satisfies OptionSpec<"indexClaimLeaseS">,
   {
     key: "indexClaimLeaseS",
     env: "GLIMPSE_INDEX_CLAIM_LEASE_S",
