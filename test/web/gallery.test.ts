@@ -1,4 +1,3 @@
-/// <reference lib="dom" />
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -49,7 +48,7 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
   const url = () => `http://127.0.0.1:${t.app.httpPort}/`;
 
   /** Ids of the grid's tiles, in order. */
-  const tileIds = () => page.locator("#grid .tile").evaluateAll((tiles) => tiles.map((t) => (t as HTMLElement).dataset.id ?? ""));
+  const tileIds = () => page.locator("#grid .tile").evaluateAll((tiles) => tiles.map((t) => (t as unknown as { dataset: Record<string, string | undefined> }).dataset.id ?? ""));
 
   it("loads with a key pasted once, and keeps it across reloads", async () => {
     await page.goto(url());
@@ -87,7 +86,7 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
     );
     await expect.poll(() => page.locator("#uploads li.done").count(), { timeout: 20_000 }).toBe(3);
     const states = await page.locator("#uploads li").evaluateAll((rows) =>
-      rows.map((r) => [r.querySelector(".name")!.textContent!, r.querySelector(".state")!.textContent!, (r.querySelector("progress") as HTMLProgressElement).value]),
+      rows.map((r) => [r.querySelector(".name")!.textContent!, r.querySelector(".state")!.textContent!, (r.querySelector("progress") as unknown as { value: number }).value]),
     );
     ids = Object.fromEntries(states.map(([name, state]) => [String(name).replace(".png", ""), /\((\d+)\)/.exec(String(state))![1]])) as typeof ids;
     expect(states.every(([, , progress]) => progress === 1)).toBe(true);
@@ -118,12 +117,13 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
 
   it("searches by a dropped image", async () => {
     const blue = (await solidImage(32, 32, { r: 30, g: 40, b: 230 })).toString("base64");
-    await page.evaluate(async (b64) => {
-      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    // Runs in the page (as text: this file is compiled without the DOM's types).
+    await page.evaluate(`(() => {
+      const bytes = Uint8Array.from(atob("${blue}"), (c) => c.charCodeAt(0));
       const transfer = new DataTransfer();
       transfer.items.add(new File([bytes], "query.png", { type: "image/png" }));
-      document.getElementById("like-drop")!.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    }, blue);
+      document.getElementById("like-drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    })()`);
     await expect.poll(async () => (await tileIds())[0], { timeout: 10_000 }).toBe(ids.blue);
     expect(await page.locator("#status").textContent()).toBe("Results for the dropped image");
     await shot("5-search-dropped");
@@ -132,15 +132,15 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
   it("opens a detail view from the keyboard, with metadata and more like this", async () => {
     await page.locator("#grid .tile").first().focus();
     await page.keyboard.press("Enter");
-    await expect.poll(() => page.locator("#detail").evaluate((d) => (d as HTMLDialogElement).open)).toBe(true);
+    await expect.poll(() => page.locator("#detail").evaluate((d) => (d as unknown as { open: boolean }).open)).toBe(true);
     await expect.poll(() => page.locator("#d-title").textContent()).toBe("blue.png");
     await expect.poll(() => page.locator("#d-fields").textContent()).toContain(ids.blue);
     expect(await page.locator("#d-tags").textContent()).toContain("palette");
     await expect.poll(() => page.locator("#d-similar .tile").count()).toBeGreaterThanOrEqual(2);
-    await expect.poll(() => page.locator("#d-image").evaluate((img) => (img as HTMLImageElement).naturalWidth)).toBe(64);
+    await expect.poll(() => page.locator("#d-image").evaluate((img) => (img as unknown as { naturalWidth: number }).naturalWidth)).toBe(64);
     await shot("6-detail");
     await page.keyboard.press("Escape");
-    await expect.poll(() => page.locator("#detail").evaluate((d) => (d as HTMLDialogElement).open)).toBe(false);
+    await expect.poll(() => page.locator("#detail").evaluate((d) => (d as unknown as { open: boolean }).open)).toBe(false);
   });
 
   it("generates an image and shows the credits fall", async () => {
@@ -152,7 +152,7 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
     await page.click("#generate-form button[type=submit]");
     await expect.poll(() => page.locator("#g-result").textContent(), { timeout: 20_000 }).toMatch(/^Charged 1 credits; 4 left\. Stored as image \d+\.$/);
     await expect.poll(() => page.locator("#account").textContent()).toBe("painter · 4 credits");
-    await expect.poll(() => page.locator("#g-image").evaluate((img) => (img as HTMLImageElement).naturalWidth)).toBeGreaterThan(0);
+    await expect.poll(() => page.locator("#g-image").evaluate((img) => (img as unknown as { naturalWidth: number }).naturalWidth)).toBeGreaterThan(0);
     await shot("7-generated");
   });
 
@@ -160,7 +160,7 @@ describe.skipIf(skipReason !== undefined)("web gallery in headless Chromium", ()
     await page.setViewportSize({ width: 390, height: 844 });
     await page.reload();
     await expect.poll(() => page.locator("#grid .tile").count()).toBeGreaterThanOrEqual(4);
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    const overflow = await page.evaluate<number>("document.documentElement.scrollWidth - window.innerWidth");
     expect(overflow).toBeLessThanOrEqual(0);
     await shot("8-phone");
     expect(pageErrors).toEqual([]);
