@@ -88,7 +88,7 @@ const { values: opt } = parseArgs({
     "max-rate": { type: "string", default: "20000/s" },
     probes: { type: "string", default: "8" },
     repeat: { type: "string", default: "1" },
-    "index-cache": { type: "boolean", default: true },
+    "no-index-cache": { type: "boolean", default: false },
     budget: { type: "string", default: "10m" },
     help: { type: "boolean", default: false },
   },
@@ -313,7 +313,7 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
   cleanup.add(`drop database ${db.name}`, () => db.drop());
   const dataDir = await mkdtemp(path.join(os.tmpdir(), `glimpse-load-${label}-`));
   cleanup.add(`remove ${dataDir}`, () => rm(dataDir, { recursive: true, force: true }));
-  const cached = opt["index-cache"] ? await indexCacheDir(template, root) : undefined;
+  const cached = opt["no-index-cache"] ? undefined : await indexCacheDir(template, root);
   const fromCache = cached !== undefined && existsSync(path.join(cached, "ok"));
   if (fromCache) await cp(path.join(cached!, "index"), path.join(dataDir, "index"), { recursive: true });
   const started = Date.now();
@@ -374,7 +374,7 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
 }
 
 /**
- * Index snapshots (--index-cache, on by default): the snapshot a server writes right after
+ * Index snapshots (unless --no-index-cache): the snapshot a server writes right after
  * building its index on an untouched copy of a template, kept and copied into the data
  * directory of later servers on copies of the same template, which then load it (about a
  * second) instead of rebuilding (minutes at 100k on a busy machine). Keyed by the template and
