@@ -90,7 +90,6 @@ export class RedisRateLimiter implements TokenBuckets {
       // A call never queues behind a reconnect: without a connection it is decided at once.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
-      commandTimeout: options.timeoutMs ?? 500,
       connectTimeout: 2000,
       // Reconnects forever, backing off to 2 s; the fail mode answers meanwhile.
       retryStrategy: (times) => Math.min(times * 100, 2000),
@@ -128,12 +127,13 @@ export class RedisRateLimiter implements TokenBuckets {
     let wait: number;
     if (!this.connected) await this.firstConnection;
     try {
-      wait = await this.redis.glimpseTakeTokens(
+      const reply = this.redis.glimpseTakeTokens(
         limits.length,
         ...limits.map((l) => this.prefix + l.key),
         take ? "1" : "0",
         ...limits.map((l) => l.perMinute),
       );
+      wait = await answerWithin(reply, this.options.timeoutMs ?? 500);
     } catch (error) {
       return this.withoutRedis(error);
     }
@@ -164,4 +164,31 @@ export class RedisRateLimiter implements TokenBuckets {
   async close(): Promise<void> {
     this.redis.disconnect();
   }
+}
+
+/**
+ * The reply, or an error once `ms` have passed without one. The timer's verdict waits one
+ * turn of the event loop (setImmediate runs after pending I/O): when a busy process's event
+ * loop stalls past the timeout, the timer and a reply that arrived meanwhile are handled in
+ * the same turn, timers first, and a take that Redis answered (and that took its token) must
+ * not be counted as an outage and admitted a second time by the fail mode.
+ */
+function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const settle = (done: () => void) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      done();
+    };
+    const timer = setTimeout(
+      () => setImmediate(() => settle(() => reject(new Error(`Redis did not answer within ${ms} ms`)))),
+      ms,
+    );
+    reply.then(
+      (value) => settle(() => resolve(value)),
+      (error: unknown) => settle(() => reject(error)),
+    );
+  });
 }
