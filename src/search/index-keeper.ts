@@ -83,14 +83,20 @@ export class IndexKeeper {
       filters = new FilterIndex();
       // Everything logged up to here is in the tables we are about to read; later entries replay.
       index.lastSeq = await embeddings.lastSeq();
+      logger.info("rebuilding the vector index from the database", { model: modelId });
+      // Graph inserts cost up to a millisecond each: hand the event loop back every
+      // REBUILD_SLICE_MS, so health checks and catalogue calls keep answering meanwhile.
+      let sliceStart = performance.now();
       for await (const page of embeddings.allVectors(modelId)) {
         for (const e of page) {
           if (e.vector.length !== dimension) continue;
           index.upsert(e.imageId, e.vector);
           filters.set(index.slot(e.imageId)!, e.attributes);
+          if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
+            await yieldToEventLoop();
+            sliceStart = performance.now();
+          }
         }
-        // Let health checks and catalogue calls answer between pages.
-        await new Promise<void>((resolve) => setImmediate(resolve));
       }
     }
     const keeper = new IndexKeeper(index, filters, source, deps, dir);
@@ -182,10 +188,17 @@ export class IndexKeeper {
     const { embeddings, logger } = this.deps;
     const index = this.index;
     let applied = 0;
+    let sliceStart = performance.now();
     for (;;) {
       const entries = await embeddings.logAfter(index.lastSeq);
       if (entries.length === 0) return applied;
       for (const e of entries) {
+        // A long log (a replica far behind) is applied in slices too; searches in between
+        // see the index as of some sequence, as they would between pages.
+        if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
+          await yieldToEventLoop();
+          sliceStart = performance.now();
+        }
         if (e.modelId === index.modelId || e.op === "attributes") {
           try {
             this.apply(e);
@@ -254,6 +267,15 @@ export class IndexKeeper {
 async function snapshotTime(dir: string): Promise<number | undefined> {
   return (await stat(path.join(dir, "snapshot.json")).catch(() => undefined))?.mtimeMs;
 }
+
+/** The longest the rebuild from the tables runs before letting other work on the event loop. */
+export const REBUILD_SLICE_MS = 10;
+
+/** Resolves after pending I/O callbacks (incoming calls among them) have run. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** A model id as a directory name. */
 function safeName(modelId: string): string {
   return modelId.replace(/[^A-Za-z0-9._-]/g, "_");

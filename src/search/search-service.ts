@@ -437,17 +437,18 @@ export interface RankOptions {
 const ALWAYS_EXACT = 2000;
 /**
  * Candidate sets up to this share of the index are scanned exactly; wider ones over-fetch with
- * plain HNSW (or walk with the bitmap as filter). Calibrated with `bench/filtered.ts` at
- * 100k x 512 on the float32 WASM scan (see the README's search section): the share where the
- * exact scan stops being faster than the over-fetching walk. A faster exact scan moves it up.
+ * plain HNSW. Calibrated with `bench/filtered.ts` at 100k x 512 (CPU time per call, p50): the
+ * float32 scan takes 0.36 ms at 1%, 1.9 ms at 5%, 3.6 ms at 10%; the over-fetch 2.1 ms at 5%
+ * (310 results), 1.6 ms at 10%, 1.1-1.3 ms from 15% up; plain HNSW unfiltered 1.0 ms. A faster
+ * exact scan moves it up.
  */
-export const EXACT_SHARE = 0.03;
+export const EXACT_SHARE = 0.06;
 
 /**
  * The most results the planner asks of plain HNSW to keep the first `depth` the bitmap passes
- * (`overfetchDepth`). Beyond it the filtered walk answers. Plain HNSW at ef 400 still costs
- * less than hnswlib's filtered walk, which calls back into JavaScript for every node it
- * considers (bench/filtered.ts).
+ * (`overfetchDepth`). Beyond it an exact scan answers within `exactMax`, else the filtered
+ * walk: plain HNSW at ef 400 still costs less than hnswlib's filtered walk, which calls back
+ * into JavaScript for every node it considers (40 ms at 3% of 100k x 512, bench/filtered.ts).
  */
 export const MAX_OVERFETCH = 400;
 /** Extra results asked of the over-fetching walk beyond depth / share x 1.5. */
@@ -455,7 +456,7 @@ const OVERFETCH_MARGIN = 10;
 /**
  * How many plain-HNSW results to ask for so that `depth` of them likely pass a filter keeping
  * `share` of the index: ceil(depth / share x 1.5) + a margin; null when that exceeds `max`
- * (MAX_OVERFETCH, never more than MAX_EF): then the filtered walk answers.
+ * (MAX_OVERFETCH, never more than MAX_EF).
  */
 export function overfetchDepth(depth: number, share: number, max = MAX_OVERFETCH): number | null {
   if (share <= 0 || depth <= 0) return null;
@@ -515,11 +516,11 @@ export function rankCandidates(
 /**
  * The planner on an exact candidate bitmap (slots of the vector index, from the filter
  * index): every indexed image -> plain HNSW; few (`scanExactly`) -> exact scan of just those
- * rows; more -> plain HNSW for `overfetchDepth` results, of which the first `depth` the bitmap
- * passes (no JavaScript call per visited node), when that depth is at most MAX_OVERFETCH.
- * When fewer pass (the filter keeps images far from the query): an exact scan, whatever the
- * set's size. When the over-fetch would be too deep (a narrow set past `exactMax`): HNSW with
- * the bitmap as filter, ef raised as its share narrows.
+ * rows (float32); more -> plain HNSW for `overfetchDepth` results, of which the first `depth`
+ * the bitmap passes (no JavaScript call per visited node), when that depth is at most
+ * MAX_OVERFETCH. When fewer pass (the filter keeps images far from the query): an exact scan,
+ * whatever the set's size. When the over-fetch would be too deep: exact within `exactMax`,
+ * else HNSW with the bitmap as filter, ef raised as its share narrows.
  */
 export function rankSlots(
   index: VectorIndex,
@@ -537,18 +538,22 @@ export function rankSlots(
   if (count === index.size) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
   }
-  /** `far`: the set's best lie far from the query, among many close scores: scan float32. */
-  const exact = (far = false): Ranking => {
+  // Always the float32 rows: a filter may keep images far from the query, whose best score
+  // close to thousands of others, and there the int8 scan's re-rank misses (recall 0.74 for
+  // the farthest 3% at 100k x 512, bench/filtered.ts), for 10-40% more time.
+  const exact = (): Ranking => {
     const rows = new Int32Array(slots.toUint32Array().buffer);
     if (options.everyScore) {
       const all = index.scoreSlots(vector, rows).sort(byCosine);
       return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, includes };
     }
-    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows, far), total: count, includes };
+    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows, true), total: count, includes };
   };
   if (scanExactly(count, index.size, options.exactMax, options.exactShare)) return exact();
   const share = count / Math.max(index.size, 1);
   const want = overfetchDepth(depth, share, options.overfetchMax);
+  // Too deep to over-fetch (a wide page of a narrow set): exact while the set is within bounds.
+  if (want === null && count <= options.exactMax) return exact();
   if (want !== null) {
     // Plain HNSW (no callback per visited node), then the first `depth` that pass the bitmap.
     const kept: Neighbour[] = [];
@@ -564,9 +569,8 @@ export function rankSlots(
     // query). A filtered walk would cross every rejected node near the query before it found
     // allowed ones: at 100k x 512, 420 ms for a filter keeping the farthest half, and recall
     // 0.86 for the farthest 90% (bench/filtered.ts). The exact scan's cost is bounded by the
-    // set's size and its recall is 1, so it answers, whatever `exactMax` says; on the float32
-    // rows, since the best of such a set score close to thousands of others.
-    return exact(true);
+    // set's size and its recall is 1, so it answers, whatever `exactMax` says.
+    return exact();
   }
   const ef = filteredEf(options.ef, depth, share);
   const neighbours = index.searchHnsw(vector, depth, ef, denseBitmap(slots, index.slots));

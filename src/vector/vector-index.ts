@@ -362,7 +362,7 @@ export class VectorIndex {
       } catch {
         throw new SnapshotError(`snapshot file ${file.name} is missing`);
       }
-      if (bytes.length !== file.bytes || sha256(bytes) !== file.sha256) {
+      if (bytes.length !== file.bytes || (await sha256Sliced(bytes)) !== file.sha256) {
         throw new SnapshotError(`snapshot file ${file.name} does not match its checksum`);
       }
       contents[key] = bytes;
@@ -388,7 +388,13 @@ export class VectorIndex {
     const vectors = floatsOf(contents.vectors!);
     const ids = bigintsOf(contents.ids!);
     index.used = slots;
+    let sliceStart = performance.now();
     for (let slot = 0; slot < slots; slot++) {
+      // Hand the event loop back now and then: health checks keep answering during a load.
+      if ((slot & 255) === 0 && performance.now() - sliceStart >= LOAD_SLICE_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        sliceStart = performance.now();
+      }
       const id = ids[slot];
       if (id === 0n) {
         index.free.push(slot);
@@ -452,6 +458,20 @@ async function quantisedFor(options: Required<VectorIndexOptions>, capacity: num
   return options.scanQuantisation === "int8" ? QuantisedMatrix.create(options.dimension, capacity) : undefined;
 }
 
+
+/** The longest a snapshot load runs (checksums, filling the matrix) before yielding. */
+const LOAD_SLICE_MS = 10;
+
+/** sha256 of a large buffer, 4 MiB at a time with a yield between (about 10 ms each). */
+async function sha256Sliced(bytes: Uint8Array): Promise<string> {
+  const hash = createHash("sha256");
+  const chunk = 4 << 20;
+  for (let at = 0; at < bytes.length; at += chunk) {
+    hash.update(bytes.subarray(at, at + chunk));
+    if (at + chunk < bytes.length) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return hash.digest("hex");
+}
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
