@@ -143,6 +143,30 @@ describe("S3BlobStore specifics", () => {
     }
   });
 
+  it("passes a range through to S3, so only the bytes asked for cross the network", async () => {
+    const store = new S3BlobStore(freshLocation(s3.endpoint));
+    try {
+      const bytes = randomBytes(3 * 1024 * 1024);
+      const key = await store.put(bytes);
+      const ranges: (string | undefined)[] = [];
+      store["client"].middlewareStack.add(
+        (next, context) => async (args) => {
+          if (context.commandName === "GetObjectCommand") ranges.push((args.input as { Range?: string }).Range);
+          return next(args);
+        },
+        { step: "initialize" },
+      );
+      const read = await store.read(key, { start: 2_000_000, end: 2_000_099 });
+      const chunks: Buffer[] = [];
+      for await (const chunk of read.body) chunks.push(chunk as Buffer);
+      expect(ranges).toEqual(["bytes=2000000-2000099"]);
+      expect(Buffer.concat(chunks).equals(bytes.subarray(2_000_000, 2_000_100))).toBe(true);
+      expect([read.size, read.start, read.end]).toEqual([bytes.length, 2_000_000, 2_000_099]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it("keeps deployments under different prefixes of one bucket apart, and ignores foreign keys", async () => {
     const first = new S3BlobStore(freshLocation(s3.endpoint));
     const secondLocation = freshLocation(s3.endpoint);
