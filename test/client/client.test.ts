@@ -48,10 +48,15 @@ describe("glimpse/client", () => {
       expect(error.retryAfterMs).toBeLessThanOrEqual(2000);
       expect(retries).toHaveLength(0);
 
-      const started = Date.now();
-      const { account } = await limited.accounts.getAccount({});
-      const waited = Date.now() - started;
-      expect(account?.id).toBeTruthy();
+      // The bucket is empty now; on a loaded machine a token may come back before the next
+      // call, which then simply succeeds and takes it, so call until one is retried.
+      let waited = 0;
+      for (let i = 0; i < 5 && retries.length === 0; i++) {
+        const started = Date.now();
+        const { account } = await limited.accounts.getAccount({});
+        waited = Date.now() - started;
+        expect(account?.id).toBeTruthy();
+      }
       expect(retries.length).toBeGreaterThanOrEqual(1);
       expect(retries[0].error.code).toBe(Status.RESOURCE_EXHAUSTED);
       expect(retries[0].delayMs).toBeGreaterThanOrEqual(retries[0].error.retryAfterMs!);
