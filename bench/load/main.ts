@@ -695,7 +695,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
           const loadText = cfg.concurrency !== undefined ? `c=${cfg.concurrency}` : `${cfg.rate}/s`;
           await prof.start();
           const summary = await measure(pool, server, cfg, ids, opt.key);
-          const profile = await prof.stop(`${sc.name.replace(":", "-")}-${target}-${loadText.replace(/[=/]/g, "")}`);
+          const profile = await prof.stop(`${sc.name.replace(":", "-")}-${target}-${loadText.replace(/[=/]/g, "")}-round${round}`);
           rows.push({ round, scenario: sc.name, target, mode: cfg.mode, load: loadText, summary, profile });
           console.log(`  ${repeat > 1 ? `round ${round}: ` : ""}${sc.name} ${target} ${cfg.mode} ${loadText}: ${summary.requests_per_s} req/s, p50 ${summary.p50_ms} ms, p99 ${summary.p99_ms} ms, errors ${errorsText(summary)}${summary.dropped ? `, dropped ${summary.dropped}` : ""}`);
           if (profile) console.log(profileMarkdown(server.label, profile.current ?? Object.values(profile)[0]));
