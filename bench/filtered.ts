@@ -141,7 +141,7 @@ async function loadChild(dir: string): Promise<void> {
   const vectorsMs = t();
   const bytes = index!.attachments.get("filters");
   index!.attachments.clear();
-  const filters = bytes ? FilterIndex.deserialize(bytes, index!.slots) : undefined;
+  const filters = bytes ? await FilterIndex.deserialize(bytes, index!.slots) : undefined;
   const ms = t();
   globalThis.gc?.();
   const report = {

@@ -19,6 +19,9 @@ export function needsDatabase(filter: ImageFilter): boolean {
   return Object.keys(filter.metaEquals).length > 0 || filter.metaKeys.length > 0;
 }
 
+/** The longest `deserialize` runs before letting other work on the event loop. */
+const LOAD_SLICE_MS = 10;
+
 const FLAG_PRESENT = 1;
 const FLAG_PUBLIC = 2;
 const FLAG_INDEXED = 4;
@@ -260,8 +263,12 @@ export class FilterIndex {
     return Buffer.concat(parts);
   }
 
-  /** Reads `serialize`'s form; throws on anything malformed (the caller rebuilds). */
-  static deserialize(bytes: Buffer, slots: number): FilterIndex {
+  /**
+   * Reads `serialize`'s form; throws on anything malformed (the caller rebuilds). Hands the
+   * event loop back every LOAD_SLICE_MS while it rebuilds the postings (a few hundred ms at
+   * 100k images), so a restart does not stall health checks.
+   */
+  static async deserialize(bytes: Buffer, slots: number): Promise<FilterIndex> {
     const copy = new Uint8Array(bytes.length);
     copy.set(bytes);
     const jsonLength = new DataView(copy.buffer).getUint32(0, true);
@@ -313,7 +320,14 @@ export class FilterIndex {
     const pub: number[] = [];
     const indexed: number[] = [];
     const levels: number[][] = NSFW_LEVELS.map(() => []);
+    let sliceStart = performance.now();
+    const maybeYield = async (i: number) => {
+      if ((i & 1023) !== 0 || performance.now() - sliceStart < LOAD_SLICE_MS) return;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      sliceStart = performance.now();
+    };
     for (let slot = 0; slot < slots; slot++) {
+      await maybeYield(slot);
       const f = index.flags[slot];
       if (!(f & FLAG_PRESENT)) continue;
       present.push(slot);
@@ -340,7 +354,11 @@ export class FilterIndex {
     index.publicSlots.addMany(pub);
     index.indexedSlots.addMany(indexed);
     levels.forEach((l, i) => index.nsfwSlots[i].addMany(l));
-    for (const [code, list] of byCode) index.postings.set(code, new RoaringBitmap32(list));
+    let n = 0;
+    for (const [code, list] of byCode) {
+      await maybeYield(++n);
+      index.postings.set(code, new RoaringBitmap32(list));
+    }
     return index;
   }
 

@@ -70,7 +70,7 @@ export class IndexKeeper {
     let source: IndexSource = "snapshot";
     try {
       index = await VectorIndex.loadSnapshot(dir, { modelId, dimension });
-      if (index !== null) filters = loadFilters(index);
+      if (index !== null) filters = await loadFilters(index);
     } catch (err) {
       if (!(err instanceof SnapshotError)) throw err;
       index?.dispose();
@@ -282,12 +282,12 @@ function safeName(modelId: string): string {
 }
 
 /** The filter index a loaded snapshot carries; SnapshotError when it has none or it is malformed. */
-function loadFilters(index: VectorIndex): FilterIndex {
+async function loadFilters(index: VectorIndex): Promise<FilterIndex> {
   const bytes = index.attachments.get("filters");
   index.attachments.clear();
   if (!bytes) throw new SnapshotError("snapshot has no filter index");
   try {
-    return FilterIndex.deserialize(bytes, index.slots);
+    return await FilterIndex.deserialize(bytes, index.slots);
   } catch (err) {
     throw new SnapshotError(`snapshot's filter index is unusable: ${(err as Error).message}`);
   }

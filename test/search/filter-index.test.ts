@@ -101,7 +101,7 @@ function randomFilter(r: () => number): ImageFilter {
 }
 
 describe("the search filter index", () => {
-  it("selects exactly what the SQL filter selects, through churn and a snapshot round trip", () => {
+  it("selects exactly what the SQL filter selects, through churn and a snapshot round trip", async () => {
     const r = rng(7);
     let index = new FilterIndex();
     const held = new Map<number, ImageAttributes>();
@@ -116,7 +116,7 @@ describe("the search filter index", () => {
         index.set(slot, a);
         held.set(slot, a);
       }
-      if (step === 8000) index = FilterIndex.deserialize(index.serialize(SLOTS), SLOTS);
+      if (step === 8000) index = await FilterIndex.deserialize(index.serialize(SLOTS), SLOTS);
     }
     expect(index.size).toBe(held.size);
     const callers: Caller[] = [
