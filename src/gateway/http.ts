@@ -74,6 +74,8 @@ interface CompiledRoute extends Route {
   names: string[];
   /** Literal characters in the pattern: more specific routes win. */
   specificity: number;
+  /** The pattern's text before its first variable: a path without it cannot match (no regex run). */
+  prefix: string;
 }
 
 /** A request body over the limit. */
@@ -116,7 +118,7 @@ function compile(route: Route): CompiledRoute {
       specificity += part.length;
     }
   }
-  return { ...route, regex: new RegExp(`^${source}$`), names, specificity };
+  return { ...route, regex: new RegExp(`^${source}$`), names, specificity, prefix: parts[0] };
 }
 
 /** Writes a JSON response. */
@@ -143,6 +145,7 @@ export class Router {
   match(method: string, path: string): { route: CompiledRoute; params: Record<string, string> } | "wrong_method" | undefined {
     let pathKnown = false;
     for (const route of this.routes) {
+      if (!path.startsWith(route.prefix)) continue;
       const m = route.regex.exec(path);
       if (!m) continue;
       if (route.method !== method && !(method === "HEAD" && route.method === "GET")) {
@@ -150,7 +153,10 @@ export class Router {
         continue;
       }
       const params: Record<string, string> = {};
-      route.names.forEach((name, i) => (params[name] = decodeURIComponent(m[i + 1])));
+      for (let i = 0; i < route.names.length; i++) {
+        const text = m[i + 1];
+        params[route.names[i]] = text.includes("%") ? decodeURIComponent(text) : text;
+      }
       // decodeURIComponent throws on a malformed escape; the server answers that with a 400.
       return { route, params };
     }

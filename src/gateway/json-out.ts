@@ -10,15 +10,54 @@ import { formatDuration, formatFieldMask, formatTimestamp, shortestFloat32 } fro
  * name; bytes as standard base64; the well-known types in their JSON forms.
  */
 export function messageToJson(contract: Contract, typeName: string, message: Plain): unknown {
-  return new Writer(contract).message(typeName, message);
+  return writerOf(contract).message(typeName, message);
 }
 
 /** The JSON of one field's value (for `response_body` bindings). */
 export function fieldToJson(contract: Contract, field: FieldInfo, value: unknown): unknown {
-  return new Writer(contract).field(field, value);
+  return writerOf(contract).field(field, value);
+}
+
+/** One writer per contract: what it learns of each type (its plan, its enums' names) is kept. */
+const writers = new WeakMap<Contract, Writer>();
+
+function writerOf(contract: Contract): Writer {
+  let writer = writers.get(contract);
+  if (!writer) writers.set(contract, (writer = new Writer(contract)));
+  return writer;
+}
+
+/** The well-known types written in a JSON form of their own rather than as an object of fields. */
+const SPECIAL = new Set([
+  "google.protobuf.Timestamp",
+  "google.protobuf.Duration",
+  "google.protobuf.FieldMask",
+  "google.protobuf.Struct",
+  "google.protobuf.ListValue",
+  "google.protobuf.Value",
+  "google.protobuf.Any",
+  ...Object.keys(WRAPPERS),
+]);
+
+/** How a message type is written, worked out once per type. */
+interface Plan {
+  special: boolean;
+  fields: { info: FieldInfo; key: string; jsonName: string; onlyWhenSet: boolean }[];
 }
 
 const hasOwn = (o: object, key: string) => Object.prototype.hasOwnProperty.call(o, key);
+
+/**
+ * A protobufjs 64-bit value as a number, for Timestamp seconds (at most 12 digits, exact as a
+ * number); a Long is read directly rather than through its text.
+ */
+function secondsOf(value: unknown): number {
+  if (typeof value === "number") return Math.trunc(value);
+  if (typeof value === "object" && value !== null && typeof (value as { toNumber?: unknown }).toNumber === "function") {
+    return (value as { toNumber(): number }).toNumber();
+  }
+  return Number(bigintOf(value));
+}
 
 /** Reads a protobufjs 64-bit value (Long, number or string) as a bigint. */
 function bigintOf(value: unknown): bigint {
@@ -29,20 +68,38 @@ function bigintOf(value: unknown): bigint {
 }
 
 class Writer {
+  private readonly plans = new Map<string, Plan>();
+  private readonly enumNames = new Map<string, Map<number, string>>();
+
   constructor(private readonly contract: Contract) {}
 
   message(typeName: string, message: Plain): unknown {
-    const special = this.wellKnown(typeName, message);
-    if (special !== undefined) return special;
-    const schema = schemaOf(this.contract, typeName);
+    const plan = this.plans.get(typeName) ?? this.plan(typeName);
+    if (plan.special) {
+      const special = this.wellKnown(typeName, message);
+      if (special !== undefined) return special;
+    }
     const out: Record<string, unknown> = {};
-    for (const { info, key } of schema.fields) {
+    for (const { info, key, jsonName, onlyWhenSet } of plan.fields) {
       const value = message[key];
-      const present = hasOwn(message, key) && value !== null && value !== undefined;
-      if ((info.oneof || info.optional) && !present) continue;
-      out[info.jsonName] = this.field(info, present ? value : undefined);
+      const present = value !== null && value !== undefined && hasOwn(message, key);
+      if (onlyWhenSet && !present) continue;
+      out[jsonName] = this.field(info, present ? value : undefined);
     }
     return out;
+  }
+
+  private plan(typeName: string): Plan {
+    const special = SPECIAL.has(typeName);
+    // A well-known type is written by its own rule whether or not the contract describes it;
+    // any other unknown type fails here (schemaOf names it), as it always did.
+    const fields = special && !this.contract.messages.has(typeName) ? [] : schemaOf(this.contract, typeName).fields;
+    const plan: Plan = {
+      special,
+      fields: fields.map(({ info, key }) => ({ info, key, jsonName: info.jsonName, onlyWhenSet: Boolean(info.oneof || info.optional) })),
+    };
+    this.plans.set(typeName, plan);
+    return plan;
   }
 
   field(field: FieldInfo, value: unknown): unknown {
@@ -64,8 +121,14 @@ class Writer {
 
   private enumName(typeName: string, value: number): unknown {
     if (typeName === "google.protobuf.NullValue") return null;
-    const info = this.contract.enums.get(typeName);
-    return info?.values.find((v) => v.number === value)?.name ?? value;
+    let names = this.enumNames.get(typeName);
+    if (!names) {
+      names = new Map();
+      // The first name of a number wins (an alias comes after the value it aliases).
+      for (const v of this.contract.enums.get(typeName)?.values ?? []) if (!names.has(v.number)) names.set(v.number, v.name);
+      this.enumNames.set(typeName, names);
+    }
+    return names.get(value) ?? value;
   }
 
   scalar(type: string, value: unknown): unknown {
@@ -96,7 +159,7 @@ class Writer {
   private wellKnown(typeName: string, message: Plain): unknown {
     switch (typeName) {
       case "google.protobuf.Timestamp":
-        return formatTimestamp(bigintOf(message.seconds ?? 0), (message.nanos ?? 0) as number);
+        return formatTimestamp(secondsOf(message.seconds ?? 0), (message.nanos ?? 0) as number);
       case "google.protobuf.Duration":
         return formatDuration(bigintOf(message.seconds ?? 0), (message.nanos ?? 0) as number);
       case "google.protobuf.FieldMask":

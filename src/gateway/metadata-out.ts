@@ -33,8 +33,15 @@ function forwardable(key: string): boolean {
 
 /** `x-request-id` -> `X-Request-Id` (Go's canonical header form, as grpc-gateway writes it). */
 function canonical(key: string): string {
-  return key.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
+  let name = canonicalNames.get(key);
+  if (name === undefined) {
+    name = key.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
+    // Keys are the server's own metadata names, a handful; the bound keeps any others from growing it.
+    if (canonicalNames.size < 256) canonicalNames.set(key, name);
+  }
+  return name;
 }
+const canonicalNames = new Map<string, string>();
 
 /** Values that may travel in an HTTP header: printable ASCII without line breaks. */
 const HEADER_TEXT = /^[\x20-\x7e\t]*$/;

@@ -48,7 +48,7 @@ export function parseTimestamp(text: string): SecondsNanos {
 }
 
 /** RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, as protojson writes it. */
-export function formatTimestamp(seconds: bigint, nanos: number): string {
+export function formatTimestamp(seconds: bigint | number, nanos: number): string {
   return `${new Date(Number(seconds) * 1000).toISOString().slice(0, 19)}${fraction(nanos)}Z`;
 }
 
