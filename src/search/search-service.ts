@@ -538,8 +538,8 @@ export function rankSlots(
   if (count === index.size) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
   }
-  // Always the float32 rows: a filter may keep images far from the query, whose best score
-  // close to thousands of others, and there the int8 scan's re-rank misses (recall 0.74 for
+  // Always the float32 rows: a filter may keep images far from the query, whose best scores sit
+  // among thousands of close ones, and there the int8 scan's re-rank misses (recall 0.74 for
   // the farthest 3% at 100k x 512, bench/filtered.ts), for 10-40% more time.
   const exact = (): Ranking => {
     const rows = new Int32Array(slots.toUint32Array().buffer);
