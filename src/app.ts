@@ -392,6 +392,7 @@ function startSearch(
       snapshotRoot: path.join(options.dataDir, "index"),
       policy: { everyChanges: options.snapshotEveryChanges, intervalMs: options.snapshotIntervalS * 1000 },
       logger,
+      scanQuantisation: options.scanQuantisation,
     });
     if (stopped) return keeper.close();
     engine = { embedder, keeper };

@@ -3,7 +3,7 @@ import path from "node:path";
 import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
-import { SnapshotError, VectorIndex } from "../vector/vector-index.js";
+import { SnapshotError, VectorIndex, type ScanQuantisation } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
 import { detached } from "../observability/call-scope.js";
 
@@ -20,6 +20,8 @@ export interface IndexKeeperDeps {
   snapshotRoot: string;
   policy: SnapshotPolicy;
   logger: Logger;
+  /** What the exact scan reads (GLIMPSE_SCAN_QUANTISATION); default float32. */
+  scanQuantisation?: ScanQuantisation;
 }
 
 /** Where the indexes came from at start: a snapshot, or the tables (a rebuild). */
@@ -69,7 +71,7 @@ export class IndexKeeper {
     let filters: FilterIndex | null = null;
     let source: IndexSource = "snapshot";
     try {
-      index = await VectorIndex.loadSnapshot(dir, { modelId, dimension });
+      index = await VectorIndex.loadSnapshot(dir, { modelId, dimension, scanQuantisation: deps.scanQuantisation });
       if (index !== null) filters = await loadFilters(index);
     } catch (err) {
       if (!(err instanceof SnapshotError)) throw err;
@@ -79,7 +81,7 @@ export class IndexKeeper {
     }
     if (index === null || filters === null) {
       source = "database";
-      index = await VectorIndex.create({ modelId, dimension });
+      index = await VectorIndex.create({ modelId, dimension, scanQuantisation: deps.scanQuantisation });
       filters = new FilterIndex();
       // Everything logged up to here is in the tables we are about to read; later entries replay.
       index.lastSeq = await embeddings.lastSeq();

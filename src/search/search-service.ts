@@ -538,16 +538,17 @@ export function rankSlots(
   if (count === index.size) {
     return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
   }
-  // Always the float32 rows: a filter may keep images far from the query, whose best scores sit
-  // among thousands of close ones, and there the int8 scan's re-rank misses (recall 0.74 for
-  // the farthest 3% at 100k x 512, bench/filtered.ts), for 10-40% more time.
+  // The float32 rows unless the operator chose int8 (GLIMPSE_SCAN_QUANTISATION): a filter may
+  // keep images far from the query, whose best scores sit among thousands of close ones, and
+  // there the int8 scan's re-rank misses (recall 0.74 for the farthest 3% at 100k x 512,
+  // bench/filtered.ts), which is why float32 is the default.
   const exact = (): Ranking => {
     const rows = new Int32Array(slots.toUint32Array().buffer);
     if (options.everyScore) {
       const all = index.scoreSlots(vector, rows).sort(byCosine);
       return { plan: "exact", neighbours: all.slice(0, depth), total: all.length, everyScore: all, includes };
     }
-    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows, true), total: count, includes };
+    return { plan: "exact", neighbours: index.searchExactSlots(vector, depth, rows), total: count, includes };
   };
   if (scanExactly(count, index.size, options.exactMax, options.exactShare)) return exact();
   const share = count / Math.max(index.size, 1);

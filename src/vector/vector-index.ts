@@ -23,7 +23,7 @@ export type ScanQuantisation = "int8" | "float32";
  * int8 by default: recall@10 of the int8 scan plus re-rank against the float32 scan is at
  * least 0.99 on the benchmark sets (bench/quantised.ts, test/vector/quantised.test.ts).
  */
-export const DEFAULT_SCAN_QUANTISATION: ScanQuantisation = "int8";
+export const DEFAULT_SCAN_QUANTISATION: ScanQuantisation = "float32";
 
 /** Graph parameters; the defaults suit 512-wide CLIP vectors up to a few million images. */
 export interface VectorIndexOptions {
