@@ -13,6 +13,9 @@ export interface SnapshotPolicy {
   intervalMs: number;
 }
 
+/** How often the log's tail is read without a notification (a lost NOTIFY waits this long). */
+const LOG_POLL_MS = 2000;
+
 export interface IndexKeeperDeps {
   sql: Sql;
   embeddings: EmbeddingsRepository;
@@ -47,6 +50,7 @@ export class IndexKeeper {
   private queuedCatchUp: Promise<void> | undefined;
   private snapshotQueued = false;
   private timer: NodeJS.Timeout | undefined;
+  private poll: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
   private closed = false;
   /** When the newest snapshot on disk was written (ms since the epoch); undefined: none yet. */
@@ -169,6 +173,7 @@ export class IndexKeeper {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
+    clearInterval(this.poll);
     await this.unlisten?.().catch(() => undefined);
     await this.snapshot().catch((error) => this.deps.logger.error("final index snapshot failed", { error }));
     this.index.dispose();
@@ -252,6 +257,12 @@ export class IndexKeeper {
         .catch((error) => logger.error("index upkeep failed", { error }));
     }, policy.intervalMs);
     this.timer.unref();
+    // And a short poll of the log's tail (one indexed query), so an entry whose notification
+    // did not arrive waits seconds, not the snapshot interval, even when nothing follows it.
+    this.poll = setInterval(() => {
+      if (!this.closed) this.catchUp().catch((error) => logger.error("index catch-up failed", { error }));
+    }, LOG_POLL_MS);
+    this.poll.unref();
   }
 
   /** Queues a snapshot when enough changed; never waited for by callers. */
