@@ -40,6 +40,7 @@ import {
   round,
   runBenchmark,
   runEnvironment,
+  scoresOf,
   startTimer,
   summarise,
   writeResults,
@@ -70,18 +71,6 @@ const UNIFORM = [0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.9];
 const FARTHEST = [0.01, 0.03, 0.1, 0.5, 0.9];
 const ID_BASE = 1n << 40n;
 const idOf = (i: number) => ID_BASE + BigInt(i);
-
-/** Inner product of the query with every vector. */
-function scoresOf(query: Float32Array, vectors: Float32Array[]): Float32Array {
-  const out = new Float32Array(vectors.length);
-  for (let i = 0; i < vectors.length; i++) {
-    const v = vectors[i];
-    let s = 0;
-    for (let d = 0; d < v.length; d++) s += v[d] * query[d];
-    out[i] = s;
-  }
-  return out;
-}
 
 /** Positions of the k best scores among those `keep` passes, best first. */
 function topK(scores: Float32Array, keep: (p: number) => boolean): number[] {

@@ -332,3 +332,15 @@ export async function startBenchApp(cleanup: Cleanup, overrides: Partial<Options
     .create(ImageServiceDefinition, channel);
   return { app, db, dataDir, channel, images, adminKey, metadata };
 }
+
+/** Inner product of the query with every vector (the plain-JS truth benches check recall against). */
+export function scoresOf(query: Float32Array, vectors: Float32Array[]): Float32Array {
+  const out = new Float32Array(vectors.length);
+  for (let i = 0; i < vectors.length; i++) {
+    const v = vectors[i];
+    let s = 0;
+    for (let d = 0; d < v.length; d++) s += v[d] * query[d];
+    out[i] = s;
+  }
+  return out;
+}

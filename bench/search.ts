@@ -52,6 +52,7 @@ import {
   round,
   runBenchmark,
   runEnvironment,
+  scoresOf,
   startTimer,
   type Cleanup,
   type RunEnvironment,
@@ -112,18 +113,6 @@ function rssAfterGc(): number {
 
 // ---------------------------------------------------------------------------------------------
 // Exact truth (plain JS) and recall
-
-/** Inner product of the query with every vector. */
-function scoresOf(query: Float32Array, vectors: Float32Array[]): Float32Array {
-  const out = new Float32Array(vectors.length);
-  for (let i = 0; i < vectors.length; i++) {
-    const v = vectors[i];
-    let s = 0;
-    for (let d = 0; d < v.length; d++) s += v[d] * query[d];
-    out[i] = s;
-  }
-  return out;
-}
 
 /** Positions of the k best scores among `positions` (all when null), best first, skipping `exclude`. */
 function topPositions(scores: Float32Array, k: number, positions: ArrayLike<number> | null, exclude = -1): number[] {

@@ -35,7 +35,7 @@ export const STREAM_LIMIT = 1000;
 export const GENERATE_MODEL = "local:gradient";
 
 /** A failure the status does not show: the call answered OK without what it should carry. */
-function empty(what: string): Error {
+export function empty(what: string): Error {
   return Object.assign(new Error(`no ${what}`), { code: "EMPTY_RESULT" });
 }
 
@@ -52,7 +52,7 @@ export async function freshImage(size = 64): Promise<Buffer> {
 }
 
 /** HTTP/1.1 keep-alive client of the bridge; a non-200 answer rejects with its status. */
-function httpClient(address: string, key: string) {
+export function httpClient(address: string, key: string) {
   const at = address.lastIndexOf(":");
   const host = address.slice(0, at).replace(/^\[|\]$/g, "");
   const port = Number(address.slice(at + 1));

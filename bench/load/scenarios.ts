@@ -3,11 +3,10 @@
  * turns a call number into one request; its outcome is "OK" or a status name (gRPC: the status
  * code's name; HTTP: the status code).
  */
-import http from "node:http";
 import { ClientError, createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
 import { HealthDefinition } from "nice-grpc-server-health";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
-import { makeMoreCall, MORE_SCENARIOS } from "./calls.js";
+import { empty, httpClient, makeMoreCall, MORE_SCENARIOS } from "./calls.js";
 
 export type Target = "grpc" | "http";
 
@@ -60,12 +59,6 @@ export function outcomeOf(err: unknown): string {
   return "CLIENT_ERROR";
 }
 
-class HttpStatusError extends Error {
-  constructor(readonly status: number) {
-    super(`HTTP ${status}`);
-  }
-}
-
 /** Builds the call function of a scenario, with what it holds open (channel, agent). */
 export function makeCall(spec: ScenarioSpec): { call: Call; close(): void } {
   const def = SCENARIOS[spec.scenario];
@@ -103,53 +96,23 @@ export function makeCall(spec: ScenarioSpec): { call: Call; close(): void } {
             { query: { $case: "likeImageId", value: b.likeImageId }, limit: b.limit, filter: b.filter } as never,
             { signal },
           );
-          if (res.results.length === 0) throw Object.assign(new Error("no results"), { code: "EMPTY_RESULT" });
+          if (res.results.length === 0) throw empty("results");
         };
     }
     return { call, close: () => channel.close() };
   }
 
   if (!def.http) throw new Error(`scenario ${spec.scenario} has no HTTP route`);
-  const [host, port] = [spec.address.slice(0, spec.address.lastIndexOf(":")), Number(spec.address.slice(spec.address.lastIndexOf(":") + 1))];
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
-  const request = (method: string, pathName: string, body: unknown, signal: AbortSignal) =>
-    new Promise<void>((resolve, reject) => {
-      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const req = http.request(
-        {
-          host,
-          port,
-          method,
-          path: pathName,
-          agent,
-          signal,
-          headers: {
-            authorization: `Bearer ${spec.key}`,
-            ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}),
-          },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            if (res.statusCode !== 200) return reject(new HttpStatusError(res.statusCode ?? 0));
-            if (spec.scenario.startsWith("search")) {
-              const parsed = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { results?: unknown[] };
-              if (!parsed.results || parsed.results.length === 0) {
-                return reject(Object.assign(new Error("no results"), { code: "EMPTY_RESULT" }));
-              }
-            }
-            resolve();
-          });
-          res.on("error", reject);
-        },
-      );
-      req.on("error", reject);
-      req.end(payload);
-    });
+  const { request, close } = httpClient(spec.address, spec.key);
   const call: Call =
     spec.scenario === "get-image"
-      ? (i, signal) => request("GET", `/v1/images/${id(i)}`, undefined, signal)
-      : (i, signal) => request("POST", "/v1/images:search", searchBody(i), signal);
-  return { call, close: () => agent.destroy() };
+      ? async (i, signal) => {
+          await request("GET", `/v1/images/${id(i)}`, undefined, signal);
+        }
+      : async (i, signal) => {
+          const answer = await request("POST", "/v1/images:search", searchBody(i), signal);
+          const parsed = JSON.parse(answer.toString("utf8")) as { results?: unknown[] };
+          if (!parsed.results || parsed.results.length === 0) throw empty("results");
+        };
+  return { call, close };
 }

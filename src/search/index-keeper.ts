@@ -248,17 +248,14 @@ export class IndexKeeper {
       if (!this.closed) this.catchUp().catch((error) => logger.error("index catch-up failed", { error }));
     });
     this.unlisten = () => listener.unlisten();
-    // Also on a timer: covers a notification lost while the listening connection reconnected,
-    // and writes what changed since the last snapshot.
+    // On a timer: writes what changed since the last snapshot.
     this.timer = setInterval(() => {
-      if (this.closed) return;
-      this.catchUp()
-        .then(() => this.snapshot())
-        .catch((error) => logger.error("index upkeep failed", { error }));
+      if (!this.closed) this.snapshot().catch((error) => logger.error("index snapshot failed", { error }));
     }, policy.intervalMs);
     this.timer.unref();
     // And a short poll of the log's tail (one indexed query), so an entry whose notification
-    // did not arrive waits seconds, not the snapshot interval, even when nothing follows it.
+    // did not arrive (the listening connection reconnecting, say) waits seconds, even when
+    // nothing follows it.
     this.poll = setInterval(() => {
       if (!this.closed) this.catchUp().catch((error) => logger.error("index catch-up failed", { error }));
     }, LOG_POLL_MS);
