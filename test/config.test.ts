@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { effectiveOptions } from "../src/cli/config.js";
 import { ConfigError, loadOptions } from "../src/config/options.js";
 
 describe("options", () => {
@@ -56,5 +57,15 @@ describe("options", () => {
     expect(result.status).toBe(2);
     expect(result.stderr).toContain("GLIMPSE_GRPC_PORT must be an integer");
     expect(result.stdout).not.toContain("listening");
+  });
+});
+
+describe("glimpse config", () => {
+  it("shows blob locations as written and URLs without their passwords", () => {
+    const shown = (env: NodeJS.ProcessEnv) => new Map(effectiveOptions(env, []).map((o) => [o.env, o]));
+    const s3 = shown({ GLIMPSE_BLOBS: "s3://photos/glimpse", GLIMPSE_REDIS_URL: "redis://:hunter2@127.0.0.1:6379" });
+    expect(s3.get("GLIMPSE_BLOBS")).toMatchObject({ value: "s3://photos/glimpse/", source: "environment" });
+    expect(s3.get("GLIMPSE_REDIS_URL")?.value).toBe("redis://:***@127.0.0.1:6379");
+    expect(shown({ GLIMPSE_DATA_DIR: "/srv/glimpse" }).get("GLIMPSE_BLOBS")).toMatchObject({ value: "/srv/glimpse/blobs", source: "default" });
   });
 });

@@ -1,4 +1,4 @@
-import { loadOptions, optionSpecs, type Options } from "../config/options.js";
+import { loadOptions, optionSpecs, type BlobLocation, type Options } from "../config/options.js";
 import { EXIT, table } from "./args.js";
 import type { CliContext } from "./context.js";
 
@@ -51,7 +51,12 @@ export function effectiveOptions(env: NodeJS.ProcessEnv, argv: readonly string[]
 function show(key: keyof Options, value: unknown): string {
   if (value === undefined || value === "") return "(unset)";
   if (SECRETS.has(key)) return "(set)";
-  if (key === "databaseUrl" && typeof value === "string") {
+  if (key === "blobs") {
+    const blobs = value as BlobLocation;
+    return blobs.kind === "s3" ? `s3://${blobs.bucket}/${blobs.prefix}` : blobs.dir || "(unset: <GLIMPSE_DATA_DIR>/blobs)";
+  }
+  // URLs may carry a password: shown without it.
+  if ((key === "databaseUrl" || key === "redisUrl") && typeof value === "string") {
     try {
       const url = new URL(value);
       if (url.password) url.password = "***";
