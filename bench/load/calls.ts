@@ -102,7 +102,7 @@ export function makeMoreCall(spec: ScenarioSpec): { call: Call; close(): void } 
 }
 
 function grpcCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i: number) => string, uploadTags: string[]) {
-  const channel: Channel = createChannel(spec.address);
+  const channel: Channel = createChannel(spec.address, undefined, spec.grpcOptions);
   const metadata = Metadata({ authorization: `Bearer ${spec.key}` });
   const images = createClient(ImageServiceDefinition, channel, { "*": { metadata } });
   const generation = createClient(GenerationServiceDefinition, channel, { "*": { metadata } });

@@ -11,6 +11,9 @@
  *                         [--start-rate 100/s] [--max-rate 20000/s] [--probes 8] [--duration 5s] [--budget 10m]
  *   npm run bench:load -- compare --base 3bcb0a1 [--current HEAD] [--scenarios search-admin,search-user,search-user-tag:0.01]
  *                         [--concurrency 1,16,64] [--duration 15s] [--target grpc|http] [--cpu-prof]
+ *   npm run bench:load -- replicas [--replicas 3] [--images 20000] [--scenario mixed] [--concurrency 16 | --rate 100/s]
+ *                         [--duration 30s] [--kill-at 10s] [--down 0s] [--target grpc|http] [--probe-timeout 30s]
+ *                         [--restart-timeout 3m] [--redis redis://127.0.0.1:6379]
  *
  * Scenarios (`--help` lists them): grpc-noop, get-image, get-image-content, list-images,
  * search-admin, search-user, search-admin-tag:SHARE, search-user-tag:SHARE, stream-search,
@@ -31,14 +34,19 @@
  * backwards), and adds the median of the rounds, so rows compared with each other (gRPC
  * against HTTP) share the machine's state as far as a busy machine allows.
  *
+ * `replicas` starts --replicas glimpse replicas (`src/cli/main.ts serve` processes) on one copy of
+ * the template, blobs in an s3rver on loopback and rate limits in Redis, drives them round-robin,
+ * SIGKILLs the last one at --kill-at and starts it again after --down; it reports each phase
+ * (before the kill, while down, after the restart), the restart's time to ready, and the
+ * visibility lag of uploads and deletes made on one replica as seen by another's search. The
+ * load runs --duration, or until 5 s after the restarted replica is ready if that is later.
+ *
  * --cpu-prof profiles the server(s) over the measured calls only (V8's CPU profiler through the
  * inspector, as `node --cpu-prof` does) and reports the functions with the most self time.
  */
-import { execFileSync, fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork } from "node:child_process";
 import { existsSync } from "node:fs";
-import { createHash } from "node:crypto";
-import { cp, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { setTimeout as sleep } from "node:timers/promises";
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -46,16 +54,19 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { writeClipTestModel } from "../../test/fixtures/clip-test-model.js";
 import { ADMIN_DATABASE_URL, markdownTable, REPO_ROOT, round, runBenchmark, runEnvironment, writeResults, type Cleanup } from "../lib.js";
+import { indexCacheDir, keepIndex } from "./index-cache.js";
+import { WorkerPool } from "./pool.js";
 import { prepare, type Prepared } from "./prepare.js";
 import { summariseProfile, type ProfileSummary } from "./profile.js";
 import { SCENARIOS, type ScenarioSpec, type Target } from "./scenarios.js";
 import { ADMIN_KEY, cloneTemplate, DIMENSION, ensureTemplate, MODEL_ID, queryIds, SHARE_TAGS, tagForShare, USERS } from "./seed.js";
+import { runReplicas } from "./replicas.js";
 import { sweep } from "./sweep.js";
-import type { RunReply, RunRequest } from "./worker.js";
+import type { RunReply } from "./worker.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
-const command = ["seed", "compare", "sweep", "run"].includes(argv[0]) ? argv.shift()! : "run";
+const command = ["seed", "compare", "sweep", "run", "replicas"].includes(argv[0]) ? argv.shift()! : "run";
 
 const { values: opt } = parseArgs({
   args: argv,
@@ -90,6 +101,12 @@ const { values: opt } = parseArgs({
     repeat: { type: "string", default: "1" },
     "no-index-cache": { type: "boolean", default: false },
     budget: { type: "string", default: "10m" },
+    replicas: { type: "string", default: "3" },
+    "kill-at": { type: "string", default: "10s" },
+    down: { type: "string", default: "0s" },
+    "restart-timeout": { type: "string", default: "3m" },
+    "probe-timeout": { type: "string", default: "30s" },
+    redis: { type: "string", default: "redis://127.0.0.1:6379" },
     help: { type: "boolean", default: false },
   },
 });
@@ -134,81 +151,6 @@ function parseScenario(text: string, defaultShare: number): { name: string; scen
   const share = shareText ? Number(shareText) : defaultShare;
   tagForShare(share);
   return { name: `${scenario}:${share}`, scenario, share };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Workers
-
-class WorkerPool {
-  private readonly children: ChildProcess[] = [];
-  private runId = 0;
-
-  static async start(count: number, cleanup: Cleanup): Promise<WorkerPool> {
-    const pool = new WorkerPool();
-    cleanup.add("stop load workers", async () => pool.stop());
-    await Promise.all(
-      Array.from({ length: count }, async () => {
-        const child = fork(path.join(HERE, "worker.ts"), [], {
-          cwd: REPO_ROOT,
-          execArgv: ["--import", "tsx"],
-          serialization: "advanced",
-          stdio: ["ignore", "inherit", "inherit", "ipc"],
-        });
-        pool.children.push(child);
-        await new Promise<void>((resolve, reject) => {
-          child.once("message", () => resolve());
-          child.once("exit", (code) => reject(new Error(`load worker exited (${code}) before starting`)));
-        });
-      }),
-    );
-    return pool;
-  }
-
-  get size() {
-    return this.children.length;
-  }
-
-  /** Sends one run to every worker (each its share of callers or rate) and merges the replies. */
-  async run(base: Omit<RunRequest, "type" | "runId" | "concurrency" | "rate" | "phaseMs" | "maxRequests">, total: { concurrency?: number; rate?: number; maxRequests: number }) {
-    const runId = ++this.runId;
-    // Never more workers than callers.
-    const used = total.concurrency !== undefined ? this.children.slice(0, Math.min(this.children.length, total.concurrency)) : this.children;
-    const replies = await Promise.all(
-      used.map(
-        (child, w) =>
-          new Promise<RunReply>((resolve, reject) => {
-            const onMessage = (msg: RunReply) => {
-              if (msg.type !== "result" || msg.runId !== runId) return;
-              child.off("message", onMessage);
-              child.off("exit", onExit);
-              resolve(msg);
-            };
-            const onExit = (code: number | null) => reject(new Error(`load worker exited (${code}) during a run`));
-            child.on("message", onMessage);
-            child.once("exit", onExit);
-            const share = (n: number) => Math.floor(n / used.length) + (w < n % used.length ? 1 : 0);
-            const interval = total.rate ? 1000 / (total.rate / used.length) : 0;
-            child.send({
-              ...base,
-              type: "run",
-              runId,
-              concurrency: total.concurrency !== undefined ? share(total.concurrency) : 0,
-              rate: total.rate ? total.rate / used.length : 0,
-              phaseMs: (interval * w) / used.length,
-              maxRequests: Math.max(1, share(total.maxRequests)),
-            } satisfies RunRequest);
-          }),
-      ),
-    );
-    const failed = replies.find((r) => r.error);
-    if (failed) throw new Error(`load worker failed: ${failed.error}`);
-    return replies;
-  }
-
-  stop() {
-    for (const child of this.children) if (child.connected) child.send({ type: "exit" });
-    for (const child of this.children) if (child.exitCode === null) child.kill("SIGTERM");
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,38 +313,6 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
   server.facts.index_from_cache = fromCache;
   if (cached && !fromCache) await keepIndex(dataDir, cached);
   return server;
-}
-
-/**
- * Index snapshots (unless --no-index-cache): the snapshot a server writes right after
- * building its index on an untouched copy of a template, kept and copied into the data
- * directory of later servers on copies of the same template, which then load it (about a
- * second) instead of rebuilding (minutes at 100k on a busy machine). Keyed by the template and
- * the code that writes and reads snapshots; a snapshot the build cannot use is rebuilt anyway.
- */
-async function indexCacheDir(template: string, root: string): Promise<string> {
-  const hash = createHash("sha256");
-  for (const file of ["src/vector/vector-index.ts", "src/search/filter-index.ts", "src/search/index-keeper.ts"]) {
-    hash.update(await readFile(path.join(root, file)).catch(() => Buffer.alloc(0)));
-  }
-  return path.join(os.tmpdir(), `glimpse-load-index-${template}-${hash.digest("hex").slice(0, 12)}`);
-}
-
-/** Waits (up to 5 min) for the snapshot written after the build, and keeps a copy, before any load. */
-async function keepIndex(dataDir: string, cached: string): Promise<void> {
-  const until = Date.now() + 5 * 60_000;
-  const manifest = async () => (await readdir(path.join(dataDir, "index")).catch(() => [])).some((d) => existsSync(path.join(dataDir, "index", d, "snapshot.json")));
-  while (!(await manifest())) {
-    if (Date.now() > until) return console.log("no index snapshot written within 5 min of ready; not cached");
-    await sleep(500);
-  }
-  const tmp = `${cached}.${process.pid}.tmp`;
-  await rm(tmp, { recursive: true, force: true });
-  await cp(path.join(dataDir, "index"), path.join(tmp, "index"), { recursive: true });
-  await writeFile(path.join(tmp, "ok"), new Date().toISOString());
-  await rm(cached, { recursive: true, force: true });
-  await rename(tmp, cached);
-  console.log(`index snapshot kept in ${cached} for later runs on this template`);
 }
 
 /**
@@ -646,6 +556,44 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     // With --base, the template a compare against that build uses (migrated by the base build).
     const facts = await ensureTemplate(opt.base ? worktreeFor(opt.base, "glimpse-base") : REPO_ROOT, images);
     console.log(JSON.stringify(facts, null, 2));
+    return;
+  }
+
+  if (command === "replicas") {
+    const given = (flag: string) => argv.some((a) => a === flag || a.startsWith(`${flag}=`));
+    if (opt.rate && opt.concurrency) throw new Error("--concurrency (closed loop) or --rate (open loop), not both");
+    const concurrency = Number(opt.concurrency ?? "16");
+    if (!opt.rate && (!Number.isInteger(concurrency) || concurrency < 1)) throw new Error(`bad --concurrency ${opt.concurrency} (a positive integer)`);
+    const target = opt.target as Target;
+    if (target !== "grpc" && target !== "http") throw new Error("replicas takes one --target: grpc or http");
+    const { json, markdown } = await runReplicas(cleanup, {
+      replicas: Number(opt.replicas),
+      // A smaller default than the single server's: every replica holds the whole index.
+      images: given("--images") ? images : 20_000,
+      scenario: opt.scenario ?? "mixed",
+      target,
+      concurrency: opt.rate ? undefined : concurrency,
+      rate: opt.rate ? rate(opt.rate) : undefined,
+      warmupMs: duration(opt.warmup!),
+      durationMs: duration(opt.duration!),
+      killAtMs: duration(opt["kill-at"]!),
+      downMs: duration(opt.down!),
+      restartTimeoutMs: duration(opt["restart-timeout"]!),
+      probeTimeoutMs: duration(opt["probe-timeout"]!),
+      workers: Number(opt.workers),
+      k: Number(opt.k),
+      timeoutMs: duration(opt.timeout!),
+      maxRequests: Number(opt["max-requests"]),
+      maxInFlight: Number(opt["max-in-flight"]),
+      indexCache: !opt["no-index-cache"],
+      redisUrl: opt.redis!,
+      adminKey: opt["admin-key"]!,
+      commit: commitOf(REPO_ROOT),
+      argv,
+    });
+    const written = await save(`load-replicas-${stamp()}`, json, markdown);
+    console.log(markdown);
+    console.log(`wrote ${written.join(", ")}`);
     return;
   }
 

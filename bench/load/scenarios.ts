@@ -16,6 +16,10 @@ export interface ScenarioSpec {
   target: Target;
   /** host:port of the chosen transport. */
   address: string;
+  /** Several replicas' host:port: call number i goes to addresses[i mod n] (then `address` is unused). */
+  addresses?: string[];
+  /** grpc-js channel options (e.g. grpc.max_reconnect_backoff_ms), for every channel the calls open. */
+  grpcOptions?: Record<string, number>;
   /** API key sent as `authorization: Bearer`. */
   key: string;
   /** Image ids to ask for / search like, used round-robin. */
@@ -73,7 +77,7 @@ export function makeCall(spec: ScenarioSpec): { call: Call; close(): void } {
   });
 
   if (spec.target === "grpc") {
-    const channel: Channel = createChannel(spec.address);
+    const channel: Channel = createChannel(spec.address, undefined, spec.grpcOptions);
     const metadata = def.key === "none" ? Metadata() : Metadata({ authorization: `Bearer ${spec.key}` });
     const images = createClient(ImageServiceDefinition, channel, { "*": { metadata } });
     const health = createClient(HealthDefinition, channel);

@@ -11,13 +11,16 @@
  *   and k6's constant-arrival-rate). Calls beyond `maxInFlight` are not sent and counted as
  *   dropped (k6's dropped_iterations).
  *
- * A call starting in the warm-up is run but not recorded; the run ends at its deadline or after
- * `maxRequests` recorded calls, whichever is first, and calls still out then get
- * `timeoutMs` to answer.
+ * A call starting in the warm-up is run but not recorded; the run ends at its deadline, after
+ * `maxRequests` recorded calls or on an {type: "end", runId} message, whichever is first, and
+ * calls still out then get `timeoutMs` to answer.
+ *
+ * With `spec.addresses`, call number i goes to address i mod n (round-robin over replicas);
+ * with `detail`, the reply also says when each recorded call was sent, where and how it ended.
  */
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
-import { makeCall, outcomeOf, type ScenarioSpec } from "./scenarios.js";
+import { makeCall, outcomeOf, type Call, type ScenarioSpec } from "./scenarios.js";
 
 export interface RunRequest {
   type: "run";
@@ -37,6 +40,19 @@ export interface RunRequest {
   /** Bound on the calls recorded by this worker. */
   maxRequests: number;
   maxInFlight: number;
+  /** Whether to reply with every recorded call's send time, address and outcome. */
+  detail?: boolean;
+}
+
+/** Every recorded call, in recording order (with RunRequest.detail). */
+export interface CallDetail {
+  /** Epoch ms at which the call was sent (open loop: its intended send time). */
+  sentAt: Float64Array;
+  /** Index into the spec's addresses (0 without them). */
+  route: Uint8Array;
+  /** Index into `names`. */
+  outcome: Uint16Array;
+  names: string[];
 }
 
 export interface RunReply {
@@ -48,6 +64,7 @@ export interface RunReply {
   dropped: number;
   /** Measured window, ms, from the end of the warm-up to the last recorded answer. */
   windowMs: number;
+  detail?: CallDetail;
   error?: string;
 }
 
@@ -64,10 +81,26 @@ class Samples {
   }
 }
 
+/** Runs that an "end" message may stop early, by run id. */
+const ending = new Map<number, () => void>();
+
+/** The scenario's call, sent round-robin over spec.addresses by call number when there are several. */
+function routedCall(spec: ScenarioSpec): { call: Call; route: (i: number) => number; close(): void } {
+  const addresses = spec.addresses?.length ? spec.addresses : [spec.address];
+  const built = addresses.map((address) => makeCall({ ...spec, address }));
+  const route = (i: number) => i % built.length;
+  return {
+    call: (i, signal) => built[route(i)].call(i, signal),
+    route,
+    close: () => built.forEach((b) => b.close()),
+  };
+}
+
 async function run(req: RunRequest): Promise<RunReply> {
-  const { call, close } = makeCall(req.spec);
+  const { call, route, close } = routedCall(req.spec);
   const samples = new Samples();
   const outcomes: Record<string, number> = {};
+  const detail = req.detail ? { sentAt: new Samples(), route: [] as number[], outcome: [] as number[], names: [] as string[] } : undefined;
   let dropped = 0;
   // performance.now() at the common start.
   const t0 = performance.now() + (req.startAt - Date.now());
@@ -75,7 +108,9 @@ async function run(req: RunRequest): Promise<RunReply> {
   const deadline = measureFrom + req.durationMs;
   let lastAnswer = measureFrom;
   let recorded = 0;
-  const full = () => recorded >= req.maxRequests;
+  let ended = false;
+  ending.set(req.runId, () => (ended = true));
+  const full = () => ended || recorded >= req.maxRequests;
 
   const one = async (i: number, from: number, measured: boolean) => {
     let outcome = "OK";
@@ -89,6 +124,13 @@ async function run(req: RunRequest): Promise<RunReply> {
       samples.push(end - from);
       outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
       if (end > lastAnswer) lastAnswer = end;
+      if (detail) {
+        detail.sentAt.push(req.startAt + (from - t0));
+        detail.route.push(route(i));
+        let at = detail.names.indexOf(outcome);
+        if (at < 0) at = detail.names.push(outcome) - 1;
+        detail.outcome.push(at);
+      }
     }
   };
 
@@ -131,6 +173,7 @@ async function run(req: RunRequest): Promise<RunReply> {
       await Promise.all(inFlight);
     }
   } finally {
+    ending.delete(req.runId);
     close();
   }
   return {
@@ -140,11 +183,18 @@ async function run(req: RunRequest): Promise<RunReply> {
     outcomes,
     dropped,
     windowMs: Math.max(1, Math.min(lastAnswer, deadline) - measureFrom),
+    detail: detail && {
+      sentAt: detail.sentAt.data.slice(0, detail.sentAt.n),
+      route: Uint8Array.from(detail.route),
+      outcome: Uint16Array.from(detail.outcome),
+      names: detail.names,
+    },
   };
 }
 
-process.on("message", (msg: RunRequest | { type: "exit" }) => {
+process.on("message", (msg: RunRequest | { type: "exit" } | { type: "end"; runId: number }) => {
   if (msg.type === "exit") process.exit(0);
+  if (msg.type === "end") return ending.get(msg.runId)?.();
   if (msg.type !== "run") return;
   run(msg).then(
     (reply) => process.send!(reply),
