@@ -174,11 +174,13 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
               bridged: (metadata) => gatekeeper.bridged(metadata),
             })
           : undefined,
+      // In-process calls are the HTTP bridge's.
+      inProcessRefused: metrics ? (path, code) => metrics.refused(path, "http", code) : undefined,
     });
     gateway = await startGateway({
       host: options.grpcHost,
       port: options.httpPort,
-      grpcAddress: `${loopbackHost(options.grpcHost)}:${grpc.port}`,
+      calls: grpc.inProcess,
       descriptors,
       publicUrl: () => options.publicUrl,
       ready: () => serving,
@@ -193,6 +195,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       keepAliveTimeoutMs: options.httpKeepAliveTimeoutS * 1000,
       logger,
       extraRoutes: metrics && !options.metricsAddress ? [metricsRoute(metrics, logger)] : [],
+      refused: metrics ? (rpc, code) => metrics.refused(rpc, "http", code) : undefined,
     });
     if (metrics && options.metricsAddress) metricsServer = await startMetricsServer(options.metricsAddress, metrics, logger);
     // The default public URL names the HTTP port; with port 0 it is known only now.
@@ -430,11 +433,4 @@ function startSearch(
       await models.close();
     },
   };
-}
-
-/** Where to reach a server bound to `host` from this process. */
-function loopbackHost(host: string): string {
-  if (host === "0.0.0.0" || host === "" ) return "127.0.0.1";
-  if (host === "::" || host === "[::]") return "[::1]";
-  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }

@@ -1,5 +1,5 @@
 import { pipeline } from "node:stream/promises";
-import { ClientError, createClient, Status, type Metadata } from "nice-grpc";
+import { ClientError, Status, type Metadata } from "nice-grpc";
 import type { BlobRead, BlobStore } from "../blobs/blob-store.js";
 import type { Logger } from "../logging/logger.js";
 import { invalidArgument } from "../errors.js";
@@ -27,8 +27,8 @@ const PUBLIC_MAX_AGE_S = 3_600;
 
 /**
  * `GET` and `HEAD /v1/images/{id}/content`: an image's original bytes as raw HTTP content.
- * Metadata comes from GetImage over the loopback
- * channel with the caller's credentials, so auth, visibility and rate limits are gRPC's own;
+ * Metadata comes from GetImage, called in-process through the gRPC middleware
+ * with the caller's credentials, so auth, visibility and rate limits are gRPC's own;
  * the bytes are then streamed from the blob store (files or S3), only the range asked for.
  *
  * - `ETag` is the sha256 (strong), `Last-Modified` the upload time, `Accept-Ranges: bytes`.
@@ -43,7 +43,7 @@ const PUBLIC_MAX_AGE_S = 3_600;
  *   turns a range request into a 200 with the whole body.
  */
 export function contentRoutes(deps: RouteDeps): Route[] {
-  const images = createClient(ImageServiceDefinition, deps.channel);
+  const images = deps.rpc.client(ImageServiceDefinition);
   return [
     {
       method: "GET",
@@ -208,18 +208,18 @@ export function planRange(header: string | undefined, size: number): RangePlan {
   return { kind: "partial", start, end: Math.min(last, size - 1) };
 }
 
-/** Options a loopback call on the caller's behalf takes. */
-interface LoopbackOptions {
+/** Options a call on the caller's behalf takes. */
+interface CallerOptions {
   metadata: Metadata;
   signal: AbortSignal;
   onTrailer(trailer: Metadata): void;
 }
 
 /**
- * Makes one loopback call; a gRPC error is answered as grpc-gateway's JSON error and gives
+ * Makes one call on the caller's behalf; a gRPC error is answered as grpc-gateway's JSON error and gives
  * undefined. A call the client abandoned gives undefined without an answer (nobody listens).
  */
-async function call<T>(ctx: HttpContext, run: (options: LoopbackOptions) => Promise<T>): Promise<T | undefined> {
+async function call<T>(ctx: HttpContext, run: (options: CallerOptions) => Promise<T>): Promise<T | undefined> {
   let trailer: Metadata | undefined;
   try {
     return await run({ metadata: ctx.metadata, signal: ctx.signal, onTrailer: (t) => (trailer = t) });

@@ -19,7 +19,7 @@ import { acceptsTrailers, metadataHeaders, metadataTrailers, type MetadataPairs 
 /** Trailer that carries a serialized google.rpc.Status with typed details. */
 export const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";
 
-/** A failed call made over the loopback channel: its status, raw details and request id. */
+/** A failed call made on the caller's behalf: its status, raw details and request id. */
 export class RpcError extends Error {
   constructor(
     readonly code: number,
@@ -37,10 +37,10 @@ export class RpcError extends Error {
 }
 
 /**
- * The message a caller may see for a failure of the loopback call. A deadline that passed, or
- * a failure grpc-js raised on its own side (no connection, a cut stream), carries grpc-js's
- * internals (timings, the loopback address): those are replaced by a plain message; the
- * server's own messages pass unchanged.
+ * The message a caller may see for a failed call. A deadline that passed, or a failure
+ * grpc-js raised on its own side (no connection, a cut stream), carries grpc-js's internals
+ * (timings, addresses): those are replaced by a plain message; the server's own messages pass
+ * unchanged.
  */
 export function publicMessage(code: number, message: string): string {
   if (code === Status.DEADLINE_EXCEEDED) return "deadline exceeded";
@@ -92,7 +92,7 @@ export function httpStatusOf(code: number): number {
 }
 
 /**
- * The status an error stands for: a failed loopback call (RpcError), a nice-grpc ClientError
+ * The status an error stands for: a failed call (RpcError), a nice-grpc ClientError
  * (pass the call's trailer, from the `onTrailer` call option, to keep its details), a
  * DomainError raised by the bridge itself (bad JSON, a bad query parameter), or anything
  * else, which is INTERNAL with a generic message.

@@ -1,12 +1,14 @@
-import { createChannel, type Channel } from "nice-grpc";
+import type { Status } from "nice-grpc-common";
 import type { Logger } from "../logging/logger.js";
+import type { InProcessServer } from "../server/in-process.js";
+import { BridgeRpc } from "./rpc.js";
 import { civitaiRoutes } from "./compat/civitai.js";
 import { getimagesRoutes } from "./compat/getimages.js";
 import { mikiRoutes } from "./compat/miki.js";
 import { rekaRoutes } from "./compat/reka.js";
 import { roboflowRoutes } from "./compat/roboflow.js";
 import type { ByteBudget } from "../server/byte-budget.js";
-import { Router, sendJson, startHttpServer, type Admit, type HttpServer, type Route } from "./http.js";
+import { Router, sendJson, startHttpServer, type Admit, type Route } from "./http.js";
 import type { BlobStore } from "../blobs/blob-store.js";
 import { contentRoutes } from "./content.js";
 import { nativeRoutes } from "./native.js";
@@ -17,8 +19,8 @@ import { webRoutes } from "./web.js";
 export interface GatewayDeps {
   host: string;
   port: number;
-  /** Where the gRPC server listens; the bridge calls it over loopback. */
-  grpcAddress: string;
+  /** glimpse's services as the gRPC server serves them, called in-process (same middleware chain). */
+  calls: InProcessServer;
   /** The serialized FileDescriptorSet of the contract (with source info, for OpenAPI). */
   descriptors: Uint8Array;
   /** Absolute base URL of this bridge, for links in responses. */
@@ -43,12 +45,14 @@ export interface GatewayDeps {
   logger: Logger;
   /** Routes of the process itself rather than of the contract (GET /metrics). */
   extraRoutes?: Route[];
+  /** Told of each request for an RPC refused before any call was made (the call metrics). */
+  refused?: (rpc: string, code: Status) => void;
 }
 
 /** What every group of routes gets. */
 export interface RouteDeps {
-  /** A loopback channel to glimpse's own gRPC server: calls pass through all its middleware. */
-  channel: Channel;
+  /** Calls to glimpse's services, in-process: they pass through all the gRPC server's middleware. */
+  rpc: BridgeRpc;
   descriptors: Uint8Array;
   publicUrl: () => string;
   maxBodyBytes: number;
@@ -66,18 +70,13 @@ export interface Gateway {
 /**
  * The HTTP/JSON bridge: grpc-gateway-style routes for every RPC (from the contract's
  * google.api.http annotations), the seed APIs' own shapes under /compat/, /openapi.json, and
- * health endpoints. Every call is made over a loopback gRPC channel to the same server, so
- * authentication, rate limits, deadlines, logging and error mapping are exactly gRPC's.
+ * health endpoints. Every call is made in-process through the gRPC server's own middleware
+ * chain and implementations (no loopback connection), so authentication, rate limits,
+ * deadlines, logging, metrics and error mapping are exactly gRPC's.
  */
 export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
-  const channel = createChannel(deps.grpcAddress, undefined, {
-    "grpc.max_receive_message_length": 256 * 1024 * 1024,
-    "grpc.max_send_message_length": 256 * 1024 * 1024,
-    // The loopback channel is never inspected through channelz; its per-call bookkeeping is saved.
-    "grpc.enable_channelz": 0,
-  });
   const routeDeps: RouteDeps = {
-    channel,
+    rpc: new BridgeRpc(deps.calls),
     descriptors: deps.descriptors,
     publicUrl: deps.publicUrl,
     maxBodyBytes: deps.maxBodyBytes,
@@ -98,31 +97,23 @@ export async function startGateway(deps: GatewayDeps): Promise<Gateway> {
   router.add(...roboflowRoutes(routeDeps));
   router.add(...rekaRoutes(routeDeps));
   router.add(...getimagesRoutes(routeDeps));
-  let server: HttpServer;
-  try {
-    server = await startHttpServer({
-      host: deps.host,
-      port: deps.port,
-      router,
-      logger: deps.logger,
-      maxBodyBytes: deps.maxBodyBytes,
-      admit: deps.admit,
-      ticket: deps.ticket,
-      budget: deps.budget,
-      bodyTimeoutMs: deps.bodyTimeoutMs,
-      headersTimeoutMs: deps.headersTimeoutMs,
-      keepAliveTimeoutMs: deps.keepAliveTimeoutMs,
-    });
-  } catch (err) {
-    channel.close();
-    throw err;
-  }
+  const server = await startHttpServer({
+    host: deps.host,
+    port: deps.port,
+    router,
+    logger: deps.logger,
+    maxBodyBytes: deps.maxBodyBytes,
+    admit: deps.admit,
+    ticket: deps.ticket,
+    budget: deps.budget,
+    bodyTimeoutMs: deps.bodyTimeoutMs,
+    headersTimeoutMs: deps.headersTimeoutMs,
+    keepAliveTimeoutMs: deps.keepAliveTimeoutMs,
+    refused: deps.refused,
+  });
   return {
     port: server.port,
-    async close() {
-      await server.close();
-      channel.close();
-    },
+    close: () => server.close(),
   };
 }
 

@@ -2,11 +2,12 @@ import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Metadata } from "nice-grpc";
+import { Metadata, Status } from "nice-grpc";
 import { DomainError, UserFacingError } from "../errors.js";
 import type { Logger } from "../logging/logger.js";
 import { ADMISSION_TICKET_KEY, BRIDGE_KEY, INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
 import { HTTP_BODY_MEMORY_FACTOR, type ByteBudget } from "../server/byte-budget.js";
+import { callMadeWith } from "../server/in-process.js";
 import { sendError } from "./errors.js";
 
 /** What a route handler gets for one HTTP request. */
@@ -170,8 +171,9 @@ const METADATA_TEXT = /^[\x20-\x7e]*$/;
 const METADATA_KEY = /^[0-9a-z_.-]+$/;
 
 /**
- * Names HTTP/2 forbids or gRPC owns: sent as metadata they would break the loopback call
- * (a connection-specific header makes the HTTP/2 request itself fail), so they are dropped.
+ * Names HTTP/2 forbids or gRPC owns: a gRPC call could not carry them as metadata (a
+ * connection-specific header makes an HTTP/2 request fail), so they are dropped, and a call
+ * on the caller's behalf sees the metadata a gRPC call would.
  */
 const RESERVED_METADATA = new Set([
   "connection",
@@ -248,6 +250,12 @@ export interface HttpServerOptions {
   headersTimeoutMs: number;
   /** How long an idle keep-alive connection stays open. */
   keepAliveTimeoutMs: number;
+  /**
+   * Told of each request of a route with an RPC that was answered with an error before any
+   * call was made for it (admission, a body over the limit or too slow, a busy server, a
+   * malformed request), with the gRPC code it stands for: the call metrics count it.
+   */
+  refused?: (rpc: string, code: Status) => void;
 }
 
 /** A started HTTP server. */
@@ -303,10 +311,20 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     const route = found.route;
     const controller = new AbortController();
     let held = 0;
+    // The code of a refusal of the request by the bridge itself (admission, reading the body).
+    let refusal: Status | undefined;
+    const refusing = (error: unknown): never => {
+      refusal ??= refusalCode(error);
+      throw error;
+    };
     res.on("close", () => {
       budget.give(held);
       held = 0;
       if (!res.writableFinished) controller.abort(new Error("client went away"));
+      // A request answered with an error before any call: counted as a call would have been.
+      if (route.rpc && options.refused && res.headersSent && res.statusCode >= 400 && !callMadeWith(metadata)) {
+        options.refused(route.rpc, refusal ?? codeOfHttpStatus(res.statusCode));
+      }
     });
     let body: Promise<Buffer> | undefined;
     let admitted: Promise<void> | undefined;
@@ -319,7 +337,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     const admit = () =>
       (admitted ??= (async () => {
         if (!route.rpc) throw new Error(`route ${route.method} ${route.pattern} reads a body but names no RPC to admit it by`);
-        ({ charge } = await options.admit(route.rpc, metadata, req.socket.remoteAddress ?? ""));
+        ({ charge } = await options.admit(route.rpc, metadata, req.socket.remoteAddress ?? "").catch(refusing));
         metadata.set(ADMISSION_TICKET_KEY, options.ticket);
       })());
     const reading = {
@@ -347,7 +365,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       },
       body: () =>
         (body ??= admit().then(async () => {
-          const bytes = await readBody(req, reading);
+          const bytes = await readBody(req, reading).catch(refusing);
           res.shouldKeepAlive = keepAlive;
           return bytes;
         })),
@@ -398,6 +416,36 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     },
   };
 }
+
+/** The gRPC code of the bridge's own refusal of a request (see statusOfError in errors.ts). */
+function refusalCode(error: unknown): Status | undefined {
+  if (error instanceof DomainError) return Status[error.code];
+  if (error instanceof BodyTooLarge) return Status.RESOURCE_EXHAUSTED;
+  if (error instanceof BodyTimeout) return Status.DEADLINE_EXCEEDED;
+  if (error instanceof ClientGone) return Status.CANCELLED;
+  return undefined;
+}
+
+/** The gRPC code an error answer's HTTP status stands for (grpc-gateway's mapping, read backwards). */
+function codeOfHttpStatus(status: number): Status {
+  return HTTP_CODES[status] ?? (status >= 500 ? Status.INTERNAL : Status.FAILED_PRECONDITION);
+}
+const HTTP_CODES: Record<number, Status> = {
+  400: Status.INVALID_ARGUMENT,
+  401: Status.UNAUTHENTICATED,
+  403: Status.PERMISSION_DENIED,
+  404: Status.NOT_FOUND,
+  408: Status.DEADLINE_EXCEEDED,
+  409: Status.ALREADY_EXISTS,
+  413: Status.RESOURCE_EXHAUSTED,
+  416: Status.OUT_OF_RANGE,
+  429: Status.RESOURCE_EXHAUSTED,
+  499: Status.CANCELLED,
+  500: Status.INTERNAL,
+  501: Status.UNIMPLEMENTED,
+  503: Status.UNAVAILABLE,
+  504: Status.DEADLINE_EXCEEDED,
+};
 
 /** Tells a client waiting on `Expect: 100-continue` to send its body (once per request). */
 function expectContinue(req: IncomingMessage, res: ServerResponse): void {

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from "node:http";
-import type * as grpc from "@grpc/grpc-js";
+import type { Metadata } from "nice-grpc-common";
 import { INTERNAL_METADATA_PREFIX } from "../server/middleware/auth.js";
 
 /**
@@ -16,11 +16,11 @@ export type MetadataPairs = [key: string, value: string][];
 /** Names that belong to the transport or to gRPC itself, not to the application. */
 const TRANSPORT = new Set(["content-type", "date", "te", "user-agent", "connection", "keep-alive", "transfer-encoding", "trailer", "upgrade"]);
 
-/** The application metadata of a grpc-js Metadata object, as key/value pairs. */
-export function pairsOf(metadata: grpc.Metadata | undefined): MetadataPairs {
+/** The application metadata of a call's response headers or trailers, as key/value pairs. */
+export function pairsOf(metadata: Metadata | undefined): MetadataPairs {
   if (!metadata) return [];
   const out: MetadataPairs = [];
-  for (const [key, values] of Object.entries(metadata.toJSON())) {
+  for (const [key, values] of metadata) {
     if (!forwardable(key)) continue;
     for (const value of values) out.push([key, typeof value === "string" ? value : Buffer.from(value).toString("base64")]);
   }

@@ -9,15 +9,15 @@ import { BodyTimeout, BodyTooLarge, ClientGone, type HttpContext, type Route } f
 import { fieldToJson, messageToJson } from "./json-out.js";
 import { acceptsTrailers, metadataHeaders, metadataTrailers } from "./metadata-out.js";
 import { requestFromHttp, requestStreamFromHttp } from "./request.js";
-import { LoopbackRpc, type CallSettings, type RpcStream } from "./rpc.js";
+import type { BridgeRpc, CallSettings, RpcStream } from "./rpc.js";
 import { decodeMessage, encodeMessage, schemaOf, type Plain } from "./schema.js";
 
 /**
  * grpc-gateway-style routes for every RPC that carries a google.api.http annotation, derived
  * at start from the contract's descriptors: each binding (additional_bindings included)
  * becomes a route. A request is read into the request message (proto3 JSON body, multipart or
- * form fields, path and query parameters), encoded, and sent as raw bytes over the loopback
- * gRPC channel, so authentication, rate limits, deadlines, logging and error mapping are the
+ * form fields, path and query parameters), encoded, and sent as raw bytes to the gRPC
+ * server's middleware chain in-process (see rpc.ts), so authentication, rate limits, deadlines, logging and error mapping are the
  * gRPC server's own; the answer is decoded and written as grpc-gateway v2's default marshaler
  * writes it.
  *
@@ -40,7 +40,7 @@ import { decodeMessage, encodeMessage, schemaOf, type Plain } from "./schema.js"
  */
 export function nativeRoutes(deps: RouteDeps): Route[] {
   const contract = loadContract(deps.descriptors);
-  const rpc = new LoopbackRpc(deps.channel);
+  const rpc = deps.rpc;
   const routes: Route[] = [];
   for (const service of contract.services) {
     for (const method of service.methods) {
@@ -62,7 +62,7 @@ export function nativeRoutes(deps: RouteDeps): Route[] {
 
 interface Target {
   contract: Contract;
-  rpc: LoopbackRpc;
+  rpc: BridgeRpc;
   method: MethodInfo;
   binding: HttpBinding;
   deps: RouteDeps;

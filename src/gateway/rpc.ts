@@ -1,26 +1,34 @@
-import { once } from "node:events";
-import * as grpc from "@grpc/grpc-js";
-import type { Channel, Metadata } from "nice-grpc";
+import { ClientError, Metadata, Status, type CallOptions, type Client, type CompatServiceDefinition } from "nice-grpc";
+import {
+  InProcessFailure,
+  normalizeDefinition,
+  type InProcessServer,
+  type InProcessSettings,
+  type InProcessStream,
+} from "../server/in-process.js";
 import { publicMessage, RpcError, STATUS_DETAILS_TRAILER } from "./errors.js";
 import { pairsOf, type MetadataPairs } from "./metadata-out.js";
 
 /**
- * Raw calls over the loopback channel: messages travel as the bytes the bridge encoded from
- * JSON (identity serializers), so one generic path serves every RPC of the contract. grpc-js is
- * used directly rather than through nice-grpc because only grpc-js takes a per-call deadline,
- * which is how an HTTP `Grpc-Timeout` reaches the server as a real gRPC deadline.
+ * The bridge's calls to glimpse's services, made in-process (see server/in-process.ts):
+ * through the gRPC server's whole middleware chain (observation, logging, lifecycle, deadline,
+ * error mapping, authentication and rate limits, upload budget, text checks) and its
+ * implementations, without a loopback gRPC connection. Messages travel as the bytes the
+ * bridge encoded from JSON, so one generic path serves every RPC of the contract; the compat
+ * surfaces' typed clients (see {@link BridgeRpc.client}) take the same path.
  */
 export interface CallSettings {
   /** Call metadata (the HTTP caller's credentials, request id and `Grpc-Metadata-*` headers). */
   metadata: Metadata;
   /** Cancels the call (the HTTP client went away). */
   signal: AbortSignal;
+  /** From `Grpc-Timeout`: the call's signal aborts then, and it fails DEADLINE_EXCEEDED. */
   deadline?: Date;
 }
 
 /** A unary (or client-streaming) answer. */
 export interface RpcAnswer {
-  response: Buffer;
+  response: Uint8Array;
   /** The `x-request-id` the server answered with. */
   requestId?: string;
   /** The application metadata of the call's response headers and trailers. */
@@ -29,194 +37,164 @@ export interface RpcAnswer {
 }
 
 /** Answers of a server-streaming (or bidi) call, in order; failures throw RpcError. */
-export interface RpcStream extends AsyncIterable<Buffer> {
-  /** The `x-request-id` the server answered with, once its headers arrived. */
+export interface RpcStream extends AsyncIterable<Uint8Array> {
+  /** The `x-request-id` the server answered with, once its headers were sent. */
   requestId(): string | undefined;
-  /** The application metadata of the call's response headers, once they arrived. */
+  /** The application metadata of the call's response headers, once sent. */
   header(): MetadataPairs;
 }
 
-const identity = (bytes: Buffer) => bytes;
+/** The largest answer the bridge takes, as its loopback channel took (grpc.max_receive_message_length). */
+const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 
-/** The bytes as a Buffer without copying them (an upload's message is megabytes). */
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
+/** Calls on the HTTP caller's behalf, in-process. */
+export class BridgeRpc {
+  constructor(private readonly server: InProcessServer) {}
 
-/** Raw gRPC calls on a nice-grpc (grpc-js) channel. */
-export class LoopbackRpc {
-  private readonly client: grpc.Client;
-
-  constructor(channel: Channel) {
-    // nice-grpc channels are grpc-js channels; the address and credentials are unused with an override.
-    this.client = new grpc.Client("loopback", grpc.credentials.createInsecure(), {
-      channelOverride: channel as unknown as grpc.Channel,
-    });
-  }
-
+  /** A unary call. */
   unary(path: string, request: Uint8Array, settings: CallSettings): Promise<RpcAnswer> {
-    return new Promise((resolve, reject) => {
-      const seen = new ResponseHeaders();
-      let response: Buffer | undefined;
-      const call = this.client.makeUnaryRequest<Buffer, Buffer>(
-        path,
-        identity,
-        identity,
-        asBuffer(request),
-        toGrpcMetadata(settings.metadata),
-        callOptions(settings),
-        (err, answer) => {
-          settings.signal.removeEventListener("abort", cancel);
-          if (err) reject(rpcErrorOf(err, seen));
-          else response = answer;
-        },
-      );
-      seen.watch(call);
-      // The trailers come with the status, just after the callback.
-      call.on("status", (status: grpc.StatusObject) => {
-        if (response) resolve({ response, requestId: seen.requestId, header: seen.header, trailer: pairsOf(status.metadata) });
-      });
-      const cancel = () => call.cancel();
-      settings.signal.addEventListener("abort", cancel, { once: true });
-    });
+    return this.answer(path, request, settings);
   }
 
+  /** A client-streaming call; a failure of `requests` cancels it and is rethrown as is. */
   clientStream(path: string, requests: AsyncIterable<Uint8Array>, settings: CallSettings): Promise<RpcAnswer> {
-    return new Promise((resolve, reject) => {
-      const seen = new ResponseHeaders();
-      let failed: unknown;
-      let response: Buffer | undefined;
-      const call = this.client.makeClientStreamRequest<Buffer, Buffer>(
-        path,
-        identity,
-        identity,
-        toGrpcMetadata(settings.metadata),
-        callOptions(settings),
-        (err, answer) => {
-          settings.signal.removeEventListener("abort", cancel);
-          if (err) reject(failed ?? rpcErrorOf(err, seen));
-          else response = answer;
-        },
-      );
-      seen.watch(call);
-      call.on("status", (status: grpc.StatusObject) => {
-        if (response) resolve({ response, requestId: seen.requestId, header: seen.header, trailer: pairsOf(status.metadata) });
-      });
-      const cancel = () => call.cancel();
-      settings.signal.addEventListener("abort", cancel, { once: true });
-      pump(requests, call).catch((err) => {
-        failed = err;
-        call.cancel();
-      });
-    });
+    return this.answer(path, requests, settings);
   }
 
   serverStream(path: string, request: Uint8Array, settings: CallSettings): RpcStream {
-    const call = this.client.makeServerStreamRequest<Buffer, Buffer>(
-      path,
-      identity,
-      identity,
-      asBuffer(request),
-      toGrpcMetadata(settings.metadata),
-      callOptions(settings),
-    );
-    return readStream(call, settings.signal, () => undefined);
+    return answers(this.server.stream(path, request, inProcess(settings)));
   }
 
+  /** A bidi call; a failure of `requests` cancels it and is rethrown as is. */
   bidiStream(path: string, requests: AsyncIterable<Uint8Array>, settings: CallSettings): RpcStream {
-    const call = this.client.makeBidiStreamRequest<Buffer, Buffer>(
-      path,
-      identity,
-      identity,
-      toGrpcMetadata(settings.metadata),
-      callOptions(settings),
-    );
-    let failed: unknown;
-    pump(requests, call).catch((err) => {
-      failed = err;
-      call.cancel();
-    });
-    return readStream(call, settings.signal, () => failed);
+    return answers(this.server.stream(path, requests, inProcess(settings)));
   }
-}
 
-/** Writes every request message, then half-closes; respects the call's flow control. */
-async function pump(requests: AsyncIterable<Uint8Array>, call: grpc.ClientWritableStream<Buffer>): Promise<void> {
-  for await (const request of requests) {
-    if (!call.write(asBuffer(request))) await once(call, "drain");
-  }
-  call.end();
-}
-
-/** Reads a call's answers; `localFailure` is reported instead of the cancellation it caused. */
-function readStream(
-  call: grpc.ClientReadableStream<Buffer>,
-  signal: AbortSignal,
-  localFailure: () => unknown,
-): RpcStream {
-  const seen = new ResponseHeaders();
-  seen.watch(call);
-  const cancel = () => call.cancel();
-  signal.addEventListener("abort", cancel, { once: true });
-  async function* messages(): AsyncGenerator<Buffer> {
-    let done = false;
+  private async answer(path: string, request: Uint8Array | AsyncIterable<Uint8Array>, settings: CallSettings): Promise<RpcAnswer> {
     try {
-      for await (const message of call) yield message as Buffer;
-      done = true;
-    } catch (err) {
-      done = true;
-      throw localFailure() ?? rpcErrorOf(err as grpc.ServiceError, seen);
-    } finally {
-      signal.removeEventListener("abort", cancel);
-      // The reader stopped early (the HTTP client went away or writing failed): end the call.
-      if (!done) call.cancel();
+      const answer = await this.server.unary(path, request, inProcess(settings));
+      checkSize(answer.response);
+      const header = pairsOf(answer.header);
+      return { response: answer.response, requestId: requestIdOf(answer.header), header, trailer: pairsOf(answer.trailer) };
+    } catch (error) {
+      throw rpcErrorOf(error);
     }
   }
-  return { [Symbol.asyncIterator]: messages, requestId: () => seen.requestId, header: () => seen.header };
-}
 
-function callOptions(settings: CallSettings): grpc.CallOptions {
-  return settings.deadline ? { deadline: settings.deadline } : {};
-}
-
-/** nice-grpc metadata -> grpc-js metadata. */
-function toGrpcMetadata(metadata: Metadata): grpc.Metadata {
-  const out = new grpc.Metadata();
-  for (const [key, values] of metadata) {
-    for (const value of values) out.add(key, typeof value === "string" ? value : Buffer.from(value));
+  /**
+   * A nice-grpc client of a service whose calls are made in-process, for routes that work
+   * with typed messages (the compat surfaces, image content). Its options are nice-grpc's
+   * (`metadata`, `signal`, `deadline`, `onHeader`, `onTrailer`); failures are ClientErrors.
+   */
+  client<S extends CompatServiceDefinition>(definition: S): Client<S> {
+    const client: Record<string, unknown> = {};
+    for (const [name, method] of Object.entries(normalizeDefinition(definition))) {
+      const { path } = method;
+      const encode = (requests: AsyncIterable<unknown>) =>
+        (async function* () {
+          for await (const request of requests) yield method.requestSerialize(request);
+        })();
+      const failure = (error: unknown, options: CallOptions) => {
+        if (!(error instanceof InProcessFailure)) return error;
+        options.onHeader?.(error.header);
+        options.onTrailer?.(error.trailer);
+        return new ClientError(path, error.code, error.details);
+      };
+      if (!method.responseStream) {
+        client[name] = async (request: unknown, options: CallOptions = {}) => {
+          const bytes = method.requestStream ? encode(request as AsyncIterable<unknown>) : method.requestSerialize(request);
+          try {
+            const answer = await this.server.unary(path, bytes, inProcess(options));
+            options.onHeader?.(answer.header);
+            options.onTrailer?.(answer.trailer);
+            return method.responseDeserialize(answer.response);
+          } catch (error) {
+            throw failure(error, options);
+          }
+        };
+      } else {
+        const server = this.server;
+        client[name] = async function* (request: unknown, options: CallOptions = {}) {
+          const bytes = method.requestStream ? encode(request as AsyncIterable<unknown>) : method.requestSerialize(request);
+          const stream = server.stream(path, bytes, inProcess(options));
+          let headed = false;
+          try {
+            for await (const message of stream) {
+              if (!headed) options.onHeader?.(stream.header() ?? Metadata());
+              headed = true;
+              yield method.responseDeserialize(message);
+            }
+            if (!headed) options.onHeader?.(stream.header() ?? Metadata());
+            options.onTrailer?.(stream.trailer() ?? Metadata());
+          } catch (error) {
+            throw failure(error, options);
+          }
+        };
+      }
+    }
+    return client as unknown as Client<S>;
   }
-  return out;
 }
 
-function requestIdOf(metadata: grpc.Metadata | undefined): string | undefined {
-  const value = metadata?.get("x-request-id")[0];
+const never = new AbortController().signal;
+
+/**
+ * The settings of an in-process call; its peer is the HTTP client's address, which the bridge
+ * forwards in `x-forwarded-for` (so log lines name the client, not the bridge).
+ */
+function inProcess(settings: { metadata?: Metadata; signal?: AbortSignal; deadline?: Date | number }): InProcessSettings {
+  const metadata = settings.metadata ?? Metadata();
+  const deadline = settings.deadline === undefined ? undefined : new Date(settings.deadline);
+  const forwarded = metadata.get("x-forwarded-for");
+  // Written as gRPC writes peers, without the port (IPv6 in brackets), for peerAddress to read.
+  const peer = forwarded === undefined ? "in-process" : forwarded.includes(":") ? `[${forwarded}]` : forwarded;
+  return { metadata, signal: settings.signal ?? never, deadline, peer };
+}
+
+function checkSize(bytes: Uint8Array): void {
+  if (bytes.length > MAX_RESPONSE_BYTES) {
+    throw new InProcessFailure(
+      Status.RESOURCE_EXHAUSTED,
+      `Received message larger than max (${bytes.length} vs. ${MAX_RESPONSE_BYTES})`,
+      Metadata(),
+      Metadata(),
+    );
+  }
+}
+
+/** A stream of answers whose failures are RpcErrors. */
+function answers(stream: InProcessStream): RpcStream {
+  async function* messages(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const message of stream) {
+        checkSize(message);
+        yield message;
+      }
+    } catch (error) {
+      throw rpcErrorOf(error);
+    }
+  }
+  return {
+    [Symbol.asyncIterator]: messages,
+    requestId: () => requestIdOf(stream.header()),
+    header: () => pairsOf(stream.header()),
+  };
+}
+
+function requestIdOf(metadata: Metadata | undefined): string | undefined {
+  const value = metadata?.get("x-request-id");
   return typeof value === "string" ? value : undefined;
 }
 
-/** The response headers of a call, as they arrive. */
-class ResponseHeaders {
-  requestId: string | undefined;
-  header: MetadataPairs = [];
-
-  watch(call: { on(event: "metadata", listener: (metadata: grpc.Metadata) => void): unknown }): void {
-    call.on("metadata", (metadata: grpc.Metadata) => {
-      this.requestId ??= requestIdOf(metadata);
-      this.header = pairsOf(metadata);
-    });
-  }
-}
-
-function rpcErrorOf(err: grpc.ServiceError, seen: ResponseHeaders): RpcError {
-  if (typeof err?.code !== "number") {
-    return new RpcError(grpc.status.INTERNAL, "internal error", undefined, seen.requestId, { header: seen.header, trailer: [] });
-  }
-  const details = err.metadata?.get(STATUS_DETAILS_TRAILER)[0];
-  // A call that fails at once answers trailers only: its metadata is all in the trailers.
+/** A call's failure as the bridge reports it; a failure of the bridge's own request stream passes as is. */
+function rpcErrorOf(error: unknown): unknown {
+  if (!(error instanceof InProcessFailure)) return error;
+  const details = error.trailer.get(STATUS_DETAILS_TRAILER);
   return new RpcError(
-    err.code,
-    publicMessage(err.code, err.details),
-    Buffer.isBuffer(details) ? details : undefined,
-    seen.requestId ?? requestIdOf(err.metadata),
-    { header: seen.header, trailer: pairsOf(err.metadata) },
+    error.code,
+    publicMessage(error.code, error.details),
+    details instanceof Uint8Array ? details : undefined,
+    requestIdOf(error.header) ?? requestIdOf(error.trailer),
+    { header: pairsOf(error.header), trailer: pairsOf(error.trailer) },
   );
 }

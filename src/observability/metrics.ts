@@ -6,6 +6,27 @@ const CALL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 const STAGE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
+/** gRPC status names by code, as the calls counter labels them. */
+const CODE_NAMES = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+];
+
 /** How a call reached the gRPC server: directly, or through the HTTP/JSON bridge. */
 export type Transport = "grpc" | "http";
 
@@ -53,7 +74,7 @@ export class Metrics {
 
   readonly calls = new Counter({
     name: "glimpse_calls_total",
-    help: "Finished RPCs by service, method, transport (grpc, or http through the bridge) and gRPC status code.",
+    help: "Finished RPCs by service, method, transport (grpc, or http through the bridge) and gRPC status code; for http, requests the bridge refused before any call too.",
     labelNames: ["service", "method", "transport", "code"] as const,
     registers: [this.registry],
   });
@@ -172,6 +193,16 @@ export class Metrics {
     gauge("glimpse_upload_bytes_limit", "The upload memory bound (GLIMPSE_MAX_UPLOAD_BYTES_IN_FLIGHT).", () =>
       this.sources.uploadBytes?.().limit,
     );
+  }
+
+  /**
+   * Counts a call refused before it reached the middleware chain (which counts every other
+   * call): for http, a request the bridge answered with an error before making any call (a
+   * body over the limit, admission, a busy server), with the gRPC code it stands for.
+   */
+  refused(path: string, transport: Transport, code: number): void {
+    const [service = "", method = ""] = path.replace(/^\//, "").split("/");
+    this.calls.inc({ service, method, transport, code: CODE_NAMES[code] ?? String(code) });
   }
 
   /** Adds sources for the gauges (those given replace earlier ones). */

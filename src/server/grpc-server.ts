@@ -1,6 +1,6 @@
 import type { ChannelOptions, ServerOptions } from "@grpc/grpc-js";
 import { createServer, type Server } from "nice-grpc";
-import type { ServerMiddleware } from "nice-grpc-common";
+import { composeServerMiddleware, type ServerMiddleware, type Status } from "nice-grpc-common";
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import type { Logger } from "../logging/logger.js";
 import type { AppCallContext } from "./context.js";
@@ -10,7 +10,8 @@ import { Lifecycle } from "./middleware/lifecycle.js";
 import { callLogging } from "./middleware/logging.js";
 import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
 import type { Gatekeeper } from "./middleware/auth.js";
-import { uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
+import { uploadAdmission, uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
+import { InProcessServer } from "./in-process.js";
 import type { ByteBudget } from "./byte-budget.js";
 import { textInputMiddleware } from "./middleware/text-input.js";
 import type { ObservedContext } from "./middleware/observe.js";
@@ -48,6 +49,12 @@ export interface GrpcServerConfig {
   maxConnectionAgeMs?: number;
   /** Metrics, traces and slow-call lines (observe.ts), outermost of all; absent: calls are not observed. */
   observe?: ServerMiddleware<ObservedContext>;
+  /**
+   * Told of each in-process call (the HTTP bridge's) refused before the middleware chain (a
+   * deadline already past, an upload refused from its headers), which the chain's observation
+   * never sees: the metrics count it.
+   */
+  inProcessRefused?: (path: string, code: Status) => void;
 }
 
 /** A listening gRPC server with its health state and shutdown. */
@@ -56,6 +63,11 @@ export interface GrpcServer {
   port: number;
   health: HealthState;
   lifecycle: Lifecycle;
+  /**
+   * The same services behind the same middleware chain, called in-process (the HTTP bridge):
+   * no loopback connection, and everything a gRPC call goes through.
+   */
+  inProcess: InProcessServer;
   /** Marks the server ready: calls are served and health reports SERVING. */
   markServing(): void;
   /**
@@ -102,21 +114,35 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
       ? { "grpc.max_connection_age_ms": config.maxConnectionAgeMs, "grpc.max_connection_age_grace_ms": 300_000 }
       : {}),
   };
-  const base = createServer(options);
-  const server = (config.observe ? (base.use(config.observe) as unknown as typeof base) : base)
-    .use(logging.middleware)
-    .use(lifecycle.middleware)
-    .use(deadlineMiddleware)
-    .use(errorMiddleware)
-    .use(callerMiddleware(config.resolveCaller))
-    .use(
-      config.uploadBudget && config.gatekeeper
-        ? uploadBudgetMiddleware(config.uploadBudget, config.gatekeeper)
-        : async function* (call, context) {
-            return yield* call.next(call.request, context);
-          },
-    )
-    .use(textInputMiddleware(loadContract(config.descriptorSet))) as Server<AppCallContext>;
+  // One chain, outermost first, for gRPC calls and in-process ones alike.
+  const chain: ServerMiddleware<any, any>[] = [
+    ...(config.observe ? [config.observe] : []),
+    logging.middleware,
+    lifecycle.middleware,
+    deadlineMiddleware,
+    errorMiddleware,
+    callerMiddleware(config.resolveCaller),
+    ...(config.uploadBudget && config.gatekeeper ? [uploadBudgetMiddleware(config.uploadBudget, config.gatekeeper)] : []),
+    textInputMiddleware(loadContract(config.descriptorSet)),
+  ];
+  const middleware = chain.reduce((outer, inner) => composeServerMiddleware(outer, inner));
+  const grpcServer = createServer(options).use(middleware) as unknown as Server<AppCallContext>;
+  const maxReceiveMessageBytes = config.maxReceiveMessageBytes ?? 64 * 1024 * 1024;
+  const inProcess = new InProcessServer({
+    middleware,
+    follow: logging.follow,
+    admission: config.gatekeeper ? uploadAdmission(config.gatekeeper) : undefined,
+    maxReceiveMessageBytes,
+    refused: config.inProcessRefused,
+  });
+  // Every service is added to both: what gRPC serves, the bridge calls in-process.
+  const server: Server<AppCallContext> = {
+    ...grpcServer,
+    add(definition, implementation) {
+      grpcServer.add(definition, implementation);
+      inProcess.add(definition, implementation as object);
+    },
+  };
 
   server.add(HealthDefinition, HealthServiceImpl(health));
   addReflection(server, config.descriptorSet, [...serviceNames, "grpc.health.v1.Health"]);
@@ -138,6 +164,7 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
     port,
     health,
     lifecycle,
+    inProcess,
     markServing() {
       lifecycle.phase = "serving";
       setHealth("healthy");

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { tmpdir } from "node:os";
-import { createChannel, createServer, ServerError, Status, type CallContext, type Channel, type Server } from "nice-grpc";
+import { ServerError, Status, type CallContext } from "nice-grpc";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ImageServiceDefinition,
@@ -12,16 +12,17 @@ import { FileBlobStore } from "../../src/blobs/blob-store.js";
 import { ByteBudget } from "../../src/server/byte-budget.js";
 import { startHttpServer, Router, type HttpServer } from "../../src/gateway/http.js";
 import { nativeRoutes } from "../../src/gateway/native.js";
-import { deadlineInterceptor, deadlineMiddleware, type DeadlineContext } from "../../src/server/middleware/deadline.js";
+import { deadlineMiddleware, type DeadlineContext } from "../../src/server/middleware/deadline.js";
+import { InProcessServer } from "../../src/server/in-process.js";
+import { BridgeRpc } from "../../src/gateway/rpc.js";
 import { testLogger } from "../helpers/log.js";
 
 /**
- * The bridge in front of a stand-in gRPC server, for what the real services cannot be made to
- * do on demand: fail in the middle of a stream, or wait until the HTTP client gives up.
+ * The bridge in front of a stand-in service (called in-process, as the bridge calls glimpse's),
+ * for what the real services cannot be made to do on demand: fail in the middle of a stream,
+ * or wait until the HTTP client gives up.
  */
 describe("the bridge against a stand-in gRPC server", () => {
-  let grpc: Server;
-  let channel: Channel;
   let http: HttpServer;
   let base: string;
   let streamCancelled: () => void;
@@ -31,7 +32,7 @@ describe("the bridge against a stand-in gRPC server", () => {
   const result = (id: string, rank: number) => ({ result: { id, score: 0.5, labels: [], tags: [], embedding: [] }, rank });
 
   beforeAll(async () => {
-    grpc = createServer({ interceptors: [deadlineInterceptor] }).use(deadlineMiddleware);
+    const grpc = new InProcessServer({ middleware: deadlineMiddleware, maxReceiveMessageBytes: 4 * 1024 * 1024 });
     const unimplemented = Object.fromEntries(
       Object.entries(ImageServiceDefinition.methods).map(([name, m]) => [
         name,
@@ -78,12 +79,10 @@ describe("the bridge against a stand-in gRPC server", () => {
         return { image: { id: request.id, fileName: context.deadline?.toISOString() ?? "no deadline" } };
       },
     } as never);
-    const port = await grpc.listen("127.0.0.1:0");
-    channel = createChannel(`127.0.0.1:${port}`);
     const router = new Router();
     router.add(
       ...nativeRoutes({
-        channel,
+        rpc: new BridgeRpc(grpc),
         descriptors: await readFile(new URL("../../src/gen/descriptors.binpb", import.meta.url)),
         publicUrl: () => "http://127.0.0.1",
         maxBodyBytes: 1024 * 1024,
@@ -110,8 +109,6 @@ describe("the bridge against a stand-in gRPC server", () => {
   });
   afterAll(async () => {
     await http?.close();
-    channel?.close();
-    await grpc?.forceShutdown();
   });
 
   /** A request by node:http, which (unlike fetch) shows trailers. */

@@ -1,4 +1,3 @@
-import { createClient } from "nice-grpc";
 import { NsfwLevel, type Image } from "../../gen/glimpse/image/v1/image.js";
 import { Period, type ImageFilter } from "../../gen/glimpse/image/v1/image_filter.js";
 import {
@@ -85,7 +84,7 @@ const PARAMETER_NAMES: Record<string, string> = {
 
 /** `/compat/civitai/api/v1/images`: seed 2's image list. */
 export function civitaiRoutes(deps: RouteDeps): Route[] {
-  const images = createClient(ImageServiceDefinition, deps.channel);
+  const images = deps.rpc.client(ImageServiceDefinition);
   return [
     compatRoute(deps, "GET", PATH, async (ctx) => {
       const request = listRequest(ctx.url.searchParams);

@@ -1,4 +1,3 @@
-import { createClient } from "nice-grpc";
 import { AccountServiceDefinition } from "../../gen/glimpse/account/v1/account_service.js";
 import { GenerationServiceDefinition } from "../../gen/glimpse/generation/v1/generation_service.js";
 import { ImageView } from "../../gen/glimpse/image/v1/image.js";
@@ -22,13 +21,13 @@ const DOCUMENT: FailureContext = { invalid: "Invalid request.", notFound: "Not f
 /**
  * Seed 5's REST API (getimages.dev) over glimpse's GenerationService and AccountService:
  * generate an image, list and read generations, the account and its usage ledger, and the
- * API's own OpenAPI document. Every call goes over the loopback channel with the caller's
+ * API's own OpenAPI document. Every call goes through the gRPC middleware (in-process) with the caller's
  * `Authorization: Bearer` key, so authentication, rate limits and credits are glimpse's;
  * failures answer the seed's `{"error": {"message", "details"}}` body.
  */
 export function getimagesRoutes(deps: RouteDeps): Route[] {
-  const generation = createClient(GenerationServiceDefinition, deps.channel);
-  const account = createClient(AccountServiceDefinition, deps.channel);
+  const generation = deps.rpc.client(GenerationServiceDefinition);
+  const account = deps.rpc.client(AccountServiceDefinition);
 
   /** Runs a handler, answering any failure in the seed's error shape. */
   const route = (

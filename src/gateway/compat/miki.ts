@@ -1,4 +1,3 @@
-import { createClient } from "nice-grpc";
 import type { Image } from "../../gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition, ImageSort } from "../../gen/glimpse/image/v1/image_service.js";
 import type { RouteDeps } from "../gateway.js";
@@ -34,7 +33,7 @@ const PARAMETER_NAMES: Record<string, string> = {
 
 /** `/compat/miki/images` and `/compat/miki/images/{id}`. */
 export function mikiRoutes(deps: RouteDeps): Route[] {
-  const images = createClient(ImageServiceDefinition, deps.channel);
+  const images = deps.rpc.client(ImageServiceDefinition);
   return [
     compatRoute(deps, "GET", "/compat/miki/images", async (ctx) => {
       const page = queryValue(ctx.url.searchParams, "page");

@@ -25,7 +25,7 @@
 //   400, authentication_error 401, not_found_error 404, rate_limit_error 429 (with
 //   Retry-After), server_error 500. Search without an embedding model is a server_error with
 //   503: the request is fine, the service cannot run it now.
-import { createClient, Status, type Client } from "nice-grpc";
+import { Status, type Client } from "nice-grpc";
 import { IndexStatus, type Image } from "../../gen/glimpse/image/v1/image.js";
 import { ImageServiceDefinition, type UploadImageRequest } from "../../gen/glimpse/image/v1/image_service.js";
 import type { RouteDeps } from "../gateway.js";
@@ -60,7 +60,7 @@ const invalid = (message: string, param?: string) => new RekaError(400, "validat
 
 /** The Reka-compatible upload and search routes. */
 export function rekaRoutes(deps: RouteDeps): Route[] {
-  const images = createClient(ImageServiceDefinition, deps.channel);
+  const images = deps.rpc.client(ImageServiceDefinition);
   return [
     {
       method: "POST",

@@ -18,7 +18,7 @@
 //   are accepted too.
 // - The API key comes from `?api_key=` as in the seed, or from an X-Api-Key or Authorization
 //   header.
-import { createClient, Status, type Client } from "nice-grpc";
+import { Status, type Client } from "nice-grpc";
 import type { Image } from "../../gen/glimpse/image/v1/image.js";
 import type { ImageFilter } from "../../gen/glimpse/image/v1/image_filter.js";
 import { ImageServiceDefinition } from "../../gen/glimpse/image/v1/image_service.js";
@@ -75,7 +75,7 @@ interface SearchPlan {
 
 /** The Roboflow-compatible search route. */
 export function roboflowRoutes(deps: RouteDeps): Route[] {
-  const images = createClient(ImageServiceDefinition, deps.channel);
+  const images = deps.rpc.client(ImageServiceDefinition);
   return [
     {
       method: "POST",

@@ -1,5 +1,5 @@
 import { ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
-import type { CallContext, ServerMiddleware } from "nice-grpc-common";
+import type { CallContext, Metadata, ServerMiddleware } from "nice-grpc-common";
 
 /**
  * grpc-js strips the `grpc-timeout` header before handlers see the metadata and nice-grpc
@@ -23,6 +23,15 @@ export const deadlineInterceptor: ServerInterceptor = (_method, call) =>
       });
     },
   });
+
+/**
+ * Does the interceptor's part for a call made in-process (the HTTP bridge's): names its
+ * deadline, if any, under the internal key, dropping whatever the metadata held there.
+ */
+export function setCallDeadline(metadata: Metadata, deadline: Date | undefined): void {
+  metadata.delete(DEADLINE_KEY);
+  if (deadline !== undefined && Number.isFinite(deadline.getTime())) metadata.set(DEADLINE_KEY, String(deadline.getTime()));
+}
 
 /** What the deadline middleware adds to every call context. */
 export interface DeadlineContext {

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import http2 from "node:http2";
 import { ServerInterceptingCall, type ServerInterceptingCallInterface, type ServerInterceptor } from "@grpc/grpc-js";
-import { Status, type CallContext, type ServerMiddleware, ServerError } from "nice-grpc-common";
+import { Status, type CallContext, type Metadata, type ServerMiddleware, ServerError } from "nice-grpc-common";
 import { isAbortError } from "abort-controller-x";
 import type { Logger } from "../../logging/logger.js";
 import { annotateCall } from "../../observability/call-scope.js";
@@ -46,30 +46,52 @@ type CallStates = Map<string, CallState>;
  *   (DEADLINE_EXCEEDED once its deadline passed) even when its handler ends without an error:
  *   the middleware's line waits for the call's end, which the interceptor reports.
  * The interceptor goes first in the server's list (nearest the transport), to see every end.
+ * Calls made in-process (the HTTP bridge's, see in-process.ts) pass no interceptor: `follow`
+ * does its part for them, so their lines are the same.
  */
-export function callLogging(logger: Logger): { interceptor: ServerInterceptor; middleware: ServerMiddleware<RequestContext> } {
+export function callLogging(logger: Logger): CallLogging {
   const calls: CallStates = new Map();
   let count = 0;
-  const interceptor: ServerInterceptor = (method, call) => {
+  /** Starts following a call: the returned `end` reports how it ended, once. */
+  const track = (method: string) => {
     const id = String(++count);
     const started = performance.now();
     const state: CallState = { taken: false };
+    calls.set(id, state);
+    const end = (how: CallEnd) => {
+      if (state.ended) return;
+      calls.delete(id);
+      state.ended = { unanswered: how.unanswered };
+      if (state.write) {
+        state.write(how.unanswered);
+      } else if (!state.taken) {
+        logger.child({ requestId: how.requestId ?? randomUUID(), method }).info("call", {
+          code: Status[how.unanswered ?? how.answered ?? Status.UNKNOWN],
+          ms: Math.round((performance.now() - started) * 10) / 10,
+          peer: how.peer,
+          handled: false,
+        });
+      }
+    };
+    return { id, end };
+  };
+  const interceptor: ServerInterceptor = (method, call) => {
+    const { id, end } = track(method.path);
     let requestId: string | undefined;
     let answered: Status | undefined;
-    calls.set(id, state);
+    let ended = false;
     return new ServerInterceptingCall(call, {
       start(next) {
         next({
           onReceiveMetadata(metadata, forward) {
-            const sent = metadata.get("x-request-id")[0];
-            if (typeof sent === "string" && REQUEST_ID.test(sent)) requestId = sent;
+            requestId = saneRequestId(metadata.get("x-request-id")[0]);
             metadata.set(CALL_KEY, id);
             forward(metadata);
           },
           // grpc-js calls this when any call ends, answered or not.
           onCancel() {
-            if (state.ended) return;
-            calls.delete(id);
+            if (ended) return;
+            ended = true;
             const deadline = Number(call.getDeadline());
             // A stream the client reset got no status, whatever the handler handed over last.
             const unanswered =
@@ -78,28 +100,54 @@ export function callLogging(logger: Logger): { interceptor: ServerInterceptor; m
                 : deadline <= Date.now()
                   ? Status.DEADLINE_EXCEEDED
                   : Status.CANCELLED;
-            state.ended = { unanswered };
-            if (state.write) {
-              state.write(unanswered);
-            } else if (!state.taken) {
-              logger.child({ requestId: requestId ?? randomUUID(), method: method.path }).info("call", {
-                code: Status[unanswered ?? answered!],
-                ms: Math.round((performance.now() - started) * 10) / 10,
-                peer: call.getPeer(),
-                handled: false,
-              });
-            }
+            end({ unanswered, answered, requestId, peer: call.getPeer() });
           },
         });
       },
       sendStatus(status, next) {
         // A status after the end (a handler finishing a cancelled call) reaches nobody.
-        if (!state.ended) answered ??= status.code as number as Status;
+        if (!ended) answered ??= status.code as number as Status;
         next(status);
       },
     });
   };
-  return { interceptor, middleware: loggingMiddleware(logger, calls) };
+  return {
+    interceptor,
+    middleware: loggingMiddleware(logger, calls),
+    follow(method, metadata) {
+      const { id, end } = track(method);
+      metadata.set(CALL_KEY, id);
+      return end;
+    },
+  };
+}
+
+/** How a followed call ended, for its log line. */
+export interface CallEnd {
+  /** Set when the call ended before an answer reached the caller (it went away, its deadline passed). */
+  unanswered?: Status;
+  /** The status the caller got, for a call no middleware took (refused before the chain). */
+  answered?: Status;
+  /** The caller's sane `x-request-id`, if it sent one. */
+  requestId?: string;
+  peer: string;
+}
+
+/** Call logging: the interceptor and middleware of a gRPC server, and the same for in-process calls. */
+export interface CallLogging {
+  interceptor: ServerInterceptor;
+  middleware: ServerMiddleware<RequestContext>;
+  /**
+   * Follows a call made in-process (without the interceptor): marks its metadata for the
+   * middleware, and answers the function that reports its end, as the interceptor's
+   * `onCancel` does for a gRPC call.
+   */
+  follow(method: string, metadata: Metadata): (how: CallEnd) => void;
+}
+
+/** A caller's `x-request-id` when it is sane (see REQUEST_ID), else undefined. */
+function saneRequestId(sent: unknown): string | undefined {
+  return typeof sent === "string" && REQUEST_ID.test(sent) ? sent : undefined;
 }
 
 /**

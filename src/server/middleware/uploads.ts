@@ -19,28 +19,56 @@ export const UPLOAD_METHODS: ReadonlySet<string> = new Set([
  * middleware charges a call that gets through. Calls the HTTP bridge already admitted pass.
  */
 export function uploadAdmissionInterceptor(gatekeeper: Gatekeeper): ServerInterceptor {
+  const check = uploadAdmission(gatekeeper);
   return (method, call) => {
     if (!UPLOAD_METHODS.has(method.path)) return new ServerInterceptingCall(call);
     return new ServerInterceptingCall(call, {
       start(next) {
         next({
           onReceiveMetadata(grpcMetadata, forward) {
-            const metadata = niceMetadata(grpcMetadata);
-            if (gatekeeper.admitted(metadata)) return forward(grpcMetadata);
-            gatekeeper.precheck(method.path, metadata, peerAddress(call.getPeer())).then(
-              () => forward(grpcMetadata),
-              (error: unknown) => {
-                if (!(error instanceof DomainError)) return forward(grpcMetadata); // the middleware reports it
-                const trailer = new GrpcMetadata();
-                const code = Status[error.code];
-                trailer.set(STATUS_DETAILS_KEY, Buffer.from(encodeStatusDetails(code, error.message, error)));
-                call.sendStatus({ code, details: error.message, metadata: trailer });
-              },
-            );
+            const checking = check(method.path, niceMetadata(grpcMetadata), call.getPeer());
+            if (!checking) return forward(grpcMetadata);
+            checking.then((refusal) => {
+              if (!refusal) return forward(grpcMetadata);
+              const trailer = new GrpcMetadata();
+              trailer.set(STATUS_DETAILS_KEY, Buffer.from(refusal.details));
+              call.sendStatus({ code: refusal.code, details: refusal.message, metadata: trailer });
+            });
           },
         });
       },
     });
+  };
+}
+
+/** Why an upload call was refused from its headers: its status and the details of its trailer. */
+export interface UploadRefusal {
+  code: Status;
+  message: string;
+  /** A serialised google.rpc.Status, for the `grpc-status-details-bin` trailer. */
+  details: Uint8Array;
+}
+
+/**
+ * The check of {@link uploadAdmissionInterceptor}, for gRPC calls and in-process ones alike:
+ * answers the refusal of an upload call (by method path) from its metadata, or undefined to let
+ * it in; undefined at once for calls it does not check (other methods, calls the HTTP bridge
+ * already admitted). Failures other than a refusal let the call in too (the caller middleware
+ * reports them).
+ */
+export function uploadAdmission(
+  gatekeeper: Gatekeeper,
+): (path: string, metadata: Metadata, peer: string) => Promise<UploadRefusal | undefined> | undefined {
+  return (path, metadata, peer) => {
+    if (!UPLOAD_METHODS.has(path) || gatekeeper.admitted(metadata)) return undefined;
+    return gatekeeper.precheck(path, metadata, peerAddress(peer)).then(
+      () => undefined,
+      (error: unknown) => {
+        if (!(error instanceof DomainError)) return undefined;
+        const code = Status[error.code];
+        return { code, message: error.message, details: encodeStatusDetails(code, error.message, error) };
+      },
+    );
   };
 }
 
