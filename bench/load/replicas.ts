@@ -305,7 +305,7 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
   const firstOk = firstOkOn(replies, victimRoute, restartedAt);
   for (const p of probeRecords) if (p.acked_at !== undefined) p.phase = phaseOf(p.acked_at) ?? (p.acked_at >= endAt ? "after restart" : "before kill");
   const lag = summariseProbes(probeRecords);
-  const restart = await restartFacts(victim, restartedAt, readyAt);
+  const restart = await restartFacts(victim, killedAt, restartedAt, readyAt);
   const logs = await logCounts(replicas);
   const commit = cfg.commit;
   const loadText = cfg.rate ? `open loop, ${cfg.rate}/s` : `closed loop, c=${cfg.concurrency}`;
@@ -321,9 +321,9 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
     `- replicas: \`node --import tsx src/cli/main.ts serve\` each, own data directory, index from ${hadCache ? "the cached snapshot" : "the table (r0), its snapshot for the others"}; all ready ${startS} s after the first start`,
     `- load: ${scenario}${tag ? ` (tag ${tag})` : ""} over ${cfg.target}, ${loadText}, ${pool.size} worker processes, round-robin over the ${replicas.length} replicas by call number, no retry elsewhere (a call routed to the killed replica fails); ${cfg.warmupMs / 1000} s warm-up, per-call timeout ${cfg.timeoutMs / 1000} s; gRPC channels reconnect at most 1 s apart`,
     `- timeline: ${victim.name} killed with SIGKILL at ${at(killedAt)}, started again at ${at(restartedAt)}, ready at ${at(readyAt)}; load ended at ${at(endAt)}`,
-    `- restart: ready ${restart.ready_s} s after its start (first log line ${restart.first_log_s} s, gRPC listening ${restart.listening_s} s, index loaded ${restart.index_loaded_s} s: from ${restart.index?.source}, ${restart.index?.replayed} log entries replayed, ${restart.index?.vectors} vectors, ${restart.index?.ms} ms); first OK call routed to it ${firstOk === undefined ? "none" : `${round((firstOk - restartedAt) / 1000, 2)} s after its start (${round((firstOk - readyAt) / 1000, 2)} s after ready)`}`,
+    `- restart: ready ${restart.ready_s} s after its start (first log line ${restart.first_log_s} s, gRPC listening ${restart.listening_s} s, index loaded ${restart.index_loaded_s} s: from ${restart.index?.source}, ${restart.index?.replayed} log entries replayed, ${restart.index?.vectors} vectors, ${restart.index?.ms} ms); first OK call routed to it sent ${firstOk === undefined ? "never" : `${round((firstOk - restartedAt) / 1000, 2)} s after its start (${firstOk >= readyAt ? `${round((firstOk - readyAt) / 1000, 2)} s after it was ready` : `${round((readyAt - firstOk) / 1000, 2)} s before its index was: calls other than search are served once gRPC listens`})`}`,
     "",
-    "Per phase (by the time each call was sent; latency of the calls answered OK):",
+    "Per phase (by the time each call was answered or failed; latency of the calls answered OK):",
     "",
     markdownTable(
       ["phase", "window s", "calls", "req/s", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", `errors on ${victim.name} (killed)`],
@@ -369,7 +369,7 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
   return { json, markdown };
 }
 
-/** Per phase: calls sent in it, their outcomes and the OK calls' latency; by replica too. */
+/** Per phase: calls answered in it (or failed), their outcomes and the OK calls' latency; by replica too. */
 function summarisePhases(replies: RunReply[], bounds: Record<Phase, [number, number]>, names: string[]): PhaseSummary[] {
   return PHASES.map((phase) => {
     const [from, to] = bounds[phase];
@@ -380,7 +380,9 @@ function summarisePhases(replies: RunReply[], bounds: Record<Phase, [number, num
     for (const r of replies) {
       const d = r.detail!;
       for (let i = 0; i < d.sentAt.length; i++) {
-        if (!(d.sentAt[i] >= from && d.sentAt[i] < to)) continue;
+        // By the answer's time: a call out when the replica died fails after the kill.
+        const answeredAt = d.sentAt[i] + r.samples[i];
+        if (!(answeredAt >= from && answeredAt < to)) continue;
         calls++;
         const name = names[d.route[i]];
         byReplica[name].calls++;
@@ -519,9 +521,9 @@ function summariseProbes(records: ProbeRecord[]) {
   });
 }
 
-/** How the restarted replica came back: from its log lines after `restartedAt`, and the polled readiness. */
-async function restartFacts(victim: Replica, restartedAt: number, readyAt: number) {
-  const lines = (await victim.log()).filter((l) => Date.parse(String(l.time)) >= restartedAt - 1000);
+/** How the restarted replica came back: from its log lines after the kill (all the new process's), and the polled readiness. */
+async function restartFacts(victim: Replica, killedAt: number, restartedAt: number, readyAt: number) {
+  const lines = (await victim.log()).filter((l) => Date.parse(String(l.time)) >= killedAt);
   const since = (line: LogRecord | undefined) => (line ? round((Date.parse(String(line.time)) - restartedAt) / 1000, 2) : null);
   const index = lines.find((l) => l.msg === "vector index loaded");
   return {
