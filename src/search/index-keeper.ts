@@ -5,6 +5,7 @@ import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-reposit
 import type { Sql } from "../store/db.js";
 import { SnapshotError, VectorIndex, type ScanQuantisation } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
+import { LogGaps } from "./log-gaps.js";
 import { detached } from "../observability/call-scope.js";
 
 /** When snapshots are written. */
@@ -15,6 +16,9 @@ export interface SnapshotPolicy {
 
 /** How often the log's tail is read without a notification (a lost NOTIFY waits this long). */
 const LOG_POLL_MS = 2000;
+
+/** Log entries read per query. */
+const LOG_PAGE = 1000;
 
 export interface IndexKeeperDeps {
   sql: Sql;
@@ -35,12 +39,22 @@ export type IndexSource = "snapshot" | "database";
  * beside it equal to the attributes of those images: loads the newest
  * snapshot (or rebuilds from the table when there is none, it is corrupt, or it was written
  * for another model), replays `index_log` after the snapshot's sequence, then follows the log
- * (woken by NOTIFY, exact by sequence) so changes made by this or any other replica, or left
- * half-applied by a crash, reach the index. Writes snapshots by the policy and at close.
+ * (woken by NOTIFY, and every LOG_POLL_MS) so changes made by this or any other replica, or
+ * left half-applied by a crash, reach the index. Writes snapshots by the policy and at close.
+ *
+ * Log entries commit out of sequence order (concurrent transactions take their numbers when
+ * they insert and commit when they are done), so the keeper reads the log's tail after the
+ * highest number it has read and remembers the numbers it passed without reading them
+ * (LogGaps): each catch-up re-reads those too, until their entries appear or PostgreSQL shows
+ * that the transactions that held them ended without committing. The index's `lastSeq` is the
+ * safe sequence: every entry up to it is applied (below the lowest outstanding gap). Snapshots
+ * record it, and a replay after a restart starts there; entries after it that the snapshot
+ * already holds are applied again, which changes nothing, since entries carry the current
+ * state.
  *
  * Replays and snapshot writes never overlap (they run one at a time, in order), so a
- * snapshot holds exactly the entries up to the sequence it records; searches may run during
- * either, since they only read.
+ * snapshot holds every entry up to the sequence it records; searches may run during either,
+ * since they only read.
  */
 export class IndexKeeper {
   private changesSinceSnapshot = 0;
@@ -55,6 +69,10 @@ export class IndexKeeper {
   private closed = false;
   /** When the newest snapshot on disk was written (ms since the epoch); undefined: none yet. */
   private snapshotWrittenAt: number | undefined;
+  /** The highest sequence number read; the tail is read after it. */
+  private highest: bigint;
+  /** Sequence numbers at or below `highest` not read yet. */
+  private readonly gaps = new LogGaps();
 
   private constructor(
     readonly index: VectorIndex,
@@ -64,7 +82,9 @@ export class IndexKeeper {
     readonly source: IndexSource,
     private readonly deps: IndexKeeperDeps,
     private readonly dir: string,
-  ) {}
+  ) {
+    this.highest = index.lastSeq;
+  }
 
   /** Opens the index for a model; the returned keeper is caught up with the log. */
   static async open(modelId: string, dimension: number, deps: IndexKeeperDeps): Promise<IndexKeeper> {
@@ -74,6 +94,7 @@ export class IndexKeeper {
     let index: VectorIndex | null = null;
     let filters: FilterIndex | null = null;
     let source: IndexSource = "snapshot";
+    let start: { last: bigint; holes: { from: bigint; to: bigint }[] } | undefined;
     try {
       index = await VectorIndex.loadSnapshot(dir, { modelId, dimension, scanQuantisation: deps.scanQuantisation });
       if (index !== null) filters = await loadFilters(index);
@@ -87,8 +108,10 @@ export class IndexKeeper {
       source = "database";
       index = await VectorIndex.create({ modelId, dimension, scanQuantisation: deps.scanQuantisation });
       filters = new FilterIndex();
-      // Everything logged up to here is in the tables we are about to read; later entries replay.
-      index.lastSeq = await embeddings.lastSeq();
+      // Every entry committed up to here is in the tables we are about to read; later ones
+      // replay, and so do those held by transactions still running (holes below the newest).
+      start = await embeddings.logStart();
+      index.lastSeq = start.last;
       logger.info("rebuilding the vector index from the database", { model: modelId });
       // Graph inserts cost up to a millisecond each: hand the event loop back every
       // REBUILD_SLICE_MS, so health checks and catalogue calls keep answering meanwhile.
@@ -106,6 +129,11 @@ export class IndexKeeper {
       }
     }
     const keeper = new IndexKeeper(index, filters, source, deps, dir);
+    if (start !== undefined) {
+      for (const hole of start.holes) keeper.gaps.add(hole.from, hole.to);
+      if (keeper.gaps.unfenced) keeper.gaps.fence(await embeddings.fence());
+      index.lastSeq = keeper.safeSeq;
+    }
     if (source === "snapshot") keeper.snapshotWrittenAt = await snapshotTime(dir);
     const fromSeq = index.lastSeq;
     // Listen before replaying, so nothing committed in between waits for the timer.
@@ -118,6 +146,8 @@ export class IndexKeeper {
       filtered: filters.size,
       replayed,
       fromSeq: fromSeq.toString(),
+      seq: index.lastSeq.toString(),
+      gaps: keeper.gaps.count.toString(),
       ms: Math.round(performance.now() - started),
     });
     if (source === "database" && index.size > 0) keeper.changesSinceSnapshot = deps.policy.everyChanges;
@@ -186,38 +216,84 @@ export class IndexKeeper {
     return run;
   }
 
+  /** Every entry up to this sequence is applied: the highest read, or below the lowest gap. */
+  private get safeSeq(): bigint {
+    const lowest = this.gaps.lowest();
+    return lowest === undefined ? this.highest : lowest - 1n;
+  }
+
   /**
-   * Applies the log after the index's sequence. An entry that cannot be applied (a vector of
-   * the wrong size, say) is logged and skipped, so one bad row never stops the index from
-   * following the log.
+   * Applies what was committed to the log since the last replay: entries in the gaps it left,
+   * then the tail after the highest sequence read. Every entry committed before the call is
+   * applied when it resolves. New gaps get their fence (a transaction id) afterwards, so that
+   * a later replay can tell when they will stay empty.
    */
   private async replay(): Promise<number> {
-    const { embeddings, logger } = this.deps;
-    const index = this.index;
+    const { embeddings } = this.deps;
+    let applied = 0;
+    if (!this.gaps.isEmpty) applied += await this.rereadGaps();
+    for (;;) {
+      const entries = await embeddings.logAfter(this.highest, LOG_PAGE);
+      if (entries.length === 0) break;
+      let next = this.highest + 1n;
+      for (const e of entries) {
+        if (e.seq > next) this.gaps.add(next, e.seq - 1n);
+        next = e.seq + 1n;
+      }
+      this.highest = entries[entries.length - 1].seq;
+      applied += await this.applyAll(entries);
+      this.index.lastSeq = this.safeSeq;
+    }
+    if (this.gaps.unfenced) this.gaps.fence(await embeddings.fence());
+    this.index.lastSeq = this.safeSeq;
+    return applied;
+  }
+
+  /** Reads the gaps' entries that committed since, and drops the gaps that will stay empty. */
+  private async rereadGaps(): Promise<number> {
+    let applied = 0;
+    for (;;) {
+      const ranges = this.gaps.ranges();
+      const { entries, horizon } = await this.deps.embeddings.logWithin(ranges, LOG_PAGE);
+      // A full page looked for everything up to its last entry, not beyond.
+      const full = entries.length === LOG_PAGE;
+      const checkedTo = full ? entries[entries.length - 1].seq : ranges[ranges.length - 1].to;
+      this.gaps.settle(
+        entries.map((e) => e.seq),
+        checkedTo,
+        horizon,
+      );
+      applied += await this.applyAll(entries);
+      if (!full || this.gaps.isEmpty) return applied;
+    }
+  }
+
+  /**
+   * Applies entries in order. An entry that cannot be applied (a vector of the wrong size,
+   * say) is logged and skipped, so one bad row never stops the index from following the log.
+   */
+  private async applyAll(entries: LogEntry[]): Promise<number> {
+    const { index } = this;
     let applied = 0;
     let sliceStart = performance.now();
-    for (;;) {
-      const entries = await embeddings.logAfter(index.lastSeq);
-      if (entries.length === 0) return applied;
-      for (const e of entries) {
-        // A long log (a replica far behind) is applied in slices too; searches in between
-        // see the index as of some sequence, as they would between pages.
-        if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
-          await yieldToEventLoop();
-          sliceStart = performance.now();
-        }
-        if (e.modelId === index.modelId || e.op === "attributes") {
-          try {
-            this.apply(e);
-            applied++;
-          } catch (error) {
-            logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
-          }
-        }
-        index.lastSeq = e.seq;
+    for (const e of entries) {
+      // A long log (a replica far behind) is applied in slices too; searches in between
+      // see the index as of some sequence, as they would between pages.
+      if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
+        await yieldToEventLoop();
+        sliceStart = performance.now();
       }
-      this.changesSinceSnapshot += entries.length;
+      if (e.modelId === index.modelId || e.op === "attributes") {
+        try {
+          this.apply(e);
+          applied++;
+        } catch (error) {
+          this.deps.logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
+        }
+      }
     }
+    this.changesSinceSnapshot += entries.length;
+    return applied;
   }
 
   /**

@@ -14,7 +14,10 @@ export interface IndexerDeps {
   logger: Logger;
   /** Images embedded per round; the batcher groups them into model runs. */
   batchSize: number;
-  /** Called after each stored round, so the index applies it before waiters are told. */
+  /**
+   * Brings this replica's index up to the log: after each stored round, and before waiters
+   * for images indexed elsewhere are told, so they are told once the image is searchable here.
+   */
   afterStore: () => Promise<void>;
   /** How often to look for pending images nobody announced (other replicas' uploads). */
   pollMs?: number;
@@ -103,7 +106,7 @@ export class Indexer {
       // It may already be done (indexed before we registered, or not pending at all).
       this.deps.embeddings
         .pendingAmong([imageId])
-        .then((pending) => (pending.length > 0 ? this.notify() : this.release([imageId])))
+        .then((pending) => (pending.length > 0 ? this.notify() : this.deps.afterStore().then(() => this.release([imageId]))))
         .catch(() => this.notify());
     });
   }
@@ -161,12 +164,19 @@ export class Indexer {
     }
   }
 
-  /** Releases waiters whose image is no longer pending (deleted, or indexed elsewhere). */
+  /**
+   * Releases waiters whose image is no longer pending (deleted, or indexed by another
+   * replica), once this replica's index has applied what that replica committed, so a waiting
+   * upload answers when it is searchable here, as one indexed here does.
+   */
   private async releaseSettled(): Promise<void> {
     if (this.waiters.size === 0) return;
     const waiting = [...this.waiters.keys()];
     const stillPending = new Set(await this.deps.embeddings.pendingAmong(waiting));
-    this.release(waiting.filter((id) => !stillPending.has(id)));
+    const settled = waiting.filter((id) => !stillPending.has(id));
+    if (settled.length === 0) return;
+    await this.deps.afterStore();
+    this.release(settled);
   }
 
   private release(ids: bigint[]): void {

@@ -1,5 +1,6 @@
 import type { Caller, ImageFilter, ImageRecord } from "../catalogue/types.js";
 import { IdList } from "../vector/id-list.js";
+import type postgres from "postgres";
 import type { Sql } from "./db.js";
 import { filterConditions, readable, toImage, type ImageRow } from "./images-repository.js";
 
@@ -85,6 +86,26 @@ export interface LogEntry {
   attributes: ImageAttributes | null;
 }
 
+/** A run of `index_log` sequence numbers, both ends included. */
+export interface SeqRange {
+  from: bigint;
+  to: bigint;
+}
+
+/** An `index_log` row as `logAfter` and `logWithin` select it. */
+type LogRow = { seq: bigint; image_id: bigint; op: number; model_id: string; vector: Uint8Array | null } & AttributeRow;
+
+function toLogEntry(r: LogRow): LogEntry {
+  return {
+    seq: r.seq,
+    imageId: r.image_id,
+    op: r.op === 1 ? "upsert" : r.op === 2 ? "delete" : "attributes",
+    modelId: r.model_id,
+    vector: r.vector ? bytesToVector(r.vector) : null,
+    attributes: toAttributes(r),
+  };
+}
+
 /** A pending image the indexer should embed. */
 export interface PendingImage {
   id: bigint;
@@ -111,7 +132,7 @@ export function bytesToVector(bytes: Uint8Array): Float32Array {
 }
 
 /** The `images i` columns `toAttributes` reads (all null when the join found no image). */
-function attributeColumns(sql: Sql) {
+function attributeColumns(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
   return sql`
     i.owner_id::text as a_owner, i.visibility as a_visibility, i.index_status as a_status,
     i.tag_terms as a_terms, i.nsfw_level as a_nsfw, i.post_id as a_post, i.model_id as a_model,
@@ -231,26 +252,68 @@ export class EmbeddingsRepository {
     return row.seq ?? 0n;
   }
 
+  /**
+   * Where a reader that builds from the tables starts following the log: the newest
+   * sequence number, and the runs below it with no committed entry (rolled back, or held by
+   * transactions still running), read in one snapshot. The reader re-reads those runs until
+   * they fill or are known to stay empty (see `fence`).
+   */
+  async logStart(): Promise<{ last: bigint; holes: SeqRange[] }> {
+    return this.sql.begin("isolation level repeatable read read only", async (tx) => {
+      const [top] = await tx<{ seq: bigint | null }[]>`select max(seq) as seq from index_log`;
+      const holes = await tx<{ from: bigint; to: bigint }[]>`
+        select prev + 1 as from, seq - 1 as to from (
+          select seq, lag(seq, 1, 0::bigint) over (order by seq) as prev from index_log
+        ) s
+        where seq > prev + 1
+        order by seq`;
+      return { last: top.seq ?? 0n, holes: holes.map((h) => ({ from: h.from, to: h.to })) };
+    });
+  }
+
+  /**
+   * A transaction id above every one assigned so far (it assigns one, to a transaction that
+   * writes nothing). Taken after a reader saw a gap in the log: every transaction that may
+   * still commit an entry in that gap took its sequence number, and so its id, before.
+   */
+  async fence(): Promise<bigint> {
+    const [row] = await this.sql<{ xid: string }[]>`select pg_current_xact_id()::text as xid`;
+    return BigInt(row.xid);
+  }
+
   /** Log entries after `seq`, oldest first, with the vectors and attributes they refer to. */
   async logAfter(seq: bigint, limit = 1000): Promise<LogEntry[]> {
     const sql = this.sql;
-    const rows = await sql<
-      ({ seq: bigint; image_id: bigint; op: number; model_id: string; vector: Uint8Array | null } & AttributeRow)[]
-    >`
+    const rows = await sql<LogRow[]>`
       select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
       from index_log l
       left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
       left join images i on l.op <> 2 and i.id = l.image_id
       where l.seq > ${seq.toString()}
       order by l.seq limit ${limit}`;
-    return rows.map((r) => ({
-      seq: r.seq,
-      imageId: r.image_id,
-      op: r.op === 1 ? "upsert" : r.op === 2 ? "delete" : "attributes",
-      modelId: r.model_id,
-      vector: r.vector ? bytesToVector(r.vector) : null,
-      attributes: toAttributes(r),
-    }));
+    return rows.map(toLogEntry);
+  }
+
+  /**
+   * Log entries within `ranges` (gaps a reader passed), oldest first, and the horizon of the
+   * snapshot they were read in: the oldest transaction id still running then (the next one to
+   * be assigned when none was). A transaction whose id is below the horizon had ended, so
+   * whatever it committed is among the entries.
+   */
+  async logWithin(ranges: readonly SeqRange[], limit = 1000): Promise<{ entries: LogEntry[]; horizon: bigint }> {
+    if (ranges.length === 0) throw new RangeError("logWithin needs at least one range");
+    return this.sql.begin("isolation level repeatable read read only", async (tx) => {
+      // The first statement takes the transaction's snapshot; the entries are read in it too.
+      const [h] = await tx<{ horizon: string }[]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
+      const rows = await tx<LogRow[]>`
+        select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(tx)}
+        from unnest(${ranges.map((r) => r.from.toString())}::bigint[], ${ranges.map((r) => r.to.toString())}::bigint[]) as r(lo, hi)
+        join index_log l on l.seq between r.lo and r.hi
+        left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
+        left join images i on l.op <> 2 and i.id = l.image_id
+        order by l.seq limit ${limit}`;
+      return { entries: rows.map(toLogEntry), horizon: BigInt(h.horizon) };
+    });
   }
 
   /**
