@@ -418,8 +418,13 @@ export function topKRows(
 ): i32 {
   heapReset(outRows, outScores, k);
   if (k <= 0) return 0;
-  const list = sortRows(rows, n, limit, tmp, counts);
-  const m = dedupeSorted(list, n);
+  // A bitmap's slots come ascending and distinct: nothing to sort or drop.
+  let list = rows;
+  let m = n;
+  if (!ascending(rows, n)) {
+    list = sortRows(rows, n, limit, tmp, counts);
+    m = dedupeSorted(list, n);
+  }
   const stride = (<usize>dim) << 2;
   const groups = m >> 3;
   const eighth = (<usize>groups) << 2;
