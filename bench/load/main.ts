@@ -39,7 +39,8 @@
  * SIGKILLs the last one at --kill-at and starts it again after --down; it reports each phase
  * (before the kill, while down, after the restart), the restart's time to ready, and the
  * visibility lag of uploads and deletes made on one replica as seen by another's search. The
- * load runs --duration, or until 5 s after the restarted replica is ready if that is later.
+ * load runs --duration, or longer, so that it runs on after the restarted replica is ready for
+ * as long as it ran before the kill (at least 5 s).
  *
  * --cpu-prof profiles the server(s) over the measured calls only (V8's CPU profiler through the
  * inspector, as `node --cpu-prof` does) and reports the functions with the most self time.

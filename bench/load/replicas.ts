@@ -67,7 +67,10 @@ export interface ReplicasConfig {
   argv: string[];
 }
 
-/** Measured load the run keeps after the restarted replica is ready, however late that is. */
+/**
+ * Measured load the run keeps after the restarted replica is ready, however late that is: as
+ * long as before the kill (--kill-at), and at least this.
+ */
 const MIN_AFTER_MS = 5_000;
 /** A probe's searches on B: how often. */
 const PROBE_POLL_MS = 20;
@@ -256,7 +259,7 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
   const startAt = Date.now() + 500;
   const measureFrom = startAt + cfg.warmupMs;
   // The workers' own bound; the run normally ends earlier, by pool.end().
-  const boundMs = cfg.durationMs + cfg.downMs + cfg.restartTimeoutMs + MIN_AFTER_MS + 10_000;
+  const boundMs = cfg.durationMs + cfg.downMs + cfg.restartTimeoutMs + Math.max(MIN_AFTER_MS, cfg.killAtMs) + 10_000;
   const running = pool.run(
     { spec, mode: cfg.rate ? "open" : "closed", startAt, warmupMs: cfg.warmupMs, durationMs: boundMs, maxInFlight: cfg.maxInFlight, detail: true },
     { concurrency: cfg.rate ? undefined : cfg.concurrency, rate: cfg.rate, maxRequests: cfg.maxRequests },
@@ -264,7 +267,9 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
   // A worker failing shows when the run is awaited; until then, do not let it go unhandled.
   running.catch(() => {});
   let probing = true;
-  const probes = sleep(Math.max(0, measureFrom - Date.now())).then(() =>
+  // Probes start with the warm-up (the first upload also warms the embedder); one acknowledged
+  // in the warm-up counts before the kill.
+  const probes = sleep(Math.max(0, startAt - Date.now())).then(() =>
     probeLoop(probeA, probeB, USERS[1].secret, ids[0], run, cfg.probeTimeoutMs, () => probing),
   );
   probes.catch(() => {});
@@ -283,7 +288,7 @@ export async function runReplicas(cleanup: Cleanup, cfg: ReplicasConfig): Promis
     await victim.waitReady(cfg.restartTimeoutMs);
     readyAt = Date.now();
     console.log(`replicas: ${victim.name} ready again ${round((readyAt - restartedAt) / 1000, 1)} s after its restart`);
-    endAt = Math.max(measureFrom + cfg.durationMs, readyAt + MIN_AFTER_MS);
+    endAt = Math.max(measureFrom + cfg.durationMs, readyAt + Math.max(MIN_AFTER_MS, cfg.killAtMs));
     await sleep(Math.max(0, endAt - Date.now()));
   } finally {
     pool.end();
@@ -532,6 +537,12 @@ async function restartFacts(victim: Replica, killedAt: number, restartedAt: numb
     listening_s: since(lines.find((l) => l.msg === "gRPC server listening")),
     index_loaded_s: since(index),
     index: index && { source: index.source, replayed: index.replayed, vectors: index.vectors, ms: index.ms, fromSeq: index.fromSeq },
+    /** The new process's lines up to its index load, calls left out: what its start spent time on. */
+    log: lines
+      .slice(0, index ? lines.indexOf(index) + 1 : 40)
+      .filter((l) => l.msg !== "call")
+      .slice(0, 40)
+      .map((l) => ({ ...l, s: since(l) })),
   };
 }
 
