@@ -6,7 +6,8 @@
 -- them until they commit or PostgreSQL shows that the transactions holding them have ended
 -- (src/search/log-gaps.ts). The order in which they are applied does not matter: an entry
 -- names an image, and the reader applies that image's vector and attributes as they are when
--- it reads the entry.
+-- it reads the entry. Replicas of an earlier version still running when this applies read the
+-- log in sequence order and may pass over an entry that commits late until they run this one.
 
 create or replace function embeddings_log() returns trigger language plpgsql as $$
 declare
