@@ -80,7 +80,7 @@ export class Metrics {
   });
   readonly callSeconds = new Histogram({
     name: "glimpse_call_duration_seconds",
-    help: "RPC latency inside the server (for http, the bridged gRPC call; the JSON conversion is outside).",
+    help: "RPC latency inside the server (for http, the call the bridge makes in-process; the JSON conversion is outside).",
     labelNames: ["service", "method", "transport"] as const,
     buckets: CALL_BUCKETS,
     registers: [this.registry],

@@ -162,7 +162,11 @@ export class InProcessServer {
    * the messages' bytes, in order; a failure while reading them cancels the call and is what
    * the caller gets, as is).
    */
-  async unary(path: string, request: Uint8Array | AsyncIterable<Uint8Array>, settings: InProcessSettings): Promise<InProcessAnswer> {
+  async unary(
+    path: string,
+    request: Uint8Array | AsyncIterable<Uint8Array>,
+    settings: InProcessSettings,
+  ): Promise<InProcessAnswer> {
     const call = await this.open(path, settings, false);
     try {
       const result = await call.until(
@@ -172,9 +176,9 @@ export class InProcessServer {
             let step = await iterator.next();
             for (;;) {
               if (!step.done) {
-                step = await iterator.throw(new Error("A middleware yielded a message, but expected to only return a message for unary method"));
+                step = await iterator.throw(new Error(`A middleware yielded a message, but ${UNARY_RETURNS}`));
               } else if (step.value == null) {
-                step = await iterator.throw(new Error("A middleware returned void, but expected to return a message for unary method"));
+                step = await iterator.throw(new Error(`A middleware returned void, but ${UNARY_RETURNS}`));
               } else return step.value;
             }
           } finally {
@@ -207,7 +211,7 @@ export class InProcessServer {
         for (;;) {
           const step = await open.until(iterator.next());
           if (step.done) {
-            if (step.value != null) throw new Error("A middleware returned a message, but expected to return void for server streaming method");
+            if (step.value != null) throw new Error(`A middleware returned a message, but ${STREAM_RETURNS}`);
             break;
           }
           open.context.sendHeader();
@@ -440,6 +444,9 @@ class OpenCall {
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
+// nice-grpc's own words for a middleware that breaks the shape of a call.
+const UNARY_RETURNS = "expected to only return a message for unary method";
+const STREAM_RETURNS = "expected to return void for server streaming method";
 /** The longest delay a Node timer takes. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
