@@ -4,13 +4,13 @@ import { composeServerMiddleware, type ServerMiddleware, type Status } from "nic
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import type { Logger } from "../logging/logger.js";
 import type { AppCallContext } from "./context.js";
-import { deadlineInterceptor, deadlineMiddleware } from "./middleware/deadline.js";
+import { deadlineMiddleware } from "./middleware/deadline.js";
 import { errorMiddleware } from "./middleware/errors.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
 import { callLogging } from "./middleware/logging.js";
 import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
 import type { Gatekeeper } from "./middleware/auth.js";
-import { uploadAdmission, uploadAdmissionInterceptor, uploadBudgetMiddleware } from "./middleware/uploads.js";
+import { uploadAdmission, uploadBudgetMiddleware } from "./middleware/uploads.js";
 import { InProcessServer } from "./in-process.js";
 import type { ByteBudget } from "./byte-budget.js";
 import { textInputMiddleware } from "./middleware/text-input.js";
@@ -95,14 +95,12 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
   };
   setHealth("unhealthy");
 
-  // The logging interceptor comes first (nearest the transport) to see every call's end.
-  const logging = callLogging(config.logger);
+  // One interceptor (nearest the transport) sees every call's end, hands its deadline to the
+  // chain and refuses uploads from their headers: each intercepting layer costs every call.
+  const admission = config.gatekeeper ? uploadAdmission(config.gatekeeper) : undefined;
+  const logging = callLogging(config.logger, admission);
   const options: ServerOptions & ChannelOptions = {
-    interceptors: [
-      logging.interceptor,
-      deadlineInterceptor,
-      ...(config.gatekeeper ? [uploadAdmissionInterceptor(config.gatekeeper)] : []),
-    ],
+    interceptors: [logging.interceptor],
     "grpc.max_receive_message_length": config.maxReceiveMessageBytes ?? 64 * 1024 * 1024,
     // Connections cannot be held open for free: an idle one (a client that never sends the
     // HTTP/2 preface included) is closed, a silent peer is found by keepalive pings, and
@@ -131,7 +129,7 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
   const inProcess = new InProcessServer({
     middleware,
     follow: logging.follow,
-    admission: config.gatekeeper ? uploadAdmission(config.gatekeeper) : undefined,
+    admission,
     maxReceiveMessageBytes,
     refused: config.inProcessRefused,
   });

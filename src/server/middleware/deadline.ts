@@ -1,28 +1,20 @@
-import { ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
+import type { Deadline, Metadata as GrpcMetadata } from "@grpc/grpc-js";
 import type { CallContext, Metadata, ServerMiddleware } from "nice-grpc-common";
 
 /**
  * grpc-js strips the `grpc-timeout` header before handlers see the metadata and nice-grpc
- * does not expose the call's deadline. This interceptor copies the parsed deadline into an
- * internal metadata key (overwriting anything a client sent under that name), so the
- * deadline middleware can hand it to services.
+ * does not expose the call's deadline. The server's interceptor (see callLogging) copies the
+ * parsed deadline into an internal metadata key (overwriting anything a client sent under that
+ * name) with markDeadline, so the deadline middleware can hand it to services.
  */
 const DEADLINE_KEY = "x-glimpse-internal-deadline";
 
-export const deadlineInterceptor: ServerInterceptor = (_method, call) =>
-  new ServerInterceptingCall(call, {
-    start(next) {
-      next({
-        onReceiveMetadata(metadata, forward) {
-          metadata.remove(DEADLINE_KEY);
-          const deadline = call.getDeadline();
-          const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-          if (Number.isFinite(ms)) metadata.set(DEADLINE_KEY, String(ms));
-          forward(metadata);
-        },
-      });
-    },
-  });
+/** The interceptor's part: names a gRPC call's deadline (grpc-js's parse of `grpc-timeout`), if any. */
+export function markDeadline(metadata: GrpcMetadata, deadline: Deadline): void {
+  metadata.remove(DEADLINE_KEY);
+  const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+  if (Number.isFinite(ms)) metadata.set(DEADLINE_KEY, String(ms));
+}
 
 /**
  * Does the interceptor's part for a call made in-process (the HTTP bridge's): names its

@@ -5,7 +5,8 @@ import { Status, type CallContext, type Metadata, type ServerMiddleware, ServerE
 import { isAbortError } from "abort-controller-x";
 import type { Logger } from "../../logging/logger.js";
 import { annotateCall } from "../../observability/call-scope.js";
-import { callDeadline } from "./deadline.js";
+import { callDeadline, markDeadline } from "./deadline.js";
+import { niceMetadata, refusalStatus, UPLOAD_METHODS, type UploadAdmission } from "./uploads.js";
 
 /** What the logging middleware adds to every call context. */
 export interface RequestContext {
@@ -45,11 +46,14 @@ type CallStates = Map<string, CallState>;
  * - a call the client cancels, a stream it stops reading included, is CANCELLED
  *   (DEADLINE_EXCEEDED once its deadline passed) even when its handler ends without an error:
  *   the middleware's line waits for the call's end, which the interceptor reports.
- * The interceptor goes first in the server's list (nearest the transport), to see every end.
+ * The interceptor is the server's only one (nearest the transport), to see every end; it
+ * also does the deadline middleware's part (see markDeadline) and, given `admission`, refuses
+ * upload calls from their headers before their message is read (see uploads.ts): one
+ * intercepting layer per call rather than one for each job.
  * Calls made in-process (the HTTP bridge's, see in-process.ts) pass no interceptor: `follow`
  * does its part for them, so their lines are the same.
  */
-export function callLogging(logger: Logger): CallLogging {
+export function callLogging(logger: Logger, admission?: UploadAdmission): CallLogging {
   const calls: CallStates = new Map();
   let count = 0;
   /** Starts following a call: the returned `end` reports how it ended, once. */
@@ -76,7 +80,9 @@ export function callLogging(logger: Logger): CallLogging {
     return { id, end };
   };
   const interceptor: ServerInterceptor = (method, call) => {
-    const { id, end } = track(method.path);
+    const path = method.path;
+    const { id, end } = track(path);
+    const checked = admission !== undefined && UPLOAD_METHODS.has(path);
     let requestId: string | undefined;
     let answered: Status | undefined;
     let ended = false;
@@ -86,7 +92,15 @@ export function callLogging(logger: Logger): CallLogging {
           onReceiveMetadata(metadata, forward) {
             requestId = saneRequestId(metadata.get("x-request-id")[0]);
             metadata.set(CALL_KEY, id);
-            forward(metadata);
+            markDeadline(metadata, call.getDeadline());
+            if (!checked) return forward(metadata);
+            const checking = admission(path, niceMetadata(metadata), call.getPeer());
+            if (!checking) return forward(metadata);
+            void checking.then((refusal) => {
+              if (!refusal) return forward(metadata);
+              if (!ended) answered ??= refusal.code;
+              call.sendStatus(refusalStatus(refusal));
+            });
           },
           // grpc-js calls this when any call ends, answered or not.
           onCancel() {
@@ -135,6 +149,7 @@ export interface CallEnd {
 
 /** Call logging: the interceptor and middleware of a gRPC server, and the same for in-process calls. */
 export interface CallLogging {
+  /** The gRPC server's interceptor: logging, the deadline's hand-over and upload admission. */
   interceptor: ServerInterceptor;
   middleware: ServerMiddleware<RequestContext>;
   /**

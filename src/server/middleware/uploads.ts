@@ -1,4 +1,4 @@
-import { Metadata as GrpcMetadata, ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
+import { Metadata as GrpcMetadata, type StatusObject } from "@grpc/grpc-js";
 import { Metadata, Status, type ServerMiddleware } from "nice-grpc-common";
 import { DomainError } from "../../errors.js";
 import { GRPC_UPLOAD_MEMORY_FACTOR, type ByteBudget } from "../byte-budget.js";
@@ -12,35 +12,6 @@ export const UPLOAD_METHODS: ReadonlySet<string> = new Set([
   "/glimpse.image.v1.ImageService/BatchUploadImages",
 ]);
 
-/**
- * Refuses an upload call from its headers, before grpc-js reads its request message: an
- * unknown key, a missing one or a spent rate limit answers at once, so a refused caller makes
- * the server hold none of its (up to 25 MiB) bytes. Nothing is charged here: the caller
- * middleware charges a call that gets through. Calls the HTTP bridge already admitted pass.
- */
-export function uploadAdmissionInterceptor(gatekeeper: Gatekeeper): ServerInterceptor {
-  const check = uploadAdmission(gatekeeper);
-  return (method, call) => {
-    if (!UPLOAD_METHODS.has(method.path)) return new ServerInterceptingCall(call);
-    return new ServerInterceptingCall(call, {
-      start(next) {
-        next({
-          onReceiveMetadata(grpcMetadata, forward) {
-            const checking = check(method.path, niceMetadata(grpcMetadata), call.getPeer());
-            if (!checking) return forward(grpcMetadata);
-            checking.then((refusal) => {
-              if (!refusal) return forward(grpcMetadata);
-              const trailer = new GrpcMetadata();
-              trailer.set(STATUS_DETAILS_KEY, Buffer.from(refusal.details));
-              call.sendStatus({ code: refusal.code, details: refusal.message, metadata: trailer });
-            });
-          },
-        });
-      },
-    });
-  };
-}
-
 /** Why an upload call was refused from its headers: its status and the details of its trailer. */
 export interface UploadRefusal {
   code: Status;
@@ -49,16 +20,23 @@ export interface UploadRefusal {
   details: Uint8Array;
 }
 
+/** The check of uploadAdmission: a refusal, or undefined (at once, or once checked) to let the call in. */
+export type UploadAdmission = (path: string, metadata: Metadata, peer: string) => Promise<UploadRefusal | undefined> | undefined;
+
 /**
- * The check of {@link uploadAdmissionInterceptor}, for gRPC calls and in-process ones alike:
+ * Refuses an upload call from its headers, before its request message is read: an unknown
+ * key, a missing one or a spent rate limit answers at once, so a refused caller makes the
+ * server hold none of its (up to 25 MiB) bytes. Nothing is charged here: the caller
+ * middleware charges a call that gets through. The server's interceptor (see callLogging)
+ * runs it for gRPC calls, the in-process server for the HTTP bridge's.
+ *
+ * The check, for gRPC calls and in-process ones alike:
  * answers the refusal of an upload call (by method path) from its metadata, or undefined to let
  * it in; undefined at once for calls it does not check (other methods, calls the HTTP bridge
  * already admitted). Failures other than a refusal let the call in too (the caller middleware
  * reports them).
  */
-export function uploadAdmission(
-  gatekeeper: Gatekeeper,
-): (path: string, metadata: Metadata, peer: string) => Promise<UploadRefusal | undefined> | undefined {
+export function uploadAdmission(gatekeeper: Gatekeeper): UploadAdmission {
   return (path, metadata, peer) => {
     if (!UPLOAD_METHODS.has(path) || gatekeeper.admitted(metadata)) return undefined;
     return gatekeeper.precheck(path, metadata, peerAddress(peer)).then(
@@ -72,8 +50,15 @@ export function uploadAdmission(
   };
 }
 
+/** The status that answers a refused upload call over gRPC, its details in the trailer. */
+export function refusalStatus(refusal: UploadRefusal): Pick<StatusObject, "code" | "details" | "metadata"> {
+  const trailer = new GrpcMetadata();
+  trailer.set(STATUS_DETAILS_KEY, Buffer.from(refusal.details));
+  return { code: refusal.code as number, details: refusal.message, metadata: trailer };
+}
+
 /** grpc-js metadata as nice-grpc metadata (the gatekeeper's view). */
-function niceMetadata(metadata: GrpcMetadata): Metadata {
+export function niceMetadata(metadata: GrpcMetadata): Metadata {
   const out = Metadata();
   for (const [key, values] of Object.entries(metadata.toJSON())) {
     for (const value of values as (string | Buffer)[]) out.append(key, value);
