@@ -64,31 +64,50 @@ export const INTERNAL_METADATA_PREFIX = "x-glimpse-internal-";
  * ones are refused, whatever their order.
  */
 export function presentedSecret(metadata: Metadata): string | undefined {
-  const secrets = new Set<string>();
+  let secret: string | undefined;
+  let conflict = false;
+  const add = (key: string) => {
+    if (secret === undefined) secret = key;
+    else if (key !== secret) conflict = true;
+  };
   // HTTP/2 joins repeated headers with commas; no key contains one.
-  const authorizations = metadata.getAll("authorization").flatMap((value) => String(value).split(/\s*,\s*/));
-  for (const authorization of authorizations) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-    if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
-    secrets.add(match[1]);
+  for (const sent of metadata.getAll("authorization")) {
+    const value = String(sent);
+    for (const authorization of value.includes(",") ? value.split(/\s*,\s*/) : [value]) {
+      const match = BEARER.exec(authorization);
+      if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
+      add(match[1]);
+    }
   }
-  for (const value of metadata.getAll("x-api-key").flatMap((v) => String(v).split(","))) {
-    const key = value.trim();
-    if (key !== "") secrets.add(key);
+  for (const sent of metadata.getAll("x-api-key")) {
+    for (const value of String(sent).split(",")) {
+      const key = value.trim();
+      if (key !== "") add(key);
+    }
   }
-  if (secrets.size > 1) {
+  if (conflict) {
     throw new DomainError(
       "UNAUTHENTICATED",
       "the request carries two different credentials (authorization / x-api-key); send one API key",
     );
   }
-  return secrets.values().next().value;
+  return secret;
 }
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 /** The client address of a gRPC peer (`1.2.3.4:5678`, `[::1]:5678`, `ipv4:1.2.3.4:5678`), without its port. */
 export function peerAddress(peer: string): string {
-  return peer.replace(/^ipv[46]:/, "").replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+  const known = peerAddresses.get(peer);
+  if (known !== undefined) return known;
+  const address = peer.replace(/^ipv[46]:/, "").replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+  // A connection's calls share its peer: remember a few hundred, forgetting them all when full.
+  if (peerAddresses.size >= 512) peerAddresses.clear();
+  peerAddresses.set(peer, address);
+  return address;
 }
+
+const peerAddresses = new Map<string, string>();
 
 /** Decides who a call acts as and charges its rate limits; shared by gRPC and the HTTP bridge. */
 export class Gatekeeper {

@@ -11,6 +11,7 @@ import {
 import type { Logger } from "../../logging/logger.js";
 import { inCall, type CallRecord } from "../../observability/call-scope.js";
 import type { Metrics, Transport } from "../../observability/metrics.js";
+import type { Histogram } from "prom-client";
 import { parentContext } from "../../observability/tracing.js";
 import { UPLOAD_METHODS } from "./uploads.js";
 
@@ -44,6 +45,16 @@ interface MethodLabels {
   spanName: string;
   upload: boolean;
   infrastructure: boolean;
+  /** The labelled metrics of the method (prom-client's children, looked up once). */
+  meters?: MethodMeters;
+}
+
+/** One method's labelled metrics over one transport. */
+interface MethodMeters {
+  inFlight: ReturnType<Metrics["callsInFlight"]["labels"]>;
+  seconds: ReturnType<Metrics["callSeconds"]["labels"]>;
+  /** Finished calls by status code name, each child looked up on first use. */
+  calls: Map<string, ReturnType<Metrics["calls"]["labels"]>>;
 }
 
 /**
@@ -66,13 +77,18 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
         spanName: `${service}/${method}`,
         upload: UPLOAD_METHODS.has(path),
         infrastructure: INFRASTRUCTURE.some((prefix) => path.startsWith(prefix)),
+        meters: metrics && {
+          inFlight: metrics.callsInFlight.labels(service, method, transport),
+          seconds: metrics.callSeconds.labels(service, method, transport),
+          calls: new Map(),
+        },
       };
       labelCache.set(key, labels);
     }
     return labels;
   };
-  const onStage = metrics ? (stage: string, seconds: number) => metrics.searchStageSeconds.observe({ stage }, seconds) : undefined;
-  const onSearch = metrics ? (plan: string, seconds: number) => metrics.searchSeconds.observe({ plan }, seconds) : undefined;
+  const onStage = metrics ? observerOf(metrics.searchStageSeconds) : undefined;
+  const onSearch = metrics ? observerOf(metrics.searchSeconds) : undefined;
 
   return async function* <Request, Response>(
     call: ServerMiddlewareCall<Request, Response, ObservedContext>,
@@ -102,7 +118,8 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
       logFields: traceId ? { traceId } : undefined,
     };
     const started = performance.now();
-    metrics?.callsInFlight.inc({ service, method, transport });
+    const meters = labels.meters;
+    meters?.inFlight.inc();
     if (labels.upload) metrics?.uploadsInFlight.inc();
     let code = Status.OK;
     let failure: unknown;
@@ -116,11 +133,16 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
     } finally {
       const ms = performance.now() - started;
       const codeName = Status[code];
-      if (metrics) {
-        metrics.callsInFlight.dec({ service, method, transport });
+      if (metrics && meters) {
+        meters.inFlight.dec();
         if (labels.upload) metrics.uploadsInFlight.dec();
-        metrics.calls.inc({ service, method, transport, code: codeName });
-        metrics.callSeconds.observe({ service, method, transport }, ms / 1000);
+        let calls = meters.calls.get(codeName);
+        if (calls === undefined) {
+          calls = metrics.calls.labels(service, method, transport, codeName);
+          meters.calls.set(codeName, calls);
+        }
+        calls.inc();
+        meters.seconds.observe(ms / 1000);
       }
       const requestId = context.header.get("x-request-id");
       if (span) {
@@ -148,6 +170,19 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
         });
       }
     }
+  };
+}
+
+/** Observes a histogram of one label (a stage, a plan), its child per value looked up once. */
+function observerOf(histogram: Histogram<string>): (value: string, seconds: number) => void {
+  const children = new Map<string, ReturnType<Histogram<string>["labels"]>>();
+  return (value, seconds) => {
+    let child = children.get(value);
+    if (child === undefined) {
+      child = histogram.labels(value);
+      children.set(value, child);
+    }
+    child.observe(seconds);
   };
 }
 
