@@ -274,7 +274,11 @@ export class EmbeddingsRepository {
   /**
    * A transaction id above every one assigned so far (it assigns one, to a transaction that
    * writes nothing). Taken after a reader saw a gap in the log: every transaction that may
-   * still commit an entry in that gap took its sequence number, and so its id, before.
+   * still commit an entry in that gap took its sequence number, and so its id, before. That
+   * "and so" holds because entries are written only by AFTER row triggers on `embeddings` and
+   * `images`: the row write gave the transaction its id before the trigger took the number. An
+   * insert into `index_log` as a transaction's first write would take the number first and
+   * could get an id above the fence; keep log writes in those triggers.
    */
   async fence(): Promise<bigint> {
     const [row] = await this.sql<{ xid: string }[]>`select pg_current_xact_id()::text as xid`;
