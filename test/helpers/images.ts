@@ -14,8 +14,10 @@ export async function solidImage(
     raw[i * 3 + 1] = colour.g;
     raw[i * 3 + 2] = colour.b;
   }
-  // A per-seed pixel pattern in the first row keeps images distinct (no deduplication).
-  for (let bit = 0; bit < 24 && bit < width; bit++) raw[bit * 3] = (seed >> bit) & 1 ? 255 : colour.r;
+  // A per-seed pixel pattern in the first row keeps images distinct (no deduplication): a set
+  // bit is a red value half the range away from the colour's, so it shows whatever the colour
+  // (with 255 for a set bit, a colour whose red is 255 hid the pattern, and images collided).
+  for (let bit = 0; bit < 24 && bit < width; bit++) raw[bit * 3] = (seed >> bit) & 1 ? (colour.r + 128) % 256 : colour.r;
   return sharp(raw, { raw: { width, height, channels: 3 } })[format]().toBuffer();
 }
 
