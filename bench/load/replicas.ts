@@ -14,7 +14,6 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -22,7 +21,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createChannel, createClient, Metadata } from "nice-grpc";
 import { ImageServiceDefinition } from "../../src/gen/glimpse/image/v1/image_service.js";
 import { writeClipTestModel } from "../../test/fixtures/clip-test-model.js";
-import { freePort, Replica, type LogRecord } from "../../test/helpers/replicas.js";
+import { freePort, reachable, Replica, type LogRecord } from "../../test/helpers/replicas.js";
 import { startS3Server, TEST_BUCKET } from "../../test/helpers/s3.js";
 import { markdownTable, REPO_ROOT, round, runEnvironment, type Cleanup } from "../lib.js";
 import { freshImage } from "./calls.js";
@@ -130,19 +129,6 @@ const pct = (sorted: number[], p: number) =>
 const na = (x: number) => (Number.isNaN(x) ? "n/a" : x);
 const errorsText = (e: Record<string, number>) =>
   Object.keys(e).length === 0 ? "none" : Object.entries(e).map(([k, v]) => `${k} ${v}`).join(", ");
-
-/** Whether something accepts connections at the Redis URL's host and port. */
-async function reachable(url: string): Promise<boolean> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const socket = new Socket();
-    socket.setTimeout(2000);
-    socket.once("connect", () => (socket.destroy(), resolve(true)));
-    socket.once("error", () => resolve(false));
-    socket.once("timeout", () => (socket.destroy(), resolve(false)));
-    socket.connect(Number(port || 6379), hostname);
-  });
-}
 
 function checkConfig(cfg: ReplicasConfig): void {
   if (!Number.isInteger(cfg.replicas) || cfg.replicas < 2 || cfg.replicas > 8) throw new Error("--replicas is 2..8");

@@ -6,7 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { Socket } from "node:net";
+import { reachable } from "../helpers/replicas.js";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -15,18 +15,6 @@ import { afterAll, describe, expect, inject, it } from "vitest";
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const REDIS_URL = process.env.GLIMPSE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
-
-async function reachable(url: string): Promise<boolean> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const socket = new Socket();
-    socket.setTimeout(2000);
-    socket.once("connect", () => (socket.destroy(), resolve(true)));
-    socket.once("error", () => resolve(false));
-    socket.once("timeout", () => (socket.destroy(), resolve(false)));
-    socket.connect(Number(port || 6379), hostname);
-  });
-}
 
 const redisUp = await reachable(REDIS_URL);
 if (!redisUp) console.warn(`load-replicas test skipped: no Redis at ${REDIS_URL} (set GLIMPSE_TEST_REDIS_URL)`);

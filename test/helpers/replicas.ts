@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { createServer, Socket } from "node:net";
 import path from "node:path";
 
 /** The repository root, where `src/cli/main.ts` lives. */
@@ -144,4 +144,17 @@ export class Replica {
     const text = await readFile(this.logFile, "utf8").catch(() => "");
     return text.split("\n").slice(-30).join("\n");
   }
+}
+
+/** Whether something accepts connections at a URL's host and port (Redis's 6379 when none is given). */
+export async function reachable(url: string): Promise<boolean> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    socket.setTimeout(2000);
+    socket.once("connect", () => (socket.destroy(), resolve(true)));
+    socket.once("error", () => resolve(false));
+    socket.once("timeout", () => (socket.destroy(), resolve(false)));
+    socket.connect(Number(port || 6379), hostname);
+  });
 }

@@ -4,7 +4,6 @@
 // database and every replica: nothing acknowledged is lost, limits and credits hold across
 // replicas, each image is embedded once, and the restarted replica caught up.
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { Socket } from "node:net";
 import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -14,23 +13,10 @@ import { createGlimpseClient, GlimpseError, Status, type GlimpseClient } from ".
 import { writeClipTestModel } from "../fixtures/clip-test-model.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
 import { distinctPng } from "../helpers/images.js";
-import { freePort, Replica } from "../helpers/replicas.js";
+import { freePort, reachable, Replica } from "../helpers/replicas.js";
 import { startS3Server, TEST_BUCKET, type TestS3Server } from "../helpers/s3.js";
 
 const REDIS_URL = process.env.GLIMPSE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
-
-/** Whether something accepts connections at the Redis URL's host and port. */
-async function reachable(url: string): Promise<boolean> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const socket = new Socket();
-    socket.setTimeout(2000);
-    socket.once("connect", () => (socket.destroy(), resolve(true)));
-    socket.once("error", () => resolve(false));
-    socket.once("timeout", () => (socket.destroy(), resolve(false)));
-    socket.connect(Number(port || 6379), hostname);
-  });
-}
 
 const redisUp = await reachable(REDIS_URL);
 if (!redisUp) console.warn(`three-replicas test skipped: no Redis at ${REDIS_URL} (set GLIMPSE_TEST_REDIS_URL)`);
