@@ -27,41 +27,14 @@ interface Frame {
 const frames = new AsyncLocalStorage<Frame>();
 
 /**
- * Runs `step` (one step of a call's handler chain) as part of `call`, under `span`. Code
- * outside any call (the indexer, snapshots, start-up) runs with no frame, and then every
- * stage below is a plain function call.
+ * Runs `step` (one step of a call's handler chain) as part of `call`, under `span`: the
+ * observing middleware runs each step of the chain's generator so, and the handler and
+ * everything it awaits see the call (AsyncLocalStorage follows promises). Code outside any
+ * call (the indexer, snapshots, start-up) runs with no frame, and then every stage below is a
+ * plain function call.
  */
 export function runInCall<T>(call: CallRecord, span: Span | undefined, step: () => T): T {
   return frames.run({ call, span, nestedMs: 0 }, step);
-}
-
-/**
- * Steps through a handler chain's generator with every step inside the call's frame, so
- * the handler and everything it awaits see the call (AsyncLocalStorage follows promises,
- * and each step of the generator starts inside `runInCall`).
- */
-export async function* inCall<T, R>(
-  call: CallRecord,
-  span: Span | undefined,
-  inner: AsyncGenerator<T, R, undefined>,
-): AsyncGenerator<T, R, undefined> {
-  let finished = false;
-  try {
-    for (;;) {
-      const step = await runInCall(call, span, () => inner.next());
-      if (step.done) {
-        finished = true;
-        return step.value;
-      }
-      yield step.value;
-    }
-  } catch (error) {
-    finished = true;
-    throw error;
-  } finally {
-    // The consumer stopped early (a cancelled stream): let the chain's own finally blocks run.
-    if (!finished) await runInCall(call, span, () => inner.return(undefined as R));
-  }
 }
 
 /**

@@ -4,16 +4,15 @@ import { composeServerMiddleware, type ServerMiddleware, type Status } from "nic
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import type { Logger } from "../logging/logger.js";
 import type { AppCallContext } from "./context.js";
-import { deadlineMiddleware } from "./middleware/deadline.js";
-import { errorMiddleware } from "./middleware/errors.js";
+import { callChain } from "./middleware/call-chain.js";
 import { Lifecycle } from "./middleware/lifecycle.js";
 import { callLogging } from "./middleware/logging.js";
-import { callerMiddleware, type CallerResolver } from "./middleware/caller.js";
+import type { CallerResolver } from "./middleware/caller.js";
 import type { Gatekeeper } from "./middleware/auth.js";
-import { uploadAdmission, uploadBudgetMiddleware } from "./middleware/uploads.js";
+import { uploadAdmission, uploadHolder } from "./middleware/uploads.js";
 import { InProcessServer } from "./in-process.js";
 import type { ByteBudget } from "./byte-budget.js";
-import { textInputMiddleware } from "./middleware/text-input.js";
+import { textInputCheck } from "./middleware/text-input.js";
 import type { ObservedContext } from "./middleware/observe.js";
 import { loadContract } from "../gateway/descriptors.js";
 import { UserFacingError } from "../errors.js";
@@ -112,16 +111,17 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
       ? { "grpc.max_connection_age_ms": config.maxConnectionAgeMs, "grpc.max_connection_age_grace_ms": 300_000 }
       : {}),
   };
-  // One chain, outermost first, for gRPC calls and in-process ones alike.
+  // One chain, outermost first, for gRPC calls and in-process ones alike. Its steps share one
+  // middleware layer (see call-chain.ts): each layer costs every call.
   const chain: ServerMiddleware<any, any>[] = [
     ...(config.observe ? [config.observe] : []),
-    logging.middleware,
-    lifecycle.middleware,
-    deadlineMiddleware,
-    errorMiddleware,
-    callerMiddleware(config.resolveCaller),
-    ...(config.uploadBudget && config.gatekeeper ? [uploadBudgetMiddleware(config.uploadBudget, config.gatekeeper)] : []),
-    textInputMiddleware(loadContract(config.descriptorSet)),
+    callChain({
+      logging,
+      lifecycle,
+      resolveCaller: config.resolveCaller,
+      holdUpload: config.uploadBudget && config.gatekeeper ? uploadHolder(config.uploadBudget, config.gatekeeper) : undefined,
+      checkText: textInputCheck(loadContract(config.descriptorSet)),
+    }),
   ];
   const middleware = chain.reduce((outer, inner) => composeServerMiddleware(outer, inner));
   const grpcServer = createServer(options).use(middleware) as unknown as Server<AppCallContext>;

@@ -37,10 +37,15 @@ export interface DeadlineContext {
  * the call), so anything that honours the signal stops in time.
  */
 export const deadlineMiddleware: ServerMiddleware<DeadlineContext> = async function* (call, context: CallContext) {
+  return yield* call.next(call.request, { ...context, deadline: takeDeadline(context) });
+};
+
+/** The deadline middleware's work without a layer of its own: the call's deadline, its key dropped from the metadata. */
+export function takeDeadline(context: CallContext): Date | undefined {
   const deadline = callDeadline(context);
   context.metadata.delete(DEADLINE_KEY);
-  return yield* call.next(call.request, { ...context, deadline });
-};
+  return deadline;
+}
 
 /**
  * The caller's deadline, for middleware that runs before the deadline middleware (logging,

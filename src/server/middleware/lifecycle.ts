@@ -18,6 +18,15 @@ export interface LifecycleContext {
   abortOnTerminate(): void;
 }
 
+/** A call the lifecycle let in: its signal, and what it must do when it ends. */
+export interface AdmittedCall {
+  /** Aborts when the call's own signal does, or when shutdown cuts the call. */
+  signal: AbortSignal;
+  abortOnTerminate(): void;
+  /** The call has ended (its handler returned or threw). */
+  leave(): void;
+}
+
 /** The abort reason of calls cut short by shutdown; they end UNAVAILABLE so clients retry elsewhere. */
 export class ServerShutdown extends Error {
   constructor() {
@@ -47,31 +56,42 @@ export class Lifecycle {
     call: ServerMiddlewareCall<Req, Res, LifecycleContext>,
     context: CallContext,
   ): AsyncGenerator<Res, Res | void, undefined> {
-    const open = ALWAYS_OPEN.some((prefix) => call.method.path.startsWith(prefix));
-    if (!open && this.phase !== "serving") {
+    const admitted = this.admit(call.method.path, context.signal);
+    try {
+      return yield* call.next(call.request, { ...context, signal: admitted.signal, abortOnTerminate: admitted.abortOnTerminate });
+    } finally {
+      admitted.leave();
+    }
+  }
+
+  /**
+   * The middleware's work without a middleware layer of its own (see call-chain.ts): refuses
+   * the call (UNAVAILABLE) outside `serving`, unless it is a probe, and otherwise answers the
+   * signal the call's handler gets, which also aborts on shutdown. `leave` must follow, once.
+   */
+  admit(path: string, callSignal: AbortSignal): AdmittedCall {
+    if (this.phase !== "serving" && !ALWAYS_OPEN.some((prefix) => path.startsWith(prefix))) {
       const why = this.phase === "starting" ? "glimpse is starting" : "glimpse is shutting down";
       throw new ServerError(Status.UNAVAILABLE, `${why}; retry shortly`);
     }
     const controller = new AbortController();
-    const onCallAbort = () => controller.abort(context.signal.reason);
-    context.signal.addEventListener("abort", onCallAbort, { once: true });
-    if (context.signal.aborted) controller.abort(context.signal.reason);
+    const onCallAbort = () => controller.abort(callSignal.reason);
+    callSignal.addEventListener("abort", onCallAbort, { once: true });
+    if (callSignal.aborted) controller.abort(callSignal.reason);
     this.calls.add(controller);
-    try {
-      return yield* call.next(call.request, {
-        ...context,
-        signal: controller.signal,
-        abortOnTerminate: () => {
-          if (this.phase === "draining") controller.abort();
-          else this.endless.add(controller);
-        },
-      });
-    } finally {
-      context.signal.removeEventListener("abort", onCallAbort);
-      this.calls.delete(controller);
-      this.endless.delete(controller);
-      if (this.calls.size === 0) this.idle?.();
-    }
+    return {
+      signal: controller.signal,
+      abortOnTerminate: () => {
+        if (this.phase === "draining") controller.abort();
+        else this.endless.add(controller);
+      },
+      leave: () => {
+        callSignal.removeEventListener("abort", onCallAbort);
+        this.calls.delete(controller);
+        this.endless.delete(controller);
+        if (this.calls.size === 0) this.idle?.();
+      },
+    };
   }
 
   /** Number of calls currently running. */

@@ -128,6 +128,7 @@ export function callLogging(logger: Logger, admission?: UploadAdmission): CallLo
   return {
     interceptor,
     middleware: loggingMiddleware(logger, calls),
+    open: (method, context, deadline) => openCallLine(logger, calls, method, context, deadline),
     follow(method, metadata) {
       const { id, end } = track(method);
       metadata.set(CALL_KEY, id);
@@ -152,6 +153,8 @@ export interface CallLogging {
   /** The gRPC server's interceptor: logging, the deadline's hand-over and upload admission. */
   interceptor: ServerInterceptor;
   middleware: ServerMiddleware<RequestContext>;
+  /** The middleware's work for a chain that does it without a layer of its own (see openCallLine). */
+  open(method: string, context: CallContext, deadline: Date | undefined): CallLine;
   /**
    * Follows a call made in-process (without the interceptor): marks its metadata for the
    * middleware, and answers the function that reports its end, as the interceptor's
@@ -185,30 +188,62 @@ function streamReset(call: ServerInterceptingCallInterface): boolean {
  */
 export function loggingMiddleware(logger: Logger, calls?: CallStates): ServerMiddleware<RequestContext> {
   return async function* (call, context: CallContext) {
-    const id = context.metadata.get(CALL_KEY);
-    context.metadata.delete(CALL_KEY);
-    const state = id === undefined ? undefined : calls?.get(id);
-    if (state) state.taken = true;
-    // Followed by the interceptor but already ended: it has written the line.
-    const logged = id !== undefined && calls !== undefined && state === undefined;
-    const deadline = callDeadline(context);
-    const sent = context.metadata.get("x-request-id");
-    const requestId = sent && REQUEST_ID.test(sent) ? sent : randomUUID();
-    const method = call.method.path;
-    // A traced call (see observe.ts) names its trace on every line, to find its spans.
-    const traceId = (context as CallContext & { traceId?: string }).traceId;
-    const log = logger.child(traceId ? { requestId, traceId, method } : { requestId, method });
-    context.header.set("x-request-id", requestId);
-    // Lines the services write during the call carry the request id too (when calls are observed).
-    annotateCall({ requestId });
-    const started = performance.now();
+    const line = openCallLine(logger, calls, call.method.path, context);
     let code = Status.OK;
     try {
-      return yield* call.next(call.request, { ...context, requestId, log });
+      return yield* call.next(call.request, { ...context, requestId: line.requestId, log: line.log });
     } catch (err) {
-      code = err instanceof ServerError ? err.code : isAbortError(err) ? Status.CANCELLED : Status.UNKNOWN;
+      code = thrownCode(err);
       throw err;
     } finally {
+      line.close(code);
+    }
+  };
+}
+
+/** The status code a call's log line carries for what its chain threw. */
+export function thrownCode(err: unknown): Status {
+  return err instanceof ServerError ? err.code : isAbortError(err) ? Status.CANCELLED : Status.UNKNOWN;
+}
+
+/** One call's log line, from the start of its middleware to its end. */
+export interface CallLine extends RequestContext {
+  /** The chain ended with `code` (OK when it returned); the line is written now or when the call ends. */
+  close(code: Status): void;
+}
+
+/**
+ * The logging middleware's work without a layer of its own (see call-chain.ts): takes the
+ * call from the interceptor's states, picks its request id (echoed in the `x-request-id`
+ * response header) and answers its logger; `close` writes (or schedules) its line.
+ * `deadline`: the call's, when the caller already read it from the metadata.
+ */
+export function openCallLine(
+  logger: Logger,
+  calls: CallStates | undefined,
+  method: string,
+  context: CallContext,
+  deadline: Date | undefined = callDeadline(context),
+): CallLine {
+  const id = context.metadata.get(CALL_KEY);
+  context.metadata.delete(CALL_KEY);
+  const state = id === undefined ? undefined : calls?.get(id);
+  if (state) state.taken = true;
+  // Followed by the interceptor but already ended: it has written the line.
+  const logged = id !== undefined && calls !== undefined && state === undefined;
+  const sent = context.metadata.get("x-request-id");
+  const requestId = sent && REQUEST_ID.test(sent) ? sent : randomUUID();
+  // A traced call (see observe.ts) names its trace on every line, to find its spans.
+  const traceId = (context as CallContext & { traceId?: string }).traceId;
+  const log = logger.child(traceId ? { requestId, traceId, method } : { requestId, method });
+  context.header.set("x-request-id", requestId);
+  // Lines the services write during the call carry the request id too (when calls are observed).
+  annotateCall({ requestId });
+  const started = performance.now();
+  return {
+    requestId,
+    log,
+    close(code) {
       const ms = Math.round((performance.now() - started) * 10) / 10;
       const write = (unanswered: Status | undefined) => {
         const fields = { code: Status[unanswered ?? code], ms, peer: context.peer };
@@ -226,6 +261,6 @@ export function loggingMiddleware(logger: Logger, calls?: CallStates): ServerMid
         const aborted = code === Status.OK && context.signal.aborted;
         write(!aborted ? undefined : deadline !== undefined && deadline.getTime() <= Date.now() ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
       }
-    }
+    },
   };
 }

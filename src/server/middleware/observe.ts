@@ -9,7 +9,7 @@ import {
   type ServerMiddlewareCall,
 } from "nice-grpc-common";
 import type { Logger } from "../../logging/logger.js";
-import { inCall, type CallRecord } from "../../observability/call-scope.js";
+import { runInCall, type CallRecord } from "../../observability/call-scope.js";
 import type { Metrics, Transport } from "../../observability/metrics.js";
 import type { Histogram } from "prom-client";
 import { parentContext } from "../../observability/tracing.js";
@@ -124,8 +124,26 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
     let code = Status.OK;
     let failure: unknown;
     try {
+      // Every step of the chain runs inside the call's frame (see runInCall), stepped here
+      // rather than through a generator layer of its own.
       const chain = call.next(call.request, traceId ? { ...context, traceId } : context);
-      return yield* inCall<Response, Response | void>(record, span, chain);
+      let finished = false;
+      try {
+        for (;;) {
+          const step = await runInCall(record, span, () => chain.next());
+          if (step.done) {
+            finished = true;
+            return step.value;
+          }
+          yield step.value;
+        }
+      } catch (error) {
+        finished = true;
+        throw error;
+      } finally {
+        // The consumer stopped early (a cancelled stream): let the chain's own finally blocks run.
+        if (!finished) await runInCall(record, span, () => chain.return(undefined as Response & void));
+      }
     } catch (error) {
       code = error instanceof ServerError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
       failure = error;
