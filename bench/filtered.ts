@@ -274,7 +274,7 @@ if (flags["load-child"]) {
       const cpu = process.cpuUsage();
       const t = startTimer();
       const found =
-        s.c === null ? index.searchHnsw(q, K, OPTIONS.ef) : run(s.method as Method, s.c.bitmaps[qi], q);
+        s.c === null ? await index.searchHnsw(q, K, OPTIONS.ef) : await run(s.method as Method, s.c.bitmaps[qi], q);
       const ms = t();
       const used = process.cpuUsage(cpu);
       if (r < 0) continue;

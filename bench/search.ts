@@ -595,7 +595,10 @@ await runBenchmark("bench:search", async (cleanup) => {
     if (!loaded || loaded.size !== COUNT) throw new Error(`snapshot loaded ${loaded?.size} vectors, wrote ${COUNT}`);
     if (r === 0) {
       rssLoadGrowth = rssAfterGc() - rssBeforeLoad;
-      sameAnswers = queries.slice(0, 20).every((q) => sameNeighbours(loaded.searchHnsw(q, K, 64), index.searchHnsw(q, K, 64)));
+      sameAnswers = true;
+      for (const q of queries.slice(0, 20)) {
+        sameAnswers &&= sameNeighbours(await loaded.searchHnsw(q, K, 64), await index.searchHnsw(q, K, 64));
+      }
     }
     loaded.dispose();
   }
@@ -640,9 +643,9 @@ await runBenchmark("bench:search", async (cleanup) => {
   console.log(`ef sweep: ${EFS.join(", ")} and the exact kernel scan of all ${COUNT}`);
   const efSeries = [...EFS.map(() => new Series()), new Series()];
   const positions = (found: { id: bigint }[]) => found.map((n) => positionOf(n.id));
-  await interleave(efSeries.length, QUERIES, WARMUP_ROUNDS, (s, q, measured) => {
+  await interleave(efSeries.length, QUERIES, WARMUP_ROUNDS, async (s, q, measured) => {
     const t = startTimer();
-    const found = s < EFS.length ? index.searchHnsw(queries[q], K, EFS[s]) : index.searchExact(queries[q], K, allIds);
+    const found = s < EFS.length ? await index.searchHnsw(queries[q], K, EFS[s]) : index.searchExact(queries[q], K, allIds);
     const ms = t();
     if (measured) efSeries[s].add(ms, positions(found), truth[q]);
   });
@@ -659,7 +662,7 @@ await runBenchmark("bench:search", async (cleanup) => {
     { si, method: "hnsw_filter" as const, stats: new Series() },
     { si, method: "lookup" as const, stats: new Series() },
   ]);
-  await interleave(filterSeries.length, QUERIES, WARMUP_ROUNDS, (s, q, measured) => {
+  await interleave(filterSeries.length, QUERIES, WARMUP_ROUNDS, async (s, q, measured) => {
     const { si, method, stats } = filterSeries[s];
     const list = lists[si][q % LISTS_PER_SHARE];
     const t = startTimer();
@@ -672,11 +675,11 @@ await runBenchmark("bench:search", async (cleanup) => {
       return;
     }
     if (method === "planner") {
-      const ranking = rankCandidates(index, queries[q], K, list.ids, PLANNER);
+      const ranking = await rankCandidates(index, queries[q], K, list.ids, PLANNER);
       found = ranking.neighbours;
       plan = ranking.plan;
     } else {
-      found = index.searchHnsw(queries[q], K, PLANNER.ef, index.allowedSlots(list.ids));
+      found = await index.searchHnsw(queries[q], K, PLANNER.ef, index.allowedSlots(list.ids));
     }
     const ms = t();
     if (measured) stats.add(ms, positions(found), filteredTruth[si][q], plan);

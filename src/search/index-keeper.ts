@@ -3,6 +3,7 @@ import path from "node:path";
 import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
+import type { GraphThread } from "../vector/graph.js";
 import { SnapshotError, VectorIndex, type ScanQuantisation } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
 import { LogGaps } from "./log-gaps.js";
@@ -29,6 +30,8 @@ export interface IndexKeeperDeps {
   logger: Logger;
   /** What the exact scan reads (GLIMPSE_SCAN_QUANTISATION); default float32. */
   scanQuantisation?: ScanQuantisation;
+  /** Where the HNSW graph lives; default `worker`, a thread of its own. */
+  graphThread?: GraphThread;
 }
 
 /** Where the indexes came from at start: a snapshot, or the tables (a rebuild). */
@@ -95,8 +98,9 @@ export class IndexKeeper {
     let filters: FilterIndex | null = null;
     let source: IndexSource = "snapshot";
     let start: { last: bigint; holes: { from: bigint; to: bigint }[] } | undefined;
+    const options = { modelId, dimension, scanQuantisation: deps.scanQuantisation, graphThread: deps.graphThread ?? "worker" };
     try {
-      index = await VectorIndex.loadSnapshot(dir, { modelId, dimension, scanQuantisation: deps.scanQuantisation });
+      index = await VectorIndex.loadSnapshot(dir, options);
       if (index !== null) filters = await loadFilters(index);
     } catch (err) {
       if (!(err instanceof SnapshotError)) throw err;
@@ -106,7 +110,7 @@ export class IndexKeeper {
     }
     if (index === null || filters === null) {
       source = "database";
-      index = await VectorIndex.create({ modelId, dimension, scanQuantisation: deps.scanQuantisation });
+      index = await VectorIndex.create(options);
       filters = new FilterIndex();
       // Every entry committed up to here is in the tables we are about to read; later ones
       // replay, and so do those held by transactions still running (holes below the newest).
@@ -126,7 +130,10 @@ export class IndexKeeper {
             sliceStart = performance.now();
           }
         }
+        await keepUp(index);
       }
+      // Ready means searchable at full speed: the graph thread has built what it was sent.
+      await index.graphSettled();
     }
     const keeper = new IndexKeeper(index, filters, source, deps, dir);
     if (start !== undefined) {
@@ -291,6 +298,7 @@ export class IndexKeeper {
           this.deps.logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
         }
       }
+      await keepUp(index);
     }
     this.changesSinceSnapshot += entries.length;
     return applied;
@@ -356,6 +364,18 @@ async function snapshotTime(dir: string): Promise<number | undefined> {
 
 /** The longest the rebuild from the tables runs before letting other work on the event loop. */
 export const REBUILD_SLICE_MS = 10;
+
+/**
+ * Graph changes posted to the graph thread and not yet applied, beyond which a rebuild or a
+ * replay waits for it: bounds the vectors queued between the threads (2 KiB each at 512
+ * dimensions) and the time a search waits behind them.
+ */
+const MAX_GRAPH_BACKLOG = 256;
+
+/** Waits for the graph thread when it is MAX_GRAPH_BACKLOG changes behind. */
+async function keepUp(index: VectorIndex): Promise<void> {
+  if (index.graphBacklog >= MAX_GRAPH_BACKLOG) await index.graphSettled();
+}
 
 /** Resolves after pending I/O callbacks (incoming calls among them) have run. */
 function yieldToEventLoop(): Promise<void> {

@@ -257,9 +257,7 @@ export class SearchService {
     if (engine && own) {
       const index = engine.keeper.index;
       // Readability is checked when hydrating; look a little deeper to make up for skipped ones.
-      const similar = index
-        .searchHnsw(own, limit * 4 + 1, Math.max(this.deps.ef, limit * 4 + 1))
-        .filter((n) => n.id !== image.id && toScore(n.cosine) >= minScore);
+      const similar = (await index.searchHnsw(own, limit * 4 + 1, Math.max(this.deps.ef, limit * 4 + 1))).filter((n) => n.id !== image.id && toScore(n.cosine) >= minScore);
       const missing = similar.filter((n) => !found.has(n.id)).map((n) => n.id);
       for (const other of await this.deps.embeddings.images(missing, caller)) {
         found.set(other.id, { image: other, hammingDistance: hammingDistance(image.phash, other.phash), score: undefined });
@@ -487,17 +485,17 @@ export function scanExactly(candidates: number, indexSize: number, exactMax: num
  * ids): exact scan of just those vectors (recall 1). A longer list: HNSW restricted to the
  * list, with ef raised as the list's share of the index shrinks (by its square root).
  */
-export function rankCandidates(
+export async function rankCandidates(
   index: VectorIndex,
   vector: Float32Array,
   depth: number,
   candidateIds: IdList | ArrayLike<bigint> | null,
   options: RankOptions,
-): Ranking {
+): Promise<Ranking> {
   const candidates = candidateIds === null ? null : IdList.of(candidateIds);
   const baseEf = Math.max(options.ef, depth);
   if (candidates === null) {
-    return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: index.size };
+    return { plan: "hnsw", neighbours: await index.searchHnsw(vector, depth, baseEf), total: index.size };
   }
   if (scanExactly(candidates.length, index.size, options.exactMax, options.exactShare)) {
     const includes = (id: bigint) => candidates.includes(id);
@@ -509,7 +507,7 @@ export function rankCandidates(
     return { plan: "exact", neighbours, total: candidates.length, includes };
   }
   const ef = filteredEf(options.ef, depth, candidates.length / Math.max(index.size, 1));
-  const neighbours = index.searchHnsw(vector, depth, ef, index.allowedSlots(candidates));
+  const neighbours = await index.searchHnsw(vector, depth, ef, index.allowedSlots(candidates));
   return { plan: "hnsw_filtered", neighbours, total: candidates.length, includes: (id) => candidates.includes(id) };
 }
 
@@ -522,13 +520,13 @@ export function rankCandidates(
  * whatever the set's size. When the over-fetch would be too deep: exact within `exactMax`,
  * else HNSW with the bitmap as filter, ef raised as its share narrows.
  */
-export function rankSlots(
+export async function rankSlots(
   index: VectorIndex,
   vector: Float32Array,
   depth: number,
   slots: roaring.RoaringBitmap32,
   options: RankOptions,
-): Ranking {
+): Promise<Ranking> {
   const count = slots.size;
   const includes = (id: bigint) => {
     const slot = index.slot(id);
@@ -536,7 +534,7 @@ export function rankSlots(
   };
   const baseEf = Math.max(options.ef, depth);
   if (count === index.size) {
-    return { plan: "hnsw", neighbours: index.searchHnsw(vector, depth, baseEf), total: count, includes };
+    return { plan: "hnsw", neighbours: await index.searchHnsw(vector, depth, baseEf), total: count, includes };
   }
   // The float32 rows unless the operator chose int8 (GLIMPSE_SCAN_QUANTISATION): a filter may
   // keep images far from the query, whose best scores sit among thousands of close ones, and
@@ -558,7 +556,7 @@ export function rankSlots(
   if (want !== null) {
     // Plain HNSW (no callback per visited node), then the first `depth` that pass the bitmap.
     const kept: Neighbour[] = [];
-    for (const n of index.searchHnsw(vector, want, Math.max(options.ef, want))) {
+    for (const n of await index.searchHnsw(vector, want, Math.max(options.ef, want))) {
       const slot = index.slot(n.id);
       if (slot !== undefined && slots.has(slot)) {
         kept.push(n);
@@ -574,7 +572,7 @@ export function rankSlots(
     return exact();
   }
   const ef = filteredEf(options.ef, depth, share);
-  const neighbours = index.searchHnsw(vector, depth, ef, denseBitmap(slots, index.slots));
+  const neighbours = await index.searchHnsw(vector, depth, ef, denseBitmap(slots, index.slots));
   return { plan: "hnsw_filtered", neighbours, total: count, includes };
 }
 
@@ -583,8 +581,9 @@ let dense = new Uint8Array(0);
 
 /**
  * The bitmap as one byte per slot, for hnswlib's filter callback: O(1) membership per visited
- * node. One buffer is reused across calls (cleared at the start of each), so a walk allocates
- * nothing per call; hnswlib reads it synchronously, before the next call can run.
+ * node. One buffer is reused across calls (cleared at the start of each): the graph reads it
+ * (inline) or copies it (a graph thread) before searchHnsw returns its promise, so the next
+ * call may overwrite it.
  */
 function denseBitmap(slots: roaring.RoaringBitmap32, extent: number): Uint8Array {
   if (dense.length < extent) dense = new Uint8Array(Math.max(extent, dense.length * 2));

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import hnswlib from "hnswlib-node";
+import { createGraph, readGraph, type Graph, type GraphThread } from "./graph.js";
 import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix, type TopK } from "./kernel.js";
 import { QuantisedMatrix, quantisedPays, rerank, rerankDepth } from "./quantised-matrix.js";
@@ -36,6 +36,8 @@ export interface VectorIndexOptions {
   /** HNSW build breadth. */
   efConstruction?: number;
   initialCapacity?: number;
+  /** Where the HNSW graph lives (default `inline`; the server puts it on a thread of its own). */
+  graphThread?: GraphThread;
 }
 
 /** What a snapshot's `snapshot.json` records. */
@@ -68,7 +70,10 @@ const MANIFEST = "snapshot.json";
  * updates a deleted label in place), so memory stays bounded under churn. Ids are never
  * assumed dense or small: the slot table is the only link between the two.
  *
- * Single-threaded by design (one JS thread owns it); derived state, rebuilt from Postgres.
+ * The graph may live on a thread of its own (`graphThread: "worker"`): inserts and deletes are
+ * then posted to it without waiting, in order, and a walk runs there while this thread goes
+ * on; everything else (the slot table, the matrix, the exact scans) stays on the owning
+ * thread. Either way one JS thread owns the index; derived state, rebuilt from Postgres.
  */
 export class VectorIndex {
   readonly modelId: string;
@@ -78,7 +83,7 @@ export class VectorIndex {
   /** Files the loaded snapshot carried beside the vectors (`writeSnapshot`'s attachments). */
   attachments = new Map<string, Buffer>();
 
-  private readonly graph: hnswlib.HierarchicalNSW;
+  private readonly graph: Graph;
   private readonly matrix: VectorMatrix;
   /** The int8 rows the exact scan reads when scanning quantised; undefined for float32. */
   private readonly quantised: QuantisedMatrix | undefined;
@@ -90,7 +95,7 @@ export class VectorIndex {
 
   private constructor(
     options: Required<VectorIndexOptions>,
-    graph: hnswlib.HierarchicalNSW,
+    graph: Graph,
     matrix: VectorMatrix,
     quantised: QuantisedMatrix | undefined,
   ) {
@@ -99,13 +104,17 @@ export class VectorIndex {
     this.graph = graph;
     this.matrix = matrix;
     this.quantised = quantised;
-    this.slotIds = new BigInt64Array(graph.getMaxElements());
+    this.slotIds = new BigInt64Array(graph.capacity);
   }
 
   static async create(options: VectorIndexOptions): Promise<VectorIndex> {
     const full = withDefaults(options);
-    const graph = new hnswlib.HierarchicalNSW("ip", full.dimension);
-    graph.initIndex({ maxElements: full.initialCapacity, m: full.m, efConstruction: full.efConstruction });
+    const graph = await createGraph(full.graphThread, {
+      dimension: full.dimension,
+      capacity: full.initialCapacity,
+      m: full.m,
+      efConstruction: full.efConstruction,
+    });
     const matrix = await VectorMatrix.create(full.dimension, full.initialCapacity);
     return new VectorIndex(full, graph, matrix, await quantisedFor(full, full.initialCapacity));
   }
@@ -155,10 +164,9 @@ export class VectorIndex {
     if (vector.length !== this.dimension) {
       throw new RangeError(`vector of image ${id} has ${vector.length} values, the index holds ${this.dimension}`);
     }
-    const points = Array.from(vector);
     const existing = this.slotOf.get(id);
     if (existing !== undefined) {
-      this.graph.addPoint(points, existing);
+      this.graph.add(existing, id, vector);
       this.matrix.set(existing, vector);
       this.quantised?.set(existing, vector);
       return;
@@ -166,7 +174,7 @@ export class VectorIndex {
     const slot = this.free.pop() ?? this.used++;
     this.reserve(slot + 1);
     // A reused slot is a deleted label: hnswlib un-deletes it and updates its vector in place.
-    this.graph.addPoint(points, slot);
+    this.graph.add(slot, id, vector);
     this.matrix.set(slot, vector);
     this.quantised?.set(slot, vector);
     this.slotIds[slot] = id;
@@ -177,7 +185,7 @@ export class VectorIndex {
   remove(id: bigint): boolean {
     const slot = this.slotOf.get(id);
     if (slot === undefined) return false;
-    this.graph.markDelete(slot);
+    this.graph.remove(slot);
     this.quantised?.clear(slot);
     this.slotIds[slot] = 0n;
     this.slotOf.delete(id);
@@ -190,19 +198,26 @@ export class VectorIndex {
    * in it are considered (hnswlib checks it while walking the graph, so k results still
    * come back when the filter is narrow, as long as `ef` is wide enough).
    */
-  searchHnsw(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Neighbour[] {
+  async searchHnsw(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<Neighbour[]> {
     if (this.size === 0 || k <= 0) return [];
     const count = Math.min(k, this.size);
-    this.graph.setEf(Math.max(ef, count));
-    const filter = allowed ? (label: number) => allowed[label] === 1 : undefined;
-    const result = this.graph.searchKnn(Array.from(query), count, filter);
+    const { ids, distances } = await this.graph.search(query, count, Math.max(ef, count), allowed);
     const out: Neighbour[] = [];
-    for (let i = 0; i < result.neighbors.length; i++) {
-      const slot = result.neighbors[i];
+    for (let i = 0; i < ids.length; i++) {
       // hnswlib's inner-product distance is 1 - dot.
-      out.push({ id: this.slotIds[slot], cosine: 1 - result.distances[i] });
+      if (ids[i] !== 0n) out.push({ id: ids[i], cosine: 1 - distances[i] });
     }
     return out.sort(byScore);
+  }
+
+  /** Graph changes made and not yet known to be applied (a graph on its own thread). */
+  get graphBacklog(): number {
+    return this.graph.backlog;
+  }
+
+  /** Resolves once the graph has applied every change made before the call. */
+  graphSettled(): Promise<void> {
+    return this.graph.settled();
   }
 
   /** Exact top k among the given images (those not in the index are ignored). */
@@ -271,6 +286,7 @@ export class VectorIndex {
 
   /** Frees the kernel memory; the index is unusable afterwards. */
   dispose(): void {
+    this.graph.close();
     this.matrix.dispose();
     this.quantised?.dispose();
   }
@@ -293,7 +309,7 @@ export class VectorIndex {
     const stem = `snapshot-${this.lastSeq}-${Date.now().toString(36)}`;
     const graphName = `${stem}.hnsw`;
     const tmpGraph = path.join(dir, `${graphName}.tmp`);
-    await this.graph.writeIndex(tmpGraph);
+    await this.graph.write(tmpGraph);
     await fsyncFile(tmpGraph);
     await rename(tmpGraph, path.join(dir, graphName));
 
@@ -377,16 +393,20 @@ export class VectorIndex {
     }
 
     const full = withDefaults(options);
-    const graph = new hnswlib.HierarchicalNSW("ip", dimension);
-    await graph.readIndex(path.join(dir, manifest.files.graph.name));
-    const capacity = Math.max(graph.getMaxElements(), slots, 1);
+    const ids = bigintsOf(contents.ids!);
+    let graph: Graph;
+    try {
+      graph = await readGraph(full.graphThread, dimension, path.join(dir, manifest.files.graph.name), ids);
+    } catch (err) {
+      throw new SnapshotError(`snapshot graph ${manifest.files.graph.name} is unreadable: ${(err as Error).message}`);
+    }
+    const capacity = Math.max(graph.capacity, slots, 1);
     const matrix = await VectorMatrix.create(dimension, capacity);
     const quantised = await quantisedFor(full, capacity);
     const index = new VectorIndex({ ...full, initialCapacity: capacity }, graph, matrix, quantised);
     index.reserve(capacity);
 
     const vectors = floatsOf(contents.vectors!);
-    const ids = bigintsOf(contents.ids!);
     index.used = slots;
     let sliceStart = performance.now();
     for (let slot = 0; slot < slots; slot++) {
@@ -416,12 +436,9 @@ export class VectorIndex {
 
   /** Makes slots 0..rows-1 addressable in the graph, the matrix and the slot table. */
   private reserve(rows: number): void {
-    const capacity = this.graph.getMaxElements();
-    if (rows > capacity) {
-      const next = Math.max(rows, capacity * 2);
-      this.graph.resizeIndex(next);
-    }
-    const needed = this.graph.getMaxElements();
+    const capacity = this.graph.capacity;
+    if (rows > capacity) this.graph.resize(Math.max(rows, capacity * 2));
+    const needed = this.graph.capacity;
     this.matrix.ensureCapacity(needed);
     this.quantised?.ensureCapacity(needed);
     if (this.slotIds.length < needed) {
@@ -451,7 +468,14 @@ export class SnapshotError extends Error {
 const byScore = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 function withDefaults(options: VectorIndexOptions): Required<VectorIndexOptions> {
-  return { m: 16, efConstruction: 200, initialCapacity: 1024, scanQuantisation: DEFAULT_SCAN_QUANTISATION, ...options };
+  return {
+    m: 16,
+    efConstruction: 200,
+    initialCapacity: 1024,
+    scanQuantisation: DEFAULT_SCAN_QUANTISATION,
+    graphThread: "inline",
+    ...options,
+  };
 }
 
 async function quantisedFor(options: Required<VectorIndexOptions>, capacity: number) {

@@ -45,7 +45,7 @@ describe("filtered search recall on the filter index's bitmaps", () => {
   for (const [setting, options] of settings) {
     for (const { share, farthest } of cases) {
       const what = farthest ? `the ${share * 100}% of images farthest from the query` : `a random ${share * 100}% of images`;
-      it(`finds the true top 10 (recall >= 0.95) when the filter keeps ${what}, with ${setting}`, () => {
+      it(`finds the true top 10 (recall >= 0.95) when the filter keeps ${what}, with ${setting}`, async () => {
         const random = makeRandom(Math.round(share * 1000) + (farthest ? 1 : 0));
         let hits = 0;
         let total = 0;
@@ -62,7 +62,7 @@ describe("filtered search recall on the filter index's bitmaps", () => {
             .sort((a, b) => scores[b] - scores[a])
             .slice(0, K)
             .map((i) => index.idAt(i));
-          const ranking = rankSlots(index, query, K, slots, options);
+          const ranking = await rankSlots(index, query, K, slots, options);
           plans.add(ranking.plan);
           expect(ranking.total).toBe(kept.length);
           const got = ranking.neighbours.map((n) => n.id);

@@ -33,15 +33,15 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
   afterAll(() => index?.dispose());
 
   /** What the walk with the bitmap as hnswlib's filter returns (the path below the share). */
-  const filteredWalk = (query: Float32Array, slots: roaring.RoaringBitmap32) => {
+  const filteredWalk = async (query: Float32Array, slots: roaring.RoaringBitmap32) => {
     const allowed = new Uint8Array(index.slots);
     for (const slot of slots.toUint32Array()) allowed[slot] = 1;
-    return index.searchHnsw(query, K, filteredEf(EF, K, slots.size / index.size), allowed).map((n) => n.id);
+    return (await index.searchHnsw(query, K, filteredEf(EF, K, slots.size / index.size), allowed)).map((n) => n.id);
   };
   const exact = (query: Float32Array, slots: roaring.RoaringBitmap32) =>
     index.searchExactSlots(query, K, new Int32Array(slots.toUint32Array().buffer), true).map((n) => n.id);
 
-  it("asks plain HNSW for depth / share x 1.5 plus a margin, up to MAX_OVERFETCH", () => {
+  it("asks plain HNSW for depth / share x 1.5 plus a margin, up to MAX_OVERFETCH", async () => {
     expect(overfetchDepth(10, 0.1)).toBe(160);
     expect(overfetchDepth(10, 0.5)).toBe(40);
     expect(overfetchDepth(10, 0.9)).toBe(Math.ceil((10 / 0.9) * 1.5) + 10);
@@ -52,31 +52,31 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
     expect(MAX_OVERFETCH).toBeLessThanOrEqual(MAX_EF);
   });
 
-  it("over-fetches on a high-share filter and returns what the filtered walk would", () => {
+  it("over-fetches on a high-share filter and returns what the filtered walk would", async () => {
     const random = makeRandom(9);
     for (const share of [0.5, 0.7, 0.9]) {
       const slots = new roaring.RoaringBitmap32();
       for (let s = 0; s < N; s++) if (random() < share) slots.add(s);
       for (const query of queries) {
-        const ranking = rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
+        const ranking = await rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
         expect(ranking.plan).toBe("hnsw_overfetch");
         expect(ranking.total).toBe(slots.size);
         const got = ranking.neighbours.map((n) => n.id);
         expect(got).toHaveLength(K);
         for (const id of got) expect(slots.has(index.slot(id)!)).toBe(true);
-        expect(got).toEqual(filteredWalk(query, slots));
+        expect(got).toEqual(await filteredWalk(query, slots));
         expect(got).toEqual(exact(query, slots));
       }
     }
   });
 
-  it("scans exactly when the passing images are the farthest from the query, whatever exactMax says", () => {
+  it("scans exactly when the passing images are the farthest from the query, whatever exactMax says", async () => {
     for (const share of [0.1, 0.5, 0.9]) {
       for (const query of queries) {
         // Keep the `share` of images farthest from the query: the nearest ones HNSW finds all fail.
         const order = vectors.map((v, i) => ({ slot: index.slot(ids[i])!, s: dot(v, query) })).sort((a, b) => a.s - b.s);
         const slots = new roaring.RoaringBitmap32(order.slice(0, Math.round(N * share)).map((x) => x.slot));
-        const ranking = rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
+        const ranking = await rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
         expect(ranking.plan).toBe("exact");
         expect(ranking.total).toBe(slots.size);
         const got = ranking.neighbours.map((n) => n.id);
@@ -87,21 +87,21 @@ describe("the planner's over-fetch for filters passing most of the index", () =>
     }
   });
 
-  it("never returns an image the bitmap rejects or the index has removed", () => {
+  it("never returns an image the bitmap rejects or the index has removed", async () => {
     const query = queries[0];
-    const nearest = index.searchHnsw(query, 4, EF).map((n) => n.id);
+    const nearest = (await index.searchHnsw(query, 4, EF)).map((n) => n.id);
     const slots = new roaring.RoaringBitmap32();
     for (let s = 0; s < N; s++) slots.add(s);
     // The nearest is private to someone else (out of the bitmap); the second is deleted but
     // its slot left in the bitmap (a filter index a moment behind the vector index).
     slots.remove(index.slot(nearest[0])!);
-    const far = index.searchHnsw(query.map((x) => -x), 1, EF)[0].id; // some other image, also unreadable
+    const far = (await index.searchHnsw(query.map((x) => -x), 1, EF))[0].id; // some other image, also unreadable
     slots.remove(index.slot(far)!);
     const removedSlot = index.slot(nearest[1])!;
     const removedVector = index.vector(nearest[1])!;
     index.remove(nearest[1]);
     try {
-      const ranking = rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
+      const ranking = await rankSlots(index, query, K, slots, { ef: EF, exactMax: 100 });
       expect(ranking.plan).toBe("hnsw_overfetch");
       const got = ranking.neighbours.map((n) => n.id);
       expect(got).toHaveLength(K);

@@ -44,7 +44,7 @@ describe("vector search recall", () => {
   afterAll(() => index?.dispose());
 
   for (const share of [0.001, 0.01, 0.1, 0.5, 1]) {
-    it(`keeps recall@10 >= 0.95 at ${share * 100}% selectivity`, () => {
+    it(`keeps recall@10 >= 0.95 at ${share * 100}% selectivity`, async () => {
       let hits = 0;
       let total = 0;
       let plan = "";
@@ -52,7 +52,7 @@ describe("vector search recall", () => {
         const allowedIds = share === 1 ? null : ids.filter(() => random() < share);
         const allowed = allowedIds ? new Set(allowedIds) : null;
         const truth = bruteForce(vectors, ids, query, allowed);
-        const ranking = rankCandidates(index, query, K, allowedIds ? BigInt64Array.from(allowedIds) : null, {
+        const ranking = await rankCandidates(index, query, K, allowedIds ? BigInt64Array.from(allowedIds) : null, {
           ef: 64,
           exactMax: EXACT_MAX,
         });
@@ -72,7 +72,7 @@ describe("vector search recall", () => {
   // The hard case for a filtered graph walk: the allowed images are the ones farthest from
   // the query, so the walk starts among rejected nodes and must travel to reach any.
   for (const share of [0.1, 0.5]) {
-    it(`keeps recall@10 >= 0.95 when the filter keeps the ${share * 100}% of images farthest from the query`, () => {
+    it(`keeps recall@10 >= 0.95 when the filter keeps the ${share * 100}% of images farthest from the query`, async () => {
       let hits = 0;
       let total = 0;
       for (const query of queries.slice(0, 20)) {
@@ -85,7 +85,7 @@ describe("vector search recall", () => {
         const allowedIds = scored.slice(0, Math.round(N * share)).map((x) => x.id);
         const allowed = new Set(allowedIds);
         const truth = bruteForce(vectors, ids, query, allowed);
-        const ranking = rankCandidates(index, query, K, allowedIds, { ef: 64, exactMax: EXACT_MAX });
+        const ranking = await rankCandidates(index, query, K, allowedIds, { ef: 64, exactMax: EXACT_MAX });
         expect(ranking.plan).toBe("hnsw_filtered");
         const got = ranking.neighbours.map((n) => n.id);
         for (const id of got) expect(allowed.has(id)).toBe(true);
@@ -103,7 +103,7 @@ describe("vector search recall", () => {
     [0.001, true], [0.01, true], [0.1, true], [0.5, true],
   ] as const) {
     const what = farthest ? `the ${share * 100}% of images farthest from the query` : `${share * 100}% of images`;
-    it(`keeps recall@10 >= 0.95 with a slot bitmap of ${what}`, () => {
+    it(`keeps recall@10 >= 0.95 with a slot bitmap of ${what}`, async () => {
       let hits = 0;
       let total = 0;
       for (const query of queries.slice(0, 20)) {
@@ -122,7 +122,7 @@ describe("vector search recall", () => {
         const allowed = new Set(allowedIds);
         const slots = new roaring.RoaringBitmap32(allowedIds.map((id) => index.slot(id)!));
         const truth = bruteForce(vectors, ids, query, allowed);
-        const ranking = rankSlots(index, query, K, slots, { ef: 64, exactMax: EXACT_MAX });
+        const ranking = await rankSlots(index, query, K, slots, { ef: 64, exactMax: EXACT_MAX });
         expect(ranking.total).toBe(allowedIds.length);
         // Past the exact bound, plain HNSW over-fetches and the bitmap trims; when too few of
         // those pass (always when the filter keeps the farthest images, now and then by chance
@@ -139,19 +139,19 @@ describe("vector search recall", () => {
     });
   }
 
-  it("never returns a removed vector, and reuses its slot", () => {
+  it("never returns a removed vector, and reuses its slot", async () => {
     const victim = ids[123];
     const query = vectors[123];
-    expect(index.searchHnsw(query, 1, 64)[0].id).toBe(victim);
+    expect((await index.searchHnsw(query, 1, 64))[0].id).toBe(victim);
     index.remove(victim);
-    expect(index.searchHnsw(query, 20, 64).map((n) => n.id)).not.toContain(victim);
+    expect((await index.searchHnsw(query, 20, 64)).map((n) => n.id)).not.toContain(victim);
     expect(index.searchExact(query, 20, ids).map((n) => n.id)).not.toContain(victim);
     const size = index.size;
     const slots = index.slots;
     index.upsert(1n, query);
     expect(index.size).toBe(size + 1);
     expect(index.slots).toBe(slots); // the removed vector's slot, not a new one
-    expect(index.searchHnsw(query, 1, 64)[0].id).toBe(1n);
+    expect((await index.searchHnsw(query, 1, 64))[0].id).toBe(1n);
     index.remove(1n);
     index.upsert(victim, query);
   });
@@ -166,7 +166,7 @@ describe("vector search recall", () => {
       expect(loaded!.lastSeq).toBe(1234n);
       expect(loaded!.size).toBe(index.size);
       for (const query of queries.slice(0, 5)) {
-        expect(loaded!.searchHnsw(query, K, 64)).toEqual(index.searchHnsw(query, K, 64));
+        expect((await loaded!.searchHnsw(query, K, 64))).toEqual((await index.searchHnsw(query, K, 64)));
         expect(loaded!.searchExact(query, K, ids)).toEqual(index.searchExact(query, K, ids));
       }
       await expect(VectorIndex.loadSnapshot(dir, { modelId: "other", dimension: DIM })).rejects.toThrow(/model/);
