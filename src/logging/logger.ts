@@ -33,20 +33,45 @@ export function createLogger(
   write: (line: string) => void = (line) => process.stdout.write(line),
   base: LogFields = {},
 ): Logger {
-  const threshold = rank[level];
-  const emit = (lvl: Exclude<LogLevel, "silent">, msg: string, fields?: LogFields) => {
-    if (rank[lvl] < threshold) return;
+  return new JsonLogger(rank[level], write, base);
+}
+
+/**
+ * The logger of createLogger. A class rather than closures: the server makes a child for
+ * every call (its request id), most of which never write a line.
+ */
+class JsonLogger implements Logger {
+  constructor(
+    private readonly threshold: number,
+    private readonly write: (line: string) => void,
+    private readonly base: LogFields,
+  ) {}
+
+  debug(msg: string, fields?: LogFields): void {
+    if (rank.debug >= this.threshold) this.emit("debug", msg, fields);
+  }
+
+  info(msg: string, fields?: LogFields): void {
+    if (rank.info >= this.threshold) this.emit("info", msg, fields);
+  }
+
+  warn(msg: string, fields?: LogFields): void {
+    if (rank.warn >= this.threshold) this.emit("warn", msg, fields);
+  }
+
+  error(msg: string, fields?: LogFields): void {
+    if (rank.error >= this.threshold) this.emit("error", msg, fields);
+  }
+
+  child(fields: LogFields): Logger {
+    return new JsonLogger(this.threshold, this.write, { ...this.base, ...fields });
+  }
+
+  private emit(lvl: Exclude<LogLevel, "silent">, msg: string, fields?: LogFields): void {
     // Inside an observed call, the call's request id and trace id (see observability/call-scope.ts).
     const call = callLogFields();
-    const record: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...call, ...base };
+    const record: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...call, ...this.base };
     if (fields) for (const [k, v] of Object.entries(fields)) record[k] = serialise(v);
-    write(JSON.stringify(record) + "\n");
-  };
-  return {
-    debug: (msg, fields) => emit("debug", msg, fields),
-    info: (msg, fields) => emit("info", msg, fields),
-    warn: (msg, fields) => emit("warn", msg, fields),
-    error: (msg, fields) => emit("error", msg, fields),
-    child: (fields) => createLogger(level, write, { ...base, ...fields }),
-  };
+    this.write(JSON.stringify(record) + "\n");
+  }
 }
