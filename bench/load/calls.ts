@@ -12,7 +12,7 @@ import sharp from "sharp";
 import { GenerationServiceDefinition } from "../../src/gen/glimpse/generation/v1/generation_service.js";
 import { Period } from "../../src/gen/glimpse/image/v1/image_filter.js";
 import { ImageServiceDefinition, ImageSort } from "../../src/gen/glimpse/image/v1/image_service.js";
-import type { Call, ScenarioSpec } from "./scenarios.js";
+import type { Call, ScenarioSpec, SignalCall } from "./scenarios.js";
 
 /** Scenarios this file builds: what each sends, the key it uses, and whether the bridge has a route. */
 export const MORE_SCENARIOS: Record<string, { doc: string; key: "admin" | "user" | "none"; http: boolean }> = {
@@ -98,7 +98,8 @@ export function makeMoreCall(spec: ScenarioSpec): { call: Call; close(): void } 
     return spec.contentIds[i % spec.contentIds.length];
   };
   const uploadTags = ["load-upload"];
-  return spec.target === "grpc" ? grpcCalls(spec, id, contentId, uploadTags) : httpCalls(spec, id, contentId, uploadTags);
+  const built = spec.target === "grpc" ? grpcCalls(spec, id, contentId, uploadTags) : httpCalls(spec, id, contentId, uploadTags);
+  return { call: (i, timeoutMs) => built.call(i, AbortSignal.timeout(timeoutMs)), close: built.close };
 }
 
 function grpcCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i: number) => string, uploadTags: string[]) {
@@ -107,18 +108,18 @@ function grpcCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i:
   const images = createClient(ImageServiceDefinition, channel, { "*": { metadata } });
   const generation = createClient(GenerationServiceDefinition, channel, { "*": { metadata } });
 
-  const getContent: Call = async (i, signal) => {
+  const getContent: SignalCall = async (i, signal) => {
     const body = await images.getImageContent({ id: contentId(i) }, { signal });
     if (body.data.length === 0) throw empty("bytes");
   };
-  const list: Call = async (_i, signal) => {
+  const list: SignalCall = async (_i, signal) => {
     // An empty page is a right answer here (a small data set may have no match this week).
     await images.listImages(
       { filter: { tags: LIST_TAGS, period: Period.PERIOD_WEEK }, sort: ImageSort.IMAGE_SORT_MOST_REACTIONS, pageSize: LIST_PAGE_SIZE },
       { signal },
     );
   };
-  const stream: Call = async (i, signal) => {
+  const stream: SignalCall = async (i, signal) => {
     let n = 0;
     for await (const _ of images.streamSearchImages(
       { search: { query: { $case: "likeImageId", value: id(i) }, limit: STREAM_LIMIT } },
@@ -128,23 +129,23 @@ function grpcCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i:
     }
     if (n === 0) throw empty("results");
   };
-  const generate: Call = async (i, signal) => {
+  const generate: SignalCall = async (i, signal) => {
     const res = await generation.generateImage({ prompt: `load test ${i}`, modelId: GENERATE_MODEL }, { signal });
     if (!res.generation?.content?.length) throw empty("bytes");
   };
-  const upload: Call = async (_i, signal) => {
+  const upload: SignalCall = async (_i, signal) => {
     const content = await freshImage();
     const res = await images.uploadImage({ content, fileName: "load.png", tags: uploadTags }, { signal });
     if (!res.image) throw empty("image");
   };
-  const search: Call = async (i, signal) => {
+  const search: SignalCall = async (i, signal) => {
     const res = await images.searchImages({ query: { $case: "likeImageId", value: id(i) }, limit: spec.k }, { signal });
     if (res.results.length === 0) throw empty("results");
   };
-  const get: Call = async (i, signal) => {
+  const get: SignalCall = async (i, signal) => {
     await images.getImage({ id: id(i) }, { signal });
   };
-  const calls: Record<string, Call> = {
+  const calls: Record<string, SignalCall> = {
     "get-image-content": getContent,
     "list-images": list,
     "stream-search": stream,
@@ -164,15 +165,15 @@ function httpCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i:
     `pageSize=${LIST_PAGE_SIZE}`,
   ].join("&");
 
-  const getContent: Call = async (i, signal) => {
+  const getContent: SignalCall = async (i, signal) => {
     const body = await request("GET", `/v1/images/${contentId(i)}/content`, undefined, signal);
     if (body.length === 0) throw empty("bytes");
   };
-  const list: Call = async (_i, signal) => {
+  const list: SignalCall = async (_i, signal) => {
     // An empty page is a right answer here too; the body must still be JSON.
     JSON.parse((await request("GET", `/v1/images?${listQuery}`, undefined, signal)).toString("utf8"));
   };
-  const stream: Call = async (i, signal) => {
+  const stream: SignalCall = async (i, signal) => {
     const text = (await request("POST", "/v1/images:streamSearch", { likeImageId: id(i), limit: STREAM_LIMIT }, signal)).toString("utf8");
     let n = 0;
     for (const line of text.split("\n")) {
@@ -184,29 +185,29 @@ function httpCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i:
     }
     if (n === 0) throw empty("results");
   };
-  const generate: Call = async (i, signal) => {
+  const generate: SignalCall = async (i, signal) => {
     const res = JSON.parse((await request("POST", "/v1/generations", { prompt: `load test ${i}`, modelId: GENERATE_MODEL }, signal)).toString("utf8")) as {
       generation?: { content?: string };
     };
     if (!res.generation?.content) throw empty("bytes");
   };
-  const upload: Call = async (_i, signal) => {
+  const upload: SignalCall = async (_i, signal) => {
     const content = (await freshImage()).toString("base64");
     const res = JSON.parse((await request("POST", "/v1/images", { content, fileName: "load.png", tags: uploadTags }, signal)).toString("utf8")) as {
       image?: unknown;
     };
     if (!res.image) throw empty("image");
   };
-  const search: Call = async (i, signal) => {
+  const search: SignalCall = async (i, signal) => {
     const res = JSON.parse((await request("POST", "/v1/images:search", { likeImageId: id(i), limit: spec.k }, signal)).toString("utf8")) as {
       results?: unknown[];
     };
     if (!res.results?.length) throw empty("results");
   };
-  const get: Call = async (i, signal) => {
+  const get: SignalCall = async (i, signal) => {
     await request("GET", `/v1/images/${id(i)}`, undefined, signal);
   };
-  const calls: Record<string, Call> = {
+  const calls: Record<string, SignalCall> = {
     "get-image-content": getContent,
     "list-images": list,
     "stream-search": stream,
@@ -218,7 +219,7 @@ function httpCalls(spec: ScenarioSpec, id: (i: number) => string, contentId: (i:
 }
 
 /** The mixed profile: of every 100 call numbers, 70 search, 20 list, 9 get and 1 upload, interleaved. */
-function mixed(c: { search: Call; list: Call; get: Call; upload: Call }): Call {
+function mixed(c: { search: SignalCall; list: SignalCall; get: SignalCall; upload: SignalCall }): SignalCall {
   return (i, signal) => {
     // A stride coprime with 100 spreads each kind over the sequence instead of in runs.
     const slot = (i * 37) % 100;
