@@ -22,6 +22,26 @@ export function needsDatabase(filter: ImageFilter): boolean {
 /** The longest `deserialize` runs before letting other work on the event loop. */
 const LOAD_SLICE_MS = 10;
 
+/** Most accounts whose readable set is kept between changes. */
+const READABLE_CACHED = 1024;
+
+/** True when the filter keeps every image the caller may read (index status aside). */
+function isUnrestricted(f: ImageFilter): boolean {
+  return (
+    f.includeTags.length === 0 &&
+    f.excludeTags.length === 0 &&
+    f.username === null &&
+    f.postId === null &&
+    f.modelId === null &&
+    f.modelVersionId === null &&
+    f.nsfw === null &&
+    f.maxNsfwLevel === null &&
+    f.period === "all" &&
+    f.visibility === null &&
+    f.className === null
+  );
+}
+
 const FLAG_PRESENT = 1;
 const FLAG_PUBLIC = 2;
 const FLAG_INDEXED = 4;
@@ -81,6 +101,11 @@ export class FilterIndex {
   /** Per slot, for results only: the file name, and the tags in order as codes (no postings). */
   private names: string[] = [];
   private tagCodes: (number[] | undefined)[] = [];
+  /**
+   * Per account, the indexed images it may read (public ones and its own): what an unfiltered
+   * search of an ordinary key asks for. Emptied by any change, at most READABLE_CACHED entries.
+   */
+  private readonly readableCache = new Map<string, Bitmap>();
 
   /** Images held. */
   get size(): number {
@@ -90,6 +115,7 @@ export class FilterIndex {
   /** Sets (or replaces) the attributes of the image in `slot`. */
   set(slot: number, a: ImageAttributes): void {
     if (this.flags[slot] & FLAG_PRESENT) this.clear(slot);
+    this.readableCache.clear();
     this.reserve(slot + 1);
     this.flags[slot] = FLAG_PRESENT | (a.isPublic ? FLAG_PUBLIC : 0) | (a.indexed ? FLAG_INDEXED : 0);
     this.present.add(slot);
@@ -114,6 +140,7 @@ export class FilterIndex {
   /** Forgets the image in `slot`. */
   clear(slot: number): void {
     if (!(this.flags[slot] & FLAG_PRESENT)) return;
+    this.readableCache.clear();
     this.present.remove(slot);
     this.publicSlots.remove(slot);
     this.indexedSlots.remove(slot);
@@ -158,15 +185,14 @@ export class FilterIndex {
   /**
    * The slots of the indexed images the caller may read that pass `filter`, as PostgreSQL's
    * `filterConditions(...) and index_status = indexed` would select them. The filter must not
-   * need the database (`needsDatabase`).
+   * need the database (`needsDatabase`). The bitmap may be one the index keeps (an unfiltered
+   * search's): read it, never change it.
    */
   candidates(filter: ImageFilter, caller: Caller, now: Date): Bitmap {
     if (filter.indexStatus !== null && filter.indexStatus !== "indexed") return new RoaringBitmap32();
-    const out = this.indexedSlots.clone();
-    if (!caller.isAdmin) {
-      const own = this.postings.get(this.codes.get(OWNER + caller.accountId) ?? NONE);
-      out.andInPlace(own ? RoaringBitmap32.or(this.publicSlots, own) : this.publicSlots);
-    }
+    const base = caller.isAdmin ? this.indexedSlots : this.readableBy(caller.accountId);
+    if (isUnrestricted(filter)) return base;
+    const out = base.clone();
     if (filter.visibility === "public") out.andInPlace(this.publicSlots);
     if (filter.visibility === "private") out.andNotInPlace(this.publicSlots);
     const must = (key: string) => out.andInPlace(this.postings.get(this.codes.get(key) ?? NONE) ?? new RoaringBitmap32());
@@ -196,6 +222,18 @@ export class FilterIndex {
       return new RoaringBitmap32(keep.subarray(0, n));
     }
     return out;
+  }
+
+  /** The indexed images an ordinary account may read: public ones and its own (kept until a change). */
+  private readableBy(accountId: string): Bitmap {
+    let readable = this.readableCache.get(accountId);
+    if (readable === undefined) {
+      const own = this.postings.get(this.codes.get(OWNER + accountId) ?? NONE);
+      readable = RoaringBitmap32.and(this.indexedSlots, own ? RoaringBitmap32.or(this.publicSlots, own) : this.publicSlots);
+      if (this.readableCache.size >= READABLE_CACHED) this.readableCache.clear();
+      this.readableCache.set(accountId, readable);
+    }
+    return readable;
   }
 
   /** Bytes held: columns, dictionary text and bitmaps (for reports). */

@@ -139,6 +139,29 @@ describe("the search filter index", () => {
     }
   });
 
+  it("answers an unfiltered search of an ordinary key as of the latest change, however often it is asked", () => {
+    const r = rng(11);
+    const index = new FilterIndex();
+    const held = new Map<number, ImageAttributes>();
+    const callers: Caller[] = OWNERS.map((accountId) => ({ accountId, isAdmin: false }));
+    for (let step = 0; step < 3000; step++) {
+      const slot = Math.floor(r() * 500);
+      if (r() < 0.2) {
+        index.clear(slot);
+        held.delete(slot);
+      } else {
+        const a = randomAttributes(r);
+        index.set(slot, a);
+        held.set(slot, a);
+      }
+      // Asked twice between changes: the second answer comes from what the first left.
+      for (const caller of [callers[step % 4], callers[step % 4], callers[(step + 1) % 4]]) {
+        const expected = [...held].filter(([, a]) => passes(a, emptyFilter(), caller)).map(([slot]) => slot).sort((x, y) => x - y);
+        expect([...index.candidates(emptyFilter(), caller, NOW)]).toEqual(expected);
+      }
+    }
+  });
+
   it("holds 100k images in under 300 bytes each, file names and tags included", () => {
     const r = rng(11);
     const index = new FilterIndex();
