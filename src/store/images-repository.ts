@@ -17,6 +17,7 @@ import type {
 import { INDEX_STATUSES, NSFW_LEVELS } from "../catalogue/types.js";
 import type { Sql } from "./db.js";
 import { fromSignedInt64, toSignedInt64 } from "./int64.js";
+import { activeSpan, detached } from "../observability/call-scope.js";
 
 /** A query target: the pool or a transaction. */
 export type Db = Sql | postgres.TransactionSql<{ bigint: bigint }>;
@@ -186,6 +187,44 @@ function orderAndSeek(sql: Db, query: ListQuery): { seek: Fragment; order: Fragm
   return { seek, order: sql`order by ${sql(rank)} desc, id desc` };
 }
 
+const INT8_MAX = 2n ** 63n - 1n;
+
+/** One image wanted by id, by a caller. */
+interface ImageRead {
+  id: bigint;
+  caller: Caller;
+}
+
+/**
+ * Gathers the image reads that arrive in one turn of the event loop and sends them to the
+ * database together when the turn ends: concurrent GetImage calls cost one statement (one
+ * round trip, one wake-up of one PostgreSQL backend) instead of one each. Nothing is kept
+ * once answered: every read is sent after it was asked for, so it sees every write that
+ * finished before. The batch runs outside any call (its time is no call's stage).
+ */
+class ImageReads {
+  private waiting: { read: ImageRead; resolve: (row: ImageRow | undefined) => void; reject: (error: unknown) => void }[] =
+    [];
+
+  constructor(private readonly readMany: (wanted: readonly ImageRead[]) => Promise<(ImageRow | undefined)[]>) {}
+
+  read(read: ImageRead): Promise<ImageRow | undefined> {
+    return new Promise((resolve, reject) => {
+      if (this.waiting.length === 0) detached(() => setImmediate(() => this.send()));
+      this.waiting.push({ read, resolve, reject });
+    });
+  }
+
+  private send(): void {
+    const batch = this.waiting;
+    this.waiting = [];
+    this.readMany(batch.map((w) => w.read)).then(
+      (rows) => batch.forEach((w, i) => w.resolve(rows[i])),
+      (error: unknown) => batch.forEach((w) => w.reject(error)),
+    );
+  }
+}
+
 /** Reads images, for every catalogue query. */
 export class ImagesRepository {
   constructor(private readonly sql: Sql) {}
@@ -225,25 +264,42 @@ export class ImagesRepository {
     return Number(row.n);
   }
 
-  /** The image if it exists and the caller may read it. */
+  /**
+   * The image if it exists and the caller may read it. Reads on the pool that arrive in the
+   * same turn of the event loop go to the database together, as one statement (see
+   * {@link ImageReads}); each is still read after its call asked for it.
+   */
   async get(id: bigint, caller: Caller, db: Db = this.sql): Promise<ImageRecord | undefined> {
-    // The most frequent query of all (GetImage): the columns toImage reads (not the tag terms,
-    // the generated reaction count or stats_changed_at), and the readable() condition written
-    // out, so each call builds no fragment and decodes nothing it drops.
-    const [row] = caller.isAdmin
-      ? await db<ImageRow[]>`
-          select id, owner_id, sha256, file_name, media_type, width, height, byte_size, blurhash, phash, tags,
-            nsfw_level, post_id, model_id, model_version_id, username, meta, annotations, visibility, index_status,
-            index_error, like_count, heart_count, laugh_count, cry_count, dislike_count, comment_count, created_at,
-            updated_at
-          from images where id = ${id.toString()}`
-      : await db<ImageRow[]>`
-          select id, owner_id, sha256, file_name, media_type, width, height, byte_size, blurhash, phash, tags,
-            nsfw_level, post_id, model_id, model_version_id, username, meta, annotations, visibility, index_status,
-            index_error, like_count, heart_count, laugh_count, cry_count, dislike_count, comment_count, created_at,
-            updated_at
-          from images where id = ${id.toString()} and (owner_id = ${caller.accountId} or visibility = 1)`;
+    // A traced call's query keeps its own span (see traced-sql.ts); a transaction its own reads;
+    // an id outside int8, which the database refuses, fails its own call and no other.
+    const row =
+      db !== this.sql || activeSpan() !== undefined || id > INT8_MAX || id < -INT8_MAX - 1n
+        ? (await this.readMany(db, [{ id, caller }]))[0]
+        : await this.reads.read({ id, caller });
     return row ? toImage(row) : undefined;
+  }
+
+  private readonly reads = new ImageReads((wanted) => this.readMany(this.sql, wanted));
+
+  /**
+   * Reads images by id, each as its caller may (the rule of readable()): the answer's n-th
+   * entry is the n-th wanted image's row, or undefined. One statement whatever the number of
+   * reads, reading only the columns toImage maps.
+   */
+  private async readMany(db: Db, wanted: readonly ImageRead[]): Promise<(ImageRow | undefined)[]> {
+    // Whether each caller is an admin goes as 1 or 0: postgres.js sends an array of booleans as
+    // one boolean, and a string 't' in a boolean[] parameter as false.
+    const rows = await db<(ImageRow & { n: bigint })[]>`
+      select r.n, i.id, i.owner_id, i.sha256, i.file_name, i.media_type, i.width, i.height, i.byte_size,
+        i.blurhash, i.phash, i.tags, i.nsfw_level, i.post_id, i.model_id, i.model_version_id, i.username, i.meta,
+        i.annotations, i.visibility, i.index_status, i.index_error, i.like_count, i.heart_count, i.laugh_count,
+        i.cry_count, i.dislike_count, i.comment_count, i.created_at, i.updated_at
+      from unnest(${wanted.map((w) => w.id.toString())}::bigint[], ${wanted.map((w) => w.caller.accountId)}::uuid[],
+        ${wanted.map((w) => (w.caller.isAdmin ? 1 : 0))}::int[]) with ordinality as r (id, caller, admin, n)
+      join images i on i.id = r.id and (r.admin = 1 or i.owner_id = r.caller or i.visibility = 1)`;
+    const answers: (ImageRow | undefined)[] = new Array(wanted.length);
+    for (const row of rows) answers[Number(row.n) - 1] = row;
+    return answers;
   }
 
   /** The owner's image with these bytes, if one exists (upload deduplication). */
