@@ -46,7 +46,10 @@ export function callChain(steps: CallChainSteps): ServerMiddleware<Omit<AppCallC
           ...context,
           requestId: line.requestId,
           log: line.log,
-          signal: admitted.signal,
+          // Made on first use (see Lifecycle.admit): most handlers never look at it.
+          get signal() {
+            return admitted.signal;
+          },
           abortOnTerminate: admitted.abortOnTerminate,
           deadline,
           caller: undefined!,

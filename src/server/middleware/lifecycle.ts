@@ -20,8 +20,8 @@ export interface LifecycleContext {
 
 /** A call the lifecycle let in: its signal, and what it must do when it ends. */
 export interface AdmittedCall {
-  /** Aborts when the call's own signal does, or when shutdown cuts the call. */
-  signal: AbortSignal;
+  /** Aborts when the call's own signal does, or when shutdown cuts the call; made when first read. */
+  readonly signal: AbortSignal;
   abortOnTerminate(): void;
   /** The call has ended (its handler returned or threw). */
   leave(): void;
@@ -45,8 +45,8 @@ const ALWAYS_OPEN = ["/grpc.health.v1.Health/", "/grpc.reflection."];
  */
 export class Lifecycle {
   phase: Phase = "starting";
-  private readonly calls = new Set<AbortController>();
-  private readonly endless = new Set<AbortController>();
+  private readonly calls = new Set<InFlightCall>();
+  private readonly endless = new Set<InFlightCall>();
   private idle: (() => void) | undefined;
 
   readonly middleware: ServerMiddleware<LifecycleContext> = (call, context: CallContext) =>
@@ -74,25 +74,23 @@ export class Lifecycle {
       const why = this.phase === "starting" ? "glimpse is starting" : "glimpse is shutting down";
       throw new ServerError(Status.UNAVAILABLE, `${why}; retry shortly`);
     }
-    const controller = new AbortController();
-    const onCallAbort = () => controller.abort(callSignal.reason);
-    callSignal.addEventListener("abort", onCallAbort, { once: true });
-    if (callSignal.aborted) controller.abort(callSignal.reason);
-    this.calls.add(controller);
-    return {
-      signal: controller.signal,
-      abortOnTerminate: () => {
-        if (this.phase === "draining") controller.abort();
-        else this.endless.add(controller);
-      },
-      leave: () => {
-        callSignal.removeEventListener("abort", onCallAbort);
-        this.calls.delete(controller);
-        this.endless.delete(controller);
-        if (this.calls.size === 0) this.idle?.();
-      },
-    };
+    const call = new InFlightCall(this.tracker, callSignal);
+    this.calls.add(call);
+    return call;
   }
+
+  /** What the calls it let in tell it. */
+  private readonly tracker: CallTracker = {
+    endless: (call) => {
+      if (this.phase === "draining") call.abort(undefined);
+      else this.endless.add(call);
+    },
+    left: (call) => {
+      this.calls.delete(call);
+      this.endless.delete(call);
+      if (this.calls.size === 0) this.idle?.();
+    },
+  };
 
   /** Number of calls currently running. */
   get inFlight(): number {
@@ -118,5 +116,58 @@ export class Lifecycle {
     // Handlers that honour their signal return at once; do not hang on one that does not.
     await Promise.race([idle, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
     return { aborted };
+  }
+}
+
+/** How a call tells its lifecycle that it never ends by itself, and that it has ended. */
+interface CallTracker {
+  endless(call: InFlightCall): void;
+  left(call: InFlightCall): void;
+}
+
+/**
+ * A call the lifecycle let in. Its signal (aborted by the call's own signal or by shutdown,
+ * whichever comes first, with that one's reason) is made only when something asks for it:
+ * most calls never look, and an AbortController with a listener on the call's signal costs
+ * every call that makes one.
+ */
+class InFlightCall implements AdmittedCall {
+  private controller: AbortController | undefined;
+  private onCallAbort: (() => void) | undefined;
+  /** Shutdown aborted the call, before its signal was made and before the call's own signal did. */
+  private shutdown: { reason: unknown } | undefined;
+
+  constructor(
+    private readonly tracker: CallTracker,
+    private readonly callSignal: AbortSignal,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      const controller = new AbortController();
+      this.controller = controller;
+      const callSignal = this.callSignal;
+      if (this.shutdown !== undefined) controller.abort(this.shutdown.reason);
+      else if (callSignal.aborted) controller.abort(callSignal.reason);
+      else {
+        this.onCallAbort = () => controller.abort(callSignal.reason);
+        callSignal.addEventListener("abort", this.onCallAbort, { once: true });
+      }
+    }
+    return this.controller.signal;
+  }
+
+  /** Called by handlers through their context, so bound to the call. */
+  readonly abortOnTerminate = (): void => this.tracker.endless(this);
+
+  /** Aborts the call's signal (now, or as it is made) unless it was aborted already. */
+  abort(reason: unknown): void {
+    if (this.controller !== undefined) this.controller.abort(reason);
+    else if (this.shutdown === undefined && !this.callSignal.aborted) this.shutdown = { reason };
+  }
+
+  leave(): void {
+    if (this.onCallAbort !== undefined) this.callSignal.removeEventListener("abort", this.onCallAbort);
+    this.tracker.left(this);
   }
 }
