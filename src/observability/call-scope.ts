@@ -26,15 +26,25 @@ interface Frame {
 
 const frames = new AsyncLocalStorage<Frame>();
 
+/** A call's own frame (its record and span), made once per call; see {@link runInCall}. */
+export type CallFrame = Readonly<Pick<Frame, "call" | "span">>;
+
+/** The frame of a call, under `span` when it is traced. */
+export function callFrame(call: CallRecord, span: Span | undefined): CallFrame {
+  const frame: Frame = { call, span, nestedMs: 0 };
+  return frame;
+}
+
 /**
- * Runs `step` (one step of a call's handler chain) as part of `call`, under `span`: the
+ * Runs `step(...args)` (one step of a call's handler chain) as part of the call: the
  * observing middleware runs each step of the chain's generator so, and the handler and
  * everything it awaits see the call (AsyncLocalStorage follows promises). Code outside any
  * call (the indexer, snapshots, start-up) runs with no frame, and then every stage below is a
  * plain function call.
  */
-export function runInCall<T>(call: CallRecord, span: Span | undefined, step: () => T): T {
-  return frames.run({ call, span, nestedMs: 0 }, step);
+export function runInCall<T, A extends unknown[]>(frame: CallFrame, step: (...args: A) => T, ...args: A): T {
+  // The call's own frame counts no time of its own: only stages read nestedMs (see leave).
+  return frames.run(frame as Frame, step, ...args);
 }
 
 /**

@@ -9,7 +9,7 @@ import {
   type ServerMiddlewareCall,
 } from "nice-grpc-common";
 import type { Logger } from "../../logging/logger.js";
-import { runInCall, type CallRecord } from "../../observability/call-scope.js";
+import { callFrame, runInCall, type CallRecord } from "../../observability/call-scope.js";
 import type { Metrics, Transport } from "../../observability/metrics.js";
 import type { Histogram } from "prom-client";
 import { parentContext } from "../../observability/tracing.js";
@@ -64,10 +64,10 @@ interface MethodMeters {
  */
 export function observeMiddleware(config: ObserveConfig): ServerMiddleware<ObservedContext> {
   const { metrics, tracer, slowCallMs, logger } = config;
-  const labelCache = new Map<string, MethodLabels>();
+  // By transport, then by path: no key is built per call.
+  const labelCache: Record<Transport, Map<string, MethodLabels>> = { grpc: new Map(), http: new Map() };
   const labelsOf = (path: string, transport: Transport): MethodLabels => {
-    const key = `${transport}${path}`;
-    let labels = labelCache.get(key);
+    let labels = labelCache[transport].get(path);
     if (labels === undefined) {
       const [service = "", method = ""] = path.replace(/^\//, "").split("/");
       labels = {
@@ -83,7 +83,7 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
           calls: new Map(),
         },
       };
-      labelCache.set(key, labels);
+      labelCache[transport].set(path, labels);
     }
     return labels;
   };
@@ -126,11 +126,15 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
     try {
       // Every step of the chain runs inside the call's frame (see runInCall), stepped here
       // rather than through a generator layer of its own.
-      const chain = call.next(call.request, traceId ? { ...context, traceId } : context);
+      const chain: AsyncGenerator<Response, Response | void, undefined> = call.next(
+        call.request,
+        traceId ? { ...context, traceId } : context,
+      );
+      const frame = callFrame(record, span);
       let finished = false;
       try {
         for (;;) {
-          const step = await runInCall(record, span, () => chain.next());
+          const step = await runInCall(frame, nextOf, chain);
           if (step.done) {
             finished = true;
             return step.value;
@@ -142,7 +146,7 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
         throw error;
       } finally {
         // The consumer stopped early (a cancelled stream): let the chain's own finally blocks run.
-        if (!finished) await runInCall(record, span, () => chain.return(undefined as Response & void));
+        if (!finished) await runInCall(frame, () => chain.return(undefined as Response & void));
       }
     } catch (error) {
       code = error instanceof ServerError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
@@ -189,6 +193,11 @@ export function observeMiddleware(config: ObserveConfig): ServerMiddleware<Obser
       }
     }
   };
+}
+
+/** One step of a chain (a function of its own, so stepping allocates no closure). */
+function nextOf<S>(chain: { next(): S }): S {
+  return chain.next();
 }
 
 /** Observes a histogram of one label (a stage, a plan), its child per value looked up once. */
