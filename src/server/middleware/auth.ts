@@ -109,6 +109,9 @@ export function peerAddress(peer: string): string {
 
 const peerAddresses = new Map<string, string>();
 
+/** The admission of a probe or tooling call: anonymous, and never charged. */
+const OPEN_ADMISSION: Admission = Object.freeze({ caller: anonymousCaller, charge: async () => {} });
+
 /** Decides who a call acts as and charges its rate limits; shared by gRPC and the HTTP bridge. */
 export class Gatekeeper {
   /** The bridge's admission ticket (see {@link ADMISSION_TICKET_KEY}). */
@@ -160,7 +163,7 @@ export class Gatekeeper {
     clientAddress: string,
     tokens: "take" | "peek" | "none",
   ): Promise<Admission> {
-    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return { caller: anonymousCaller, charge: async () => {} };
+    if (OPEN_PREFIXES.some((prefix) => method.startsWith(prefix))) return OPEN_ADMISSION;
     const { caller, buckets, who } = await this.identify(method, metadata, clientAddress);
     if (tokens !== "none") await this.take(buckets, who, tokens === "take");
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
