@@ -75,9 +75,15 @@ describe("a model pulled in the background", () => {
         status = (await client.getImage({ id: image!.id })).image!.indexStatus;
       }
       expect(status).toBe(IndexStatus.INDEX_STATUS_INDEXED);
-      const res = await client.searchImages({ query: { $case: "prompt", value: "red" } });
+      // The status commits with the vector; the index applies it a moment later (the indexer's
+      // catch-up, or the log's NOTIFY), so the first search may come just before it.
+      let res = await client.searchImages({ query: { $case: "prompt", value: "red" } });
+      for (let i = 0; i < 100 && res.results.length === 0; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        res = await client.searchImages({ query: { $case: "prompt", value: "red" } });
+      }
       expect(res.embeddingModel).toBe("test-clip");
-      expect(res.results[0].id).toBe(image!.id);
+      expect(res.results[0]?.id).toBe(image!.id);
       const installed = await stat(path.join(t.app.options.modelCacheDir, "test-clip", "vision_model.onnx"));
       expect(installed.isFile()).toBe(true);
     } finally {
