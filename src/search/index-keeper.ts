@@ -368,9 +368,10 @@ export const REBUILD_SLICE_MS = 10;
 /**
  * Graph changes posted to the graph thread and not yet applied, beyond which a rebuild or a
  * replay waits for it: bounds the vectors queued between the threads (2 KiB each at 512
- * dimensions) and the time a search waits behind them.
+ * dimensions) and the time a search waits behind them (an insert takes up to a millisecond,
+ * and a search runs after every change made before it).
  */
-const MAX_GRAPH_BACKLOG = 256;
+const MAX_GRAPH_BACKLOG = 64;
 
 /** Waits for the graph thread when it is MAX_GRAPH_BACKLOG changes behind. */
 async function keepUp(index: VectorIndex): Promise<void> {
