@@ -218,7 +218,8 @@ class ImageReads {
   private send(): void {
     const batch = this.waiting;
     this.waiting = [];
-    this.readMany(batch.map((w) => w.read)).then(
+    // Whatever goes wrong answers the batch's reads; nothing may escape the timer callback.
+    new Promise<(ImageRow | undefined)[]>((resolve) => resolve(this.readMany(batch.map((w) => w.read)))).then(
       (rows) => batch.forEach((w, i) => w.resolve(rows[i])),
       (error: unknown) => batch.forEach((w) => w.reject(error)),
     );
