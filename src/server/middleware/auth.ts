@@ -64,27 +64,25 @@ export const INTERNAL_METADATA_PREFIX = "x-glimpse-internal-";
  * ones are refused, whatever their order.
  */
 export function presentedSecret(metadata: Metadata): string | undefined {
-  let secret: string | undefined;
-  let conflict = false;
-  const add = (key: string) => {
-    if (secret === undefined) secret = key;
-    else if (key !== secret) conflict = true;
-  };
+  // Every key sent, in order (no closure to collect them: this runs for every call).
+  const keys: string[] = [];
   // HTTP/2 joins repeated headers with commas; no key contains one.
   for (const sent of metadata.getAll("authorization")) {
     const value = String(sent);
     for (const authorization of value.includes(",") ? value.split(/\s*,\s*/) : [value]) {
       const match = BEARER.exec(authorization);
       if (!match) throw new DomainError("UNAUTHENTICATED", "the authorization header must be 'Bearer <API key>'");
-      add(match[1]);
+      keys.push(match[1]);
     }
   }
   for (const sent of metadata.getAll("x-api-key")) {
     for (const value of String(sent).split(",")) {
       const key = value.trim();
-      if (key !== "") add(key);
+      if (key !== "") keys.push(key);
     }
   }
+  const secret: string | undefined = keys[0];
+  const conflict = keys.some((key) => key !== secret);
   if (conflict) {
     throw new DomainError(
       "UNAUTHENTICATED",
@@ -169,7 +167,9 @@ export class Gatekeeper {
     if (ADMIN_METHODS.has(method) && !caller.isAdmin) {
       throw new DomainError("PERMISSION_DENIED", `${method.split("/").pop()} needs an admin API key`);
     }
-    return { caller, charge: () => this.take(buckets, who) };
+    // Bound rather than an arrow named by its property: tsx (esbuild's keepNames) would name
+    // the arrow with Object.defineProperty on every call.
+    return { caller, charge: this.take.bind(this, buckets, who, true) };
   }
 
   /** Who a call acts as, and the rate-limit buckets it is charged to. */

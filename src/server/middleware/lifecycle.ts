@@ -137,10 +137,17 @@ class InFlightCall implements AdmittedCall {
   /** Shutdown aborted the call, before its signal was made and before the call's own signal did. */
   private shutdown: { reason: unknown } | undefined;
 
+  /** Called by handlers through their context, so bound to the call. */
+  readonly abortOnTerminate: () => void;
+
   constructor(
     private readonly tracker: CallTracker,
     private readonly callSignal: AbortSignal,
-  ) {}
+  ) {
+    // Assigned here rather than as a field: tsx (esbuild's keepNames) would name a field's
+    // arrow with Object.defineProperty on every call.
+    this.abortOnTerminate = () => tracker.endless(this);
+  }
 
   get signal(): AbortSignal {
     if (this.controller === undefined) {
@@ -157,8 +164,6 @@ class InFlightCall implements AdmittedCall {
     return this.controller.signal;
   }
 
-  /** Called by handlers through their context, so bound to the call. */
-  readonly abortOnTerminate = (): void => this.tracker.endless(this);
 
   /** Aborts the call's signal (now, or as it is made) unless it was aborted already. */
   abort(reason: unknown): void {

@@ -29,7 +29,7 @@ interface CallState {
   /** The middleware took the call: the line is its to write. */
   taken: boolean;
   /** The middleware's line, waiting for the call's end (set when the handler ended first). */
-  write?: (unanswered: Status | undefined) => void;
+  line?: { write(unanswered: Status | undefined): void };
   /** The call has ended; `unanswered` is how, when it ended before an answer was sent. */
   ended?: { unanswered: Status | undefined };
 }
@@ -62,22 +62,26 @@ export function callLogging(logger: Logger, admission?: UploadAdmission): CallLo
     const started = performance.now();
     const state: CallState = { taken: false };
     calls.set(id, state);
-    const end = (how: CallEnd) => {
-      if (state.ended) return;
-      calls.delete(id);
-      state.ended = { unanswered: how.unanswered };
-      if (state.write) {
-        state.write(how.unanswered);
-      } else if (!state.taken) {
-        logger.child({ requestId: how.requestId ?? randomUUID(), method }).info("call", {
-          code: Status[how.unanswered ?? how.answered ?? Status.UNKNOWN],
-          ms: Math.round((performance.now() - started) * 10) / 10,
-          peer: how.peer,
-          handled: false,
-        });
-      }
+    // Functions made per call are methods, not arrows bound to a name: tsx (esbuild's
+    // keepNames) would give each arrow its name with Object.defineProperty, on every call.
+    return {
+      id,
+      end(how: CallEnd) {
+        if (state.ended) return;
+        calls.delete(id);
+        state.ended = { unanswered: how.unanswered };
+        if (state.line) {
+          state.line.write(how.unanswered);
+        } else if (!state.taken) {
+          logger.child({ requestId: how.requestId ?? randomUUID(), method }).info("call", {
+            code: Status[how.unanswered ?? how.answered ?? Status.UNKNOWN],
+            ms: Math.round((performance.now() - started) * 10) / 10,
+            peer: how.peer,
+            handled: false,
+          });
+        }
+      },
     };
-    return { id, end };
   };
   const interceptor: ServerInterceptor = (method, call) => {
     const path = method.path;
@@ -240,27 +244,35 @@ export function openCallLine(
   // Lines the services write during the call carry the request id too (when calls are observed).
   annotateCall({ requestId });
   const started = performance.now();
-  return {
+  // Set by close: how the chain ended, and how long it took.
+  let code = Status.OK;
+  let ms = 0;
+  const line = {
     requestId,
     log,
-    close(code) {
-      const ms = Math.round((performance.now() - started) * 10) / 10;
-      const write = (unanswered: Status | undefined) => {
-        const fields = { code: Status[unanswered ?? code], ms, peer: context.peer };
-        if (method.startsWith("/grpc.health.") || method.startsWith("/grpc.reflection.")) log.debug("call", fields);
-        else if (code === Status.INTERNAL || code === Status.UNKNOWN) log.error("call", fields);
-        else log.info("call", fields);
-      };
+    /** Writes the line, once the call's end is known (`unanswered`: it ended before its answer). */
+    write(unanswered: Status | undefined) {
+      const fields = { code: Status[unanswered ?? code], ms, peer: context.peer };
+      if (method.startsWith("/grpc.health.") || method.startsWith("/grpc.reflection.")) log.debug("call", fields);
+      else if (code === Status.INTERNAL || code === Status.UNKNOWN) log.error("call", fields);
+      else log.info("call", fields);
+    },
+    close(closedWith: Status) {
+      code = closedWith;
+      ms = Math.round((performance.now() - started) * 10) / 10;
       if (logged) {
         // nothing: see above
       } else if (state?.ended) {
-        write(state.ended.unanswered);
+        line.write(state.ended.unanswered);
       } else if (state) {
-        state.write = write;
+        state.line = line;
       } else {
         const aborted = code === Status.OK && context.signal.aborted;
-        write(!aborted ? undefined : deadline !== undefined && deadline.getTime() <= Date.now() ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
+        line.write(
+          !aborted ? undefined : deadline !== undefined && deadline.getTime() <= Date.now() ? Status.DEADLINE_EXCEEDED : Status.CANCELLED,
+        );
       }
     },
   };
+  return line;
 }
