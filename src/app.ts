@@ -396,6 +396,7 @@ function startSearch(
       policy: { everyChanges: options.snapshotEveryChanges, intervalMs: options.snapshotIntervalS * 1000 },
       logger,
       scanQuantisation: options.scanQuantisation,
+      graphThread: options.graphThread,
     });
     if (stopped) return keeper.close();
     engine = { embedder, keeper };

@@ -28,6 +28,12 @@ describe("options", () => {
     expect(options.dataDir).toBe("/tmp/x");
   });
 
+  it("puts the HNSW graph on a thread of its own unless told inline, and refuses anything else", () => {
+    expect(loadOptions({}).graphThread).toBe("worker");
+    expect(loadOptions({ GLIMPSE_GRAPH_THREAD: "inline" }).graphThread).toBe("inline");
+    expect(() => loadOptions({ GLIMPSE_GRAPH_THREAD: "gpu" })).toThrow(/GLIMPSE_GRAPH_THREAD must be one of/);
+  });
+
   it("names every bad variable at once", () => {
     let error: unknown;
     try {

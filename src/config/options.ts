@@ -78,6 +78,8 @@ export interface Options {
   searchExactMax: number;
   /** What the exact scan reads: int8 rows plus a float32 re-rank of the best, or float32 rows. */
   scanQuantisation: "int8" | "float32";
+  /** Where the HNSW graph lives: a thread of its own (worker) or the main thread (inline). */
+  graphThread: "worker" | "inline";
   /** Index changes after which a snapshot is written. */
   snapshotEveryChanges: number;
   /** Seconds after which changes not yet in a snapshot are written to one. */
@@ -608,6 +610,13 @@ export const optionSpecs = [
     doc: "What the exact scan reads: float32 (the float32 rows: recall 1) or int8 (int8 rows beside them, 516 more bytes per 512-d image, scanned in about a third of the time, the best 4k candidates re-ranked by their float32 scores: recall@10 1.0 for filters that keep a random share, but 0.41-0.74 when a filter keeps the images farthest from the query).",
     parse: oneOf(["int8", "float32"] as const),
   } satisfies OptionSpec<"scanQuantisation">,
+  {
+    key: "graphThread",
+    env: "GLIMPSE_GRAPH_THREAD",
+    default: "worker",
+    doc: "Where the HNSW graph lives: worker (a thread of its own: walks and inserts leave the event loop, more searches per second under concurrency) or inline (the main thread: one search at a time answers a few tenths of a millisecond sooner).",
+    parse: oneOf(["worker", "inline"] as const),
+  } satisfies OptionSpec<"graphThread">,
   {
     key: "snapshotEveryChanges",
     env: "GLIMPSE_SNAPSHOT_EVERY_CHANGES",
