@@ -25,8 +25,8 @@ const LOAD_SLICE_MS = 10;
 /** Most accounts whose readable set is kept between changes. */
 const READABLE_CACHED = 1024;
 
-/** True when the filter keeps every image the caller may read (index status aside). */
-function isUnrestricted(f: ImageFilter): boolean {
+/** True when the filter keeps every image the caller may read (index status and meta aside). */
+export function isUnrestricted(f: ImageFilter): boolean {
   return (
     f.includeTags.length === 0 &&
     f.excludeTags.length === 0 &&

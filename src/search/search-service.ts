@@ -10,7 +10,7 @@ import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
 import { IdList } from "../vector/id-list.js";
 import type { Neighbour, VectorIndex } from "../vector/vector-index.js";
 import type roaring from "roaring";
-import { needsDatabase } from "./filter-index.js";
+import { isUnrestricted, needsDatabase } from "./filter-index.js";
 import type { IndexKeeper } from "./index-keeper.js";
 import { searched, stage, stageSync } from "../observability/call-scope.js";
 
@@ -596,21 +596,6 @@ const byCosine = (a: Neighbour, b: Neighbour) => b.cosine - a.cosine || (a.id < 
 
 /** True when the filter lets every image through. */
 function isEmptyFilter(f: ImageFilter): boolean {
-  return (
-    f.includeTags.length === 0 &&
-    f.excludeTags.length === 0 &&
-    f.username === null &&
-    f.postId === null &&
-    f.modelId === null &&
-    f.modelVersionId === null &&
-    f.nsfw === null &&
-    f.maxNsfwLevel === null &&
-    f.period === "all" &&
-    f.visibility === null &&
-    f.indexStatus === null &&
-    f.className === null &&
-    Object.keys(f.metaEquals).length === 0 &&
-    f.metaKeys.length === 0
-  );
+  return isUnrestricted(f) && f.indexStatus === null && Object.keys(f.metaEquals).length === 0 && f.metaKeys.length === 0;
 }
 

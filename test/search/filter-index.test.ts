@@ -100,6 +100,24 @@ function randomFilter(r: () => number): ImageFilter {
   return f;
 }
 
+/** The slots of `held` that pass, ascending: what candidates() must answer. */
+function passing(held: Map<number, ImageAttributes>, filter: ImageFilter, caller: Caller): number[] {
+  return [...held].filter(([, a]) => passes(a, filter, caller)).map(([slot]) => slot).sort((x, y) => x - y);
+}
+
+/** One random change to a slot below `slots`: cleared one time in five, else set anew; `held` follows. */
+function churn(index: FilterIndex, held: Map<number, ImageAttributes>, r: () => number, slots: number): void {
+  const slot = Math.floor(r() * slots);
+  if (r() < 0.2) {
+    index.clear(slot);
+    held.delete(slot);
+  } else {
+    const a = randomAttributes(r);
+    index.set(slot, a);
+    held.set(slot, a);
+  }
+}
+
 describe("the search filter index", () => {
   it("selects exactly what the SQL filter selects, through churn and a snapshot round trip", async () => {
     const r = rng(7);
@@ -107,15 +125,7 @@ describe("the search filter index", () => {
     const held = new Map<number, ImageAttributes>();
     const SLOTS = 3000;
     for (let step = 0; step < 12_000; step++) {
-      const slot = Math.floor(r() * SLOTS);
-      if (r() < 0.2) {
-        index.clear(slot);
-        held.delete(slot);
-      } else {
-        const a = randomAttributes(r);
-        index.set(slot, a);
-        held.set(slot, a);
-      }
+      churn(index, held, r, SLOTS);
       if (step === 8000) index = await FilterIndex.deserialize(index.serialize(SLOTS), SLOTS);
     }
     expect(index.size).toBe(held.size);
@@ -127,7 +137,7 @@ describe("the search filter index", () => {
     for (let q = 0; q < 300; q++) {
       const filter = randomFilter(r);
       const caller = callers[q % callers.length];
-      const expected = [...held].filter(([, a]) => passes(a, filter, caller)).map(([slot]) => slot).sort((x, y) => x - y);
+      const expected = passing(held, filter, caller);
       expect([...index.candidates(filter, caller, NOW)], JSON.stringify({ filter, caller }, (_, v) => (typeof v === "bigint" ? String(v) : v))).toEqual(expected);
     }
     for (const [slot, a] of held) {
@@ -145,19 +155,10 @@ describe("the search filter index", () => {
     const held = new Map<number, ImageAttributes>();
     const callers: Caller[] = OWNERS.map((accountId) => ({ accountId, isAdmin: false }));
     for (let step = 0; step < 3000; step++) {
-      const slot = Math.floor(r() * 500);
-      if (r() < 0.2) {
-        index.clear(slot);
-        held.delete(slot);
-      } else {
-        const a = randomAttributes(r);
-        index.set(slot, a);
-        held.set(slot, a);
-      }
+      churn(index, held, r, 500);
       // Asked twice between changes: the second answer comes from what the first left.
       for (const caller of [callers[step % 4], callers[step % 4], callers[(step + 1) % 4]]) {
-        const expected = [...held].filter(([, a]) => passes(a, emptyFilter(), caller)).map(([slot]) => slot).sort((x, y) => x - y);
-        expect([...index.candidates(emptyFilter(), caller, NOW)]).toEqual(expected);
+        expect([...index.candidates(emptyFilter(), caller, NOW)]).toEqual(passing(held, emptyFilter(), caller));
       }
     }
   });
