@@ -6,11 +6,12 @@
  *   npm run bench:load -- --scenario search-user[,get-image,...|all] [--concurrency 16[,64] | --rate 200/s]
  *                         [--duration 30s] [--target grpc|http|grpc,http] [--share 0.01] [--images 100000]
  *                         [--address 127.0.0.1:50051 --key glk_...] [--workers 2] [--warmup 3s]
- *                         [--cpu-prof] [--out DIR] [--repeat 3]
+ *                         [--cpu-prof] [--out DIR] [--repeat 3] [--server-env GLIMPSE_X=v,...]
  *   npm run bench:load -- sweep --scenarios get-image,search-user [--target grpc,http] [--p99 50ms]
  *                         [--start-rate 100/s] [--max-rate 20000/s] [--probes 8] [--duration 5s] [--budget 10m]
  *   npm run bench:load -- compare --base 3bcb0a1 [--current HEAD] [--scenarios search-admin,search-user,search-user-tag:0.01]
  *                         [--concurrency 1,16,64] [--duration 15s] [--target grpc|http] [--cpu-prof]
+ *                         [--base-env GLIMPSE_X=v,...] [--current-env GLIMPSE_X=v,...] [--repeat 3]
  *   npm run bench:load -- replicas [--replicas 3] [--images 20000] [--scenario mixed] [--concurrency 16 | --rate 100/s]
  *                         [--duration 30s] [--kill-at 10s] [--down 0s] [--target grpc|http] [--probe-timeout 30s]
  *                         [--restart-timeout 3m] [--redis redis://127.0.0.1:6379]
@@ -30,7 +31,13 @@
  * time (--duration, plus the warm-up and the per-call timeout) and in count (--max-requests);
  * a sweep also by --probes and --budget.
  *
- * --repeat N runs every row N times, in rounds whose order alternates (forwards, then
+ * The started servers read no settings from the harness's environment; --server-env (run, sweep)
+ * and --base-env / --current-env (compare) give them GLIMPSE_* settings, as `glimpse serve`
+ * would read them from its environment: `compare --base HEAD --base-env GLIMPSE_GRAPH_THREAD=inline`
+ * measures one build two ways side by side.
+ *
+ * --repeat N runs every row N times (in compare, N pairs of runs, the first build of each pair
+ * alternating), in rounds whose order alternates (forwards, then
  * backwards), and adds the median of the rounds, so rows compared with each other (gRPC
  * against HTTP) share the machine's state as far as a busy machine allows.
  *
@@ -90,6 +97,9 @@ const { values: opt } = parseArgs({
     k: { type: "string", default: "10" },
     base: { type: "string" },
     current: { type: "string" },
+    "server-env": { type: "string" },
+    "base-env": { type: "string" },
+    "current-env": { type: "string" },
     ids: { type: "string" },
     http: { type: "string" },
     "admin-key": { type: "string", default: ADMIN_KEY },
@@ -172,6 +182,39 @@ export interface Summary {
   errors: Record<string, number>;
   /** Open loop: calls not sent because max-in-flight were out (k6's dropped_iterations). */
   dropped: number;
+  /**
+   * Mean time of each search stage on the server over the run (warm-up included), in ms, from
+   * its /metrics (glimpse_search_stage_duration_seconds); absent for a server without them.
+   */
+  server_stage_ms?: Record<string, number>;
+}
+
+/** Sum (s) and count of each search stage on a server, read from its /metrics; undefined when it has none. */
+async function stageTotals(http: string): Promise<Map<string, { sum: number; count: number }> | undefined> {
+  try {
+    const res = await fetch(`http://${http}/metrics`, { signal: AbortSignal.timeout(2000) });
+    if (!res.ok) return undefined;
+    const totals = new Map<string, { sum: number; count: number }>();
+    for (const m of (await res.text()).matchAll(/^glimpse_search_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$/gm)) {
+      const t = totals.get(m[2]) ?? { sum: 0, count: 0 };
+      t[m[1] as "sum" | "count"] = Number(m[3]);
+      totals.set(m[2], t);
+    }
+    return totals;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Each stage's mean in ms between two readings of stageTotals. */
+function stageMeans(before: Awaited<ReturnType<typeof stageTotals>>, after: Awaited<ReturnType<typeof stageTotals>>) {
+  if (!before || !after) return undefined;
+  const means: Record<string, number> = {};
+  for (const [stage, t] of after) {
+    const b = before.get(stage) ?? { sum: 0, count: 0 };
+    if (t.count > b.count) means[stage] = round(((t.sum - b.sum) / (t.count - b.count)) * 1000, 3);
+  }
+  return Object.keys(means).length > 0 ? means : undefined;
 }
 
 function summarise(replies: RunReply[], durationMs: number): Summary {
@@ -251,7 +294,18 @@ async function modelDir(cleanup: Cleanup): Promise<string> {
 }
 
 /** Copies the template and starts the build at `root` on it as a child process; waits until search is ready. */
-async function startServer(cleanup: Cleanup, label: string, root: string, template: string, model: string): Promise<Server> {
+/** `GLIMPSE_A=x,GLIMPSE_B=y` as server.ts arguments (`--env GLIMPSE_A=x --env GLIMPSE_B=y`). */
+function envArgs(list: string | undefined): string[] {
+  return (list ?? "")
+    .split(",")
+    .filter((pair) => pair.trim() !== "")
+    .flatMap((pair) => {
+      if (!/^GLIMPSE_[A-Z0-9_]+=/.test(pair.trim())) throw new Error(`server settings are GLIMPSE_NAME=value, not ${pair}`);
+      return ["--env", pair.trim()];
+    });
+}
+
+async function startServer(cleanup: Cleanup, label: string, root: string, template: string, model: string, env?: string): Promise<Server> {
   const db = await cloneTemplate(template, label);
   cleanup.add(`drop database ${db.name}`, () => db.drop());
   const dataDir = await mkdtemp(path.join(os.tmpdir(), `glimpse-load-${label}-`));
@@ -262,7 +316,7 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
   const started = Date.now();
   const child = fork(
     path.join(HERE, "server.ts"),
-    ["--root", root, "--database-url", db.url, "--data-dir", dataDir, "--model", model, "--admin-key", ADMIN_KEY],
+    ["--root", root, "--database-url", db.url, "--data-dir", dataDir, "--model", model, "--admin-key", ADMIN_KEY, ...envArgs(env)],
     { cwd: REPO_ROOT, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] },
   );
   cleanup.add(`stop ${label} server`, async () => {
@@ -295,7 +349,7 @@ async function startServer(cleanup: Cleanup, label: string, root: string, templa
     commit: commitOf(root),
     grpc: `127.0.0.1:${ready.grpcPort}`,
     http: `127.0.0.1:${ready.httpPort}`,
-    facts: { ...ready, database: db.name, wall_to_ready_s: round((Date.now() - started) / 1000, 1) },
+    facts: { ...ready, settings: env ?? "", database: db.name, wall_to_ready_s: round((Date.now() - started) / 1000, 1) },
     control: (msg, answer) =>
       new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`${label} server did not answer ${msg.type} in 60 s`)), 60_000);
@@ -380,6 +434,7 @@ async function measure(
     k: Number(opt.k),
     timeoutMs: duration(opt.timeout!),
   };
+  const stagesBefore = await stageTotals(server.http);
   const replies = await pool.run(
     {
       spec,
@@ -391,7 +446,9 @@ async function measure(
     },
     { concurrency: cfg.concurrency, rate: cfg.rate, maxRequests: Number(opt["max-requests"]) },
   );
-  return summarise(replies, cfg.durationMs);
+  const summary = summarise(replies, cfg.durationMs);
+  const stages = stageMeans(stagesBefore, stagesBefore && (await stageTotals(server.http)));
+  return stages ? { ...summary, server_stage_ms: stages } : summary;
 }
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
@@ -477,6 +534,35 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
+/** The median of rounds of one row: requests/s and each percentile the median of the rounds', errors summed. */
+function medianSummary(rounds: Summary[]): Summary {
+  if (rounds.length === 1) return rounds[0];
+  const m = (key: "requests_per_s" | "ok_per_s" | "p50_ms" | "p90_ms" | "p99_ms" | "p999_ms" | "mean_ms") => median(rounds.map((r) => r[key]));
+  const errors: Record<string, number> = {};
+  for (const r of rounds) for (const [code, n] of Object.entries(r.errors)) errors[code] = (errors[code] ?? 0) + n;
+  return {
+    requests: rounds.reduce((a, r) => a + r.requests, 0),
+    ok: rounds.reduce((a, r) => a + r.ok, 0),
+    requests_per_s: round(m("requests_per_s"), 1),
+    ok_per_s: round(m("ok_per_s"), 1),
+    p50_ms: round(m("p50_ms"), 3),
+    p90_ms: round(m("p90_ms"), 3),
+    p99_ms: round(m("p99_ms"), 3),
+    p999_ms: round(m("p999_ms"), 3),
+    max_ms: Math.max(...rounds.map((r) => r.max_ms)),
+    mean_ms: round(m("mean_ms"), 3),
+    errors,
+    dropped: rounds.reduce((a, r) => a + r.dropped, 0),
+    ...(rounds.every((r) => r.server_stage_ms)
+      ? {
+          server_stage_ms: Object.fromEntries(
+            Object.keys(rounds[0].server_stage_ms!).map((stage) => [stage, round(median(rounds.map((r) => r.server_stage_ms![stage] ?? 0)), 3)]),
+          ),
+        }
+      : {}),
+  };
+}
+
 /** One row per scenario, target and load: the median of its rounds. */
 function medianRows(rows: { scenario: string; target: Target; mode: string; load: string; summary: Summary }[]): MedianRow[] {
   const groups = new Map<string, typeof rows>();
@@ -541,7 +627,7 @@ async function setUp(cleanup: Cleanup, images: number, scenarios: string[]) {
     const facts = await ensureTemplate(REPO_ROOT, images);
     dataset = facts;
     ids = await queryIds(facts.template, Math.min(2000, facts.public_images));
-    server = await startServer(cleanup, "current", REPO_ROOT, facts.template, await modelDir(cleanup));
+    server = await startServer(cleanup, "current", REPO_ROOT, facts.template, await modelDir(cleanup), opt["server-env"]);
   }
   server.prepared = await prepare(server.grpc, opt["admin-key"]!, scenarios);
   return { server, ids, dataset };
@@ -756,8 +842,8 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
   // Both servers start together (each builds its index from the embeddings table) and stay up;
   // the runs alternate between them so both see the same machine state.
   const [base, current] = await Promise.all([
-    startServer(cleanup, "base", baseRoot, dataset.template, model),
-    startServer(cleanup, "current", currentRoot, dataset.template, model),
+    startServer(cleanup, "base", baseRoot, dataset.template, model, opt["base-env"]),
+    startServer(cleanup, "current", currentRoot, dataset.template, model, opt["current-env"]),
   ]);
   for (const server of [base, current]) server.prepared = await prepare(server.grpc, opt["admin-key"]!, scenarios.map((s) => s.scenario));
   const pool = await WorkerPool.start(Number(opt.workers), cleanup);
@@ -773,20 +859,27 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     ratio_p99: number;
     /** 1-minute load average of the machine after the pair of runs (other work on it shows here). */
     load_average_1m: number;
+    /** With --repeat: every round's summary, of which base and current are the medians. */
+    rounds?: Record<string, Summary[]>;
   }[] = [];
+  const repeat = Number(opt.repeat);
+  if (!Number.isInteger(repeat) || repeat < 1 || repeat > 20) throw new Error("--repeat is 1..20");
   let flip = false;
   for (const sc of scenarios) {
     for (const c of concurrencies) {
       const cfg: RunConfig = { scenario: sc.scenario, name: sc.name, share: sc.share, target, mode: "closed", concurrency: c, durationMs, warmupMs };
-      // Alternate which build goes first, so neither always follows the other's load.
-      const order = flip ? [current, base] : [base, current];
-      flip = !flip;
-      const results: Record<string, Summary> = {};
-      for (const server of order) {
-        results[server.label] = await measure(pool, server, cfg, ids);
-        const s = results[server.label];
-        console.log(`  ${sc.name} c=${c} ${server.label}: ${s.requests_per_s} req/s, p50 ${s.p50_ms} ms, p99 ${s.p99_ms} ms, errors ${errorsText(s)}`);
+      const rounds: Record<string, Summary[]> = { base: [], current: [] };
+      for (let round = 1; round <= repeat; round++) {
+        // Alternate which build goes first, so neither always follows the other's load.
+        const order = flip ? [current, base] : [base, current];
+        flip = !flip;
+        for (const server of order) {
+          const s = await measure(pool, server, cfg, ids);
+          rounds[server.label].push(s);
+          console.log(`  ${repeat > 1 ? `round ${round}: ` : ""}${sc.name} c=${c} ${server.label}: ${s.requests_per_s} req/s, p50 ${s.p50_ms} ms, p99 ${s.p99_ms} ms, errors ${errorsText(s)}`);
+        }
       }
+      const results = { base: medianSummary(rounds.base), current: medianSummary(rounds.current) };
       rows.push({
         scenario: sc.name,
         concurrency: c,
@@ -796,12 +889,13 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
         ratio_p50: round(results.current.p50_ms / results.base.p50_ms, 2),
         ratio_p99: round(results.current.p99_ms / results.base.p99_ms, 2),
         load_average_1m: round(os.loadavg()[0]),
+        ...(repeat > 1 ? { rounds } : {}),
       });
     }
   }
   const profiles = await prof.stop("compare");
   const table = markdownTable(
-    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "errors (base / current)", "load avg 1m"],
+    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "server rank ms (base / current)", "errors (base / current)", "load avg 1m"],
     rows.map((r) => [
       r.scenario,
       r.concurrency,
@@ -813,6 +907,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       r.current.p99_ms,
       r.ratio_rps,
       r.ratio_p50,
+      `${r.base.server_stage_ms?.rank ?? "-"} / ${r.current.server_stage_ms?.rank ?? "-"}`,
       `${errorsText(r.base)} / ${errorsText(r.current)}`,
       r.load_average_1m,
     ]),
@@ -822,18 +917,27 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     "",
     `- ${environment.date}; node ${environment.node}, PostgreSQL ${environment.postgres}; ${environment.cpu} x ${environment.cores} cores, ${environment.memory_gib} GiB`,
     `- data: ${dataset.images} images (${dataset.public_images} public) over ${Object.keys(dataset.images_by_owner).length} accounts; tags ${SHARE_TAGS.map((t) => `${t.tag} ${dataset.tag_rows[t.tag] ?? 0}`).join(", ")}; ${DIMENSION}-d clustered unit vectors`,
-    `- ${target}, closed loop, ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per run, k = ${opt.k}; runs alternate between the builds; both servers up throughout`,
+    `- ${target}, closed loop, ${pool.size} worker processes, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s per run, k = ${opt.k}; runs alternate between the builds; both servers up throughout` +
+      (repeat > 1 ? `; ${repeat} rounds per row, each figure the median of its rounds (p50 ranges below)` : ""),
     `- ${pgvectorNote}`,
     `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${os.loadavg().map((x) => round(x)).join(" ")} (the machine is shared: other processes' work shows in both builds' figures alike, as the runs alternate)`,
     "",
     table,
+    ...(repeat > 1
+      ? [
+          "",
+          "p50 ms of every round (base / current):",
+          "",
+          ...rows.map((r) => `- ${r.scenario} c=${r.concurrency}: ${r.rounds!.base.map((s) => s.p50_ms).join(", ")} / ${r.rounds!.current.map((s) => s.p50_ms).join(", ")}`),
+        ]
+      : []),
     ...Object.entries(profiles ?? {}).map(([label, p]) => `\n## ${label}\n\n${profileMarkdown(label, p)}`),
   ].join("\n");
   const json = {
     benchmark: "load-compare",
     profiles,
     environment,
-    config: { scenarios: scenarios.map((s) => s.name), concurrencies, target, duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k) },
+    config: { scenarios: scenarios.map((s) => s.name), concurrencies, target, duration_ms: durationMs, warmup_ms: warmupMs, workers: pool.size, k: Number(opt.k), repeat },
     dataset,
     servers: { base, current },
     pgvector: pgvectorNote,

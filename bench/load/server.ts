@@ -10,7 +10,7 @@
  * over the measured calls, not the start and index build); on {type: "profile-stop", path} it
  * writes the .cpuprofile there and answers {type: "profile-written", path}.
  *
- *   node --import tsx bench/load/server.ts --root DIR --database-url URL --data-dir DIR --model DIR --admin-key KEY
+ *   node --import tsx bench/load/server.ts --root DIR --database-url URL --data-dir DIR --model DIR --admin-key KEY [--env GLIMPSE_X=v ...]
  */
 import { writeFile } from "node:fs/promises";
 import { Session } from "node:inspector/promises";
@@ -29,8 +29,18 @@ const { values } = parseArgs({
     "http-port": { type: "string", default: "0" },
     // Not warn: slow-call lines under deliberate overload would drown the harness's output.
     "log-level": { type: "string", default: "error" },
+    // GLIMPSE_* settings for this server (KEY=VALUE, repeatable): what `glimpse serve` would read
+    // from its environment. The harness's own environment is not passed on.
+    env: { type: "string", multiple: true, default: [] },
   },
 });
+
+const env: Record<string, string> = {};
+for (const pair of values.env ?? []) {
+  const eq = pair.indexOf("=");
+  if (!pair.startsWith("GLIMPSE_") || eq < 0) throw new Error(`--env takes GLIMPSE_NAME=value, not ${pair}`);
+  env[pair.slice(0, eq)] = pair.slice(eq + 1);
+}
 
 const root = path.resolve(values.root ?? ".");
 const load = (rel: string) => import(pathToFileURL(path.join(root, rel)).href);
@@ -84,7 +94,7 @@ try {
   const { loadOptions } = await load("src/config/options.ts");
   const { createLogger } = await load("src/logging/logger.ts");
   const started = Date.now();
-  const options = loadOptions({}, [], {
+  const options = loadOptions(env, [], {
     dataDir: values["data-dir"],
     databaseUrl: values["database-url"],
     grpcHost: "127.0.0.1",
