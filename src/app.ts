@@ -397,6 +397,7 @@ function startSearch(
       logger,
       scanQuantisation: options.scanQuantisation,
       graphThread: options.graphThread,
+      hnswBuild: options.hnswBuild,
     });
     if (stopped) return keeper.close();
     engine = { embedder, keeper };

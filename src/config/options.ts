@@ -80,6 +80,7 @@ export interface Options {
   scanQuantisation: "int8" | "float32";
   /** Where the HNSW graph lives: a thread of its own (worker) or the main thread (inline). */
   graphThread: "worker" | "inline";
+  hnswBuild: "auto" | "baseline";
   /** Index changes after which a snapshot is written. */
   snapshotEveryChanges: number;
   /** Seconds after which changes not yet in a snapshot are written to one. */
@@ -617,6 +618,13 @@ export const optionSpecs = [
     doc: "Where the HNSW graph lives: worker (a thread of its own: walks and inserts leave the event loop, more searches per second under concurrency) or inline (the main thread: one search at a time answers a few tenths of a millisecond sooner).",
     parse: oneOf(["worker", "inline"] as const),
   } satisfies OptionSpec<"graphThread">,
+  {
+    key: "hnswBuild",
+    env: "GLIMPSE_HNSW_BUILD",
+    default: "auto",
+    doc: "Which compiled hnswlib runs the HNSW graph: auto (the AVX2/FMA build that npm start and npm test make where the CPU runs it, the package's baseline build elsewhere) or baseline (always the package's build).",
+    parse: oneOf(["auto", "baseline"] as const),
+  } satisfies OptionSpec<"hnswBuild">,
   {
     key: "snapshotEveryChanges",
     env: "GLIMPSE_SNAPSHOT_EVERY_CHANGES",

@@ -4,6 +4,7 @@ import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
 import type { GraphThread } from "../vector/graph.js";
+import type { HnswBuildChoice } from "../vector/hnsw-addon.mjs";
 import { SnapshotError, VectorIndex, type ScanQuantisation } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
 import { LogGaps } from "./log-gaps.js";
@@ -32,6 +33,8 @@ export interface IndexKeeperDeps {
   scanQuantisation?: ScanQuantisation;
   /** Where the HNSW graph lives; default `worker`, a thread of its own. */
   graphThread?: GraphThread;
+  /** Which compiled hnswlib runs the graph (GLIMPSE_HNSW_BUILD). */
+  hnswBuild?: HnswBuildChoice;
 }
 
 /** Where the indexes came from at start: a snapshot, or the tables (a rebuild). */
@@ -98,7 +101,7 @@ export class IndexKeeper {
     let filters: FilterIndex | null = null;
     let source: IndexSource = "snapshot";
     let start: { last: bigint; holes: { from: bigint; to: bigint }[] } | undefined;
-    const options = { modelId, dimension, scanQuantisation: deps.scanQuantisation, graphThread: deps.graphThread ?? "worker" };
+    const options = { modelId, dimension, scanQuantisation: deps.scanQuantisation, graphThread: deps.graphThread ?? "worker", hnswBuild: deps.hnswBuild };
     try {
       index = await VectorIndex.loadSnapshot(dir, options);
       if (index !== null) filters = await loadFilters(index);
@@ -152,6 +155,7 @@ export class IndexKeeper {
       vectors: index.size,
       filtered: filters.size,
       replayed,
+      hnswlib: index.hnswBuild,
       fromSeq: fromSeq.toString(),
       seq: index.lastSeq.toString(),
       gaps: keeper.gaps.count.toString(),

@@ -1,5 +1,6 @@
 import { Worker } from "node:worker_threads";
-import hnswlib from "hnswlib-node";
+import type hnswlib from "hnswlib-node";
+import { chooseBuild, loadHnswlib, type HnswBuild, type HnswBuildChoice } from "./hnsw-addon.mjs";
 
 /** A graph search's answer: image ids, best first as hnswlib orders them, and their distances (1 - inner product). */
 export interface GraphHits {
@@ -10,6 +11,8 @@ export interface GraphHits {
 /** HNSW build parameters of a new graph. */
 export interface GraphShape {
   dimension: number;
+  /** Which compiled hnswlib runs the graph (hnsw-addon.mjs); `auto` when unset. */
+  build?: HnswBuildChoice;
   capacity: number;
   m: number;
   efConstruction: number;
@@ -31,6 +34,8 @@ export type GraphThread = "inline" | "worker";
  * answer travels back cannot misname a result).
  */
 export interface Graph {
+  /** The compiled hnswlib the graph runs on. */
+  readonly build: HnswBuild;
   /** Slots addressable now. */
   readonly capacity: number;
   /** Changes made but not yet known to be applied (always 0 inline). */
@@ -54,8 +59,14 @@ export async function createGraph(thread: GraphThread, shape: GraphShape): Promi
 }
 
 /** Reads a graph written by `Graph.write`; `slotIds` is the slot table saved beside it. */
-export async function readGraph(thread: GraphThread, dimension: number, file: string, slotIds: BigInt64Array): Promise<Graph> {
-  return thread === "worker" ? WorkerGraph.read(dimension, file, slotIds) : LocalGraph.read(dimension, file, slotIds);
+export async function readGraph(
+  thread: GraphThread,
+  dimension: number,
+  file: string,
+  slotIds: BigInt64Array,
+  build: HnswBuildChoice = "auto",
+): Promise<Graph> {
+  return thread === "worker" ? WorkerGraph.read(dimension, file, slotIds, build) : LocalGraph.read(dimension, file, slotIds, build);
 }
 
 /** The graph on the calling thread. */
@@ -63,20 +74,25 @@ class LocalGraph implements Graph {
   readonly backlog = 0;
   private ids: BigInt64Array;
 
-  private constructor(private readonly graph: hnswlib.HierarchicalNSW) {
+  private constructor(
+    private readonly graph: hnswlib.HierarchicalNSW,
+    readonly build: HnswBuild,
+  ) {
     this.ids = new BigInt64Array(graph.getMaxElements());
   }
 
   static create(shape: GraphShape): LocalGraph {
+    const { build, hnswlib } = loadHnswlib(shape.build);
     const graph = new hnswlib.HierarchicalNSW("ip", shape.dimension);
     graph.initIndex({ maxElements: shape.capacity, m: shape.m, efConstruction: shape.efConstruction });
-    return new LocalGraph(graph);
+    return new LocalGraph(graph, build);
   }
 
-  static async read(dimension: number, file: string, slotIds: BigInt64Array): Promise<LocalGraph> {
+  static async read(dimension: number, file: string, slotIds: BigInt64Array, wanted: HnswBuildChoice): Promise<LocalGraph> {
+    const { build, hnswlib } = loadHnswlib(wanted);
     const graph = new hnswlib.HierarchicalNSW("ip", dimension);
     await graph.readIndex(file);
-    const local = new LocalGraph(graph);
+    const local = new LocalGraph(graph, build);
     local.growIds(slotIds.length);
     local.ids.set(slotIds);
     return local;
@@ -160,6 +176,7 @@ class WorkerGraph implements Graph {
   private constructor(
     private readonly worker: Worker,
     public capacity: number,
+    readonly build: HnswBuild,
   ) {
     worker.unref();
     worker.on("message", (reply: Reply) => this.answer(reply));
@@ -167,15 +184,22 @@ class WorkerGraph implements Graph {
     worker.on("exit", (code) => this.stop(new Error(`exited with code ${code}`)));
   }
 
+  /** The thread loads the build chosen here (the same files, the same CPU). */
+  private static start(dimension: number, capacity: number, wanted: HnswBuildChoice = "auto"): WorkerGraph {
+    const build = chooseBuild(wanted);
+    const worker = new Worker(WORKER_ENTRY, { workerData: { dimension, build: build === "avx2" ? "auto" : "baseline" }, name: "hnsw-graph" });
+    return new WorkerGraph(worker, capacity, build);
+  }
+
   static async create(shape: GraphShape): Promise<WorkerGraph> {
-    const graph = new WorkerGraph(new Worker(WORKER_ENTRY, { workerData: { dimension: shape.dimension }, name: "hnsw-graph" }), shape.capacity);
+    const graph = WorkerGraph.start(shape.dimension, shape.capacity, shape.build);
     graph.post({ op: "init", maxElements: shape.capacity, m: shape.m, efConstruction: shape.efConstruction });
     await graph.settled();
     return graph;
   }
 
-  static async read(dimension: number, file: string, slotIds: BigInt64Array): Promise<WorkerGraph> {
-    const graph = new WorkerGraph(new Worker(WORKER_ENTRY, { workerData: { dimension }, name: "hnsw-graph" }), 0);
+  static async read(dimension: number, file: string, slotIds: BigInt64Array, wanted: HnswBuildChoice): Promise<WorkerGraph> {
+    const graph = WorkerGraph.start(dimension, 0, wanted);
     try {
       const reply = await graph.request({ op: "read", file, slotIds });
       graph.capacity = reply.capacity!;

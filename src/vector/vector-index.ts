@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { createGraph, readGraph, type Graph, type GraphThread } from "./graph.js";
+import type { HnswBuild, HnswBuildChoice } from "./hnsw-addon.mjs";
 import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix, type TopK } from "./kernel.js";
 import { QuantisedMatrix, quantisedPays, rerank, rerankDepth } from "./quantised-matrix.js";
@@ -38,6 +39,8 @@ export interface VectorIndexOptions {
   initialCapacity?: number;
   /** Where the HNSW graph lives (default `inline`; the server puts it on a thread of its own). */
   graphThread?: GraphThread;
+  /** Which compiled hnswlib runs the graph (default `auto`: the AVX2 build where there is one). */
+  hnswBuild?: HnswBuildChoice;
 }
 
 /** What a snapshot's `snapshot.json` records. */
@@ -114,6 +117,7 @@ export class VectorIndex {
       capacity: full.initialCapacity,
       m: full.m,
       efConstruction: full.efConstruction,
+      build: full.hnswBuild,
     });
     const matrix = await VectorMatrix.create(full.dimension, full.initialCapacity);
     return new VectorIndex(full, graph, matrix, await quantisedFor(full, full.initialCapacity));
@@ -208,6 +212,11 @@ export class VectorIndex {
       if (ids[i] !== 0n) out.push({ id: ids[i], cosine: 1 - distances[i] });
     }
     return out.sort(byScore);
+  }
+
+  /** The compiled hnswlib the graph runs on. */
+  get hnswBuild(): HnswBuild {
+    return this.graph.build;
   }
 
   /** Graph changes made and not yet known to be applied (a graph on its own thread). */
@@ -396,7 +405,7 @@ export class VectorIndex {
     const ids = bigintsOf(contents.ids!);
     let graph: Graph;
     try {
-      graph = await readGraph(full.graphThread, dimension, path.join(dir, manifest.files.graph.name), ids);
+      graph = await readGraph(full.graphThread, dimension, path.join(dir, manifest.files.graph.name), ids, full.hnswBuild);
     } catch (err) {
       throw new SnapshotError(`snapshot graph ${manifest.files.graph.name} is unreadable: ${(err as Error).message}`);
     }
@@ -474,6 +483,7 @@ function withDefaults(options: VectorIndexOptions): Required<VectorIndexOptions>
     initialCapacity: 1024,
     scanQuantisation: DEFAULT_SCAN_QUANTISATION,
     graphThread: "inline",
+    hnswBuild: "auto",
     ...options,
   };
 }
