@@ -217,6 +217,8 @@ export class IndexKeeper {
     clearInterval(this.poll);
     await this.unlisten?.().catch(() => undefined);
     await this.snapshot().catch((error) => this.deps.logger.error("final index snapshot failed", { error }));
+    // The graph's thread finishes what it was sent before the process may exit around it.
+    await this.index.graphSettled().catch(() => undefined);
     this.index.dispose();
   }
 

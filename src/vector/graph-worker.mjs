@@ -58,6 +58,10 @@ function change(message) {
       case "barrier":
         reply({ re: message.re });
         break;
+      case "close":
+        // Between hnswlib calls, so nothing native is running: the thread ends once idle.
+        parentPort.close();
+        break;
     }
   } catch (error) {
     reply({ re: message.re ?? 0, error: `${message.op} of slot ${message.slot ?? "-"} failed: ${error.message}` });

@@ -246,9 +246,17 @@ class WorkerGraph implements Graph {
     this.settledAt = Math.max(this.settledAt, upTo);
   }
 
+  /**
+   * Stops the thread once it has applied what was posted before. Not `worker.terminate()`:
+   * terminating the thread in the middle of an hnswlib call makes the addon throw into a
+   * JavaScript engine that is shutting down, which Node answers with a fatal error that ends
+   * the whole process. Searches fail from now on; the process does not wait for the thread.
+   */
   close(): void {
+    if (this.stopped) return;
     this.stop(new Error("closed"));
-    void this.worker.terminate();
+    this.worker.postMessage({ op: "close" });
+    this.worker.unref();
   }
 
   private post(message: object, transfer?: ArrayBuffer[]): void {

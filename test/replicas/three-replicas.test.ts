@@ -361,7 +361,7 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
     // A full bucket at the start, then one token every 2 s.
     expect(cappedCalls.ok).toBeLessThanOrEqual(perMinute + Math.floor((seconds * perMinute) / 60));
     if (refusedUploads.length) console.log(`uploads refused UNAVAILABLE (never acknowledged): ${refusedUploads.join("; ")}`);
-    expect(failures).toEqual([]);
+    expect(failures, `calls that failed under the run's load:\n${failures.join("\n")}`).toEqual([]);
     expect(uploads.filter((u) => u.whileDown).length).toBeGreaterThan(0);
   }, 240_000);
 

@@ -95,6 +95,22 @@ describe("the HNSW graph on a thread of its own", () => {
     }
   }, 60_000);
 
+  it("closes without taking the process down while changes are still queued", async () => {
+    // Terminating the thread in the middle of an insert made hnswlib throw into a dying
+    // engine, a fatal error that ended the whole process (a stop during a rebuild, say).
+    const dim = 128;
+    const random = makeRandom(17);
+    for (let round = 0; round < 20; round++) {
+      const index = await VectorIndex.create({ modelId: "m", dimension: dim, initialCapacity: 64, graphThread: "worker" });
+      for (let i = 0; i < 400; i++) index.upsert(BigInt(i + 1), Float32Array.from({ length: dim }, () => random() - 0.5));
+      await new Promise((resolve) => setTimeout(resolve, random() * 30));
+      index.dispose();
+      await expect(index.searchHnsw(new Float32Array(dim).fill(0.1), 1, 16)).rejects.toThrow(/graph thread stopped \(closed\)/);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(process.exitCode ?? 0).toBe(0);
+  }, 60_000);
+
   it("fails its searches, instead of hanging, once the thread is gone", async () => {
     const { worker } = await pair();
     worker.upsert(1n, new Float32Array(DIM).fill(0.1));
