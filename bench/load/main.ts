@@ -293,7 +293,6 @@ async function modelDir(cleanup: Cleanup): Promise<string> {
   return dir;
 }
 
-/** Copies the template and starts the build at `root` on it as a child process; waits until search is ready. */
 /** `GLIMPSE_A=x,GLIMPSE_B=y` as server.ts arguments (`--env GLIMPSE_A=x --env GLIMPSE_B=y`). */
 function envArgs(list: string | undefined): string[] {
   return (list ?? "")
@@ -305,6 +304,10 @@ function envArgs(list: string | undefined): string[] {
     });
 }
 
+/**
+ * Copies the template and starts the build at `root` on it as a child process, with the
+ * GLIMPSE_* settings in `env` (envArgs); waits until search is ready.
+ */
 async function startServer(cleanup: Cleanup, label: string, root: string, template: string, model: string, env?: string): Promise<Server> {
   const db = await cloneTemplate(template, label);
   cleanup.add(`drop database ${db.name}`, () => db.drop());
@@ -570,17 +573,20 @@ function medianRows(rows: { scenario: string; target: Target; mode: string; load
     const key = `${r.scenario}|${r.target}|${r.load}`;
     groups.set(key, [...(groups.get(key) ?? []), r]);
   }
-  return [...groups.values()].map((g) => ({
-    scenario: g[0].scenario,
-    target: g[0].target,
-    mode: g[0].mode,
-    load: g[0].load,
-    rounds: g.length,
-    requests_per_s: round(median(g.map((r) => r.summary.requests_per_s)), 1),
-    p50_ms: round(median(g.map((r) => r.summary.p50_ms)), 3),
-    p99_ms: round(median(g.map((r) => r.summary.p99_ms)), 3),
-    errors: g.reduce((a, r) => a + r.summary.requests - r.summary.ok, 0),
-  }));
+  return [...groups.values()].map((g) => {
+    const m = medianSummary(g.map((r) => r.summary));
+    return {
+      scenario: g[0].scenario,
+      target: g[0].target,
+      mode: g[0].mode,
+      load: g[0].load,
+      rounds: g.length,
+      requests_per_s: m.requests_per_s,
+      p50_ms: m.p50_ms,
+      p99_ms: m.p99_ms,
+      errors: m.requests - m.ok,
+    };
+  });
 }
 
 function medianTable(m: MedianRow[]): string {

@@ -80,6 +80,7 @@ export interface Options {
   scanQuantisation: "int8" | "float32";
   /** Where the HNSW graph lives: a thread of its own (worker) or the main thread (inline). */
   graphThread: "worker" | "inline";
+  /** Which compiled hnswlib runs the graph: the AVX2 build where the CPU runs it (auto), or the package's. */
   hnswBuild: "auto" | "baseline";
   /** Index changes after which a snapshot is written. */
   snapshotEveryChanges: number;

@@ -6,11 +6,11 @@
 // A snapshot write runs on libuv's pool while this thread goes on answering searches (both only
 // read the graph); changes that arrive meanwhile wait until the write is done.
 import { parentPort, workerData } from "node:worker_threads";
-import { loadHnswlib } from "./hnsw-addon.mjs";
+import { loadBuild } from "./hnsw-addon.mjs";
 
-/** @type {{ dimension: number, build: "auto" | "baseline" }} */
+/** @type {{ dimension: number, build: "avx2" | "baseline" }} */
 const { dimension, build } = workerData;
-const { hnswlib } = loadHnswlib(build);
+const hnswlib = loadBuild(build);
 const graph = new hnswlib.HierarchicalNSW("ip", dimension);
 /** slot -> image id, as of the changes applied so far; 0n marks a free slot. */
 let ids = new BigInt64Array(0);

@@ -64,7 +64,7 @@ export async function readGraph(
   dimension: number,
   file: string,
   slotIds: BigInt64Array,
-  build: HnswBuildChoice = "auto",
+  build: HnswBuildChoice,
 ): Promise<Graph> {
   return thread === "worker" ? WorkerGraph.read(dimension, file, slotIds, build) : LocalGraph.read(dimension, file, slotIds, build);
 }
@@ -184,10 +184,10 @@ class WorkerGraph implements Graph {
     worker.on("exit", (code) => this.stop(new Error(`exited with code ${code}`)));
   }
 
-  /** The thread loads the build chosen here (the same files, the same CPU). */
-  private static start(dimension: number, capacity: number, wanted: HnswBuildChoice = "auto"): WorkerGraph {
+  /** The thread loads the build chosen here. */
+  private static start(dimension: number, capacity: number, wanted: HnswBuildChoice | undefined): WorkerGraph {
     const build = chooseBuild(wanted);
-    const worker = new Worker(WORKER_ENTRY, { workerData: { dimension, build: build === "avx2" ? "auto" : "baseline" }, name: "hnsw-graph" });
+    const worker = new Worker(WORKER_ENTRY, { workerData: { dimension, build }, name: "hnsw-graph" });
     return new WorkerGraph(worker, capacity, build);
   }
 

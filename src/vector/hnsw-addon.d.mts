@@ -9,4 +9,5 @@ export const AVX2_DIR: string;
 export const AVX2_ADDON: string;
 export function cpuRunsAvx2(): boolean;
 export function chooseBuild(wanted?: HnswBuildChoice): HnswBuild;
+export function loadBuild(build: HnswBuild): typeof hnswlib;
 export function loadHnswlib(wanted?: HnswBuildChoice): { build: HnswBuild; hnswlib: typeof hnswlib };

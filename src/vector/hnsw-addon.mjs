@@ -50,8 +50,13 @@ export function chooseBuild(wanted = "auto") {
   return wanted === "auto" && cpuRunsAvx2() && existsSync(AVX2_ADDON) ? "avx2" : "baseline";
 }
 
+/** hnswlib-node's exports from one build (`chooseBuild`'s answer). */
+export function loadBuild(build) {
+  return build === "avx2" ? require(AVX2_ADDON) : require("hnswlib-node");
+}
+
 /** hnswlib-node's exports from the chosen build. */
 export function loadHnswlib(wanted = "auto") {
   const build = chooseBuild(wanted);
-  return { build, hnswlib: build === "avx2" ? require(AVX2_ADDON) : require("hnswlib-node") };
+  return { build, hnswlib: loadBuild(build) };
 }
