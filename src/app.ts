@@ -38,6 +38,7 @@ import { EmbeddingsRepository } from "./store/embeddings-repository.js";
 import { ModelManager, stillStarting } from "./embedding/model-manager.js";
 import type { ModelEntry } from "./embedding/registry.js";
 import { IndexKeeper } from "./search/index-keeper.js";
+import { startLogPruning } from "./search/log-pruning.js";
 import { Indexer } from "./search/indexer.js";
 import { IndexClaimsRepository } from "./store/index-claims-repository.js";
 import { SearchService, type SearchEngine } from "./search/search-service.js";
@@ -373,6 +374,7 @@ function startSearch(
   });
   let engine: SearchEngine | undefined;
   let stopped = false;
+  let stopPruning: (() => Promise<void>) | undefined;
   metrics?.watch({ index: () => engine?.keeper.state, embedQueue: () => engine?.embedder.queued });
   const indexer = new Indexer({
     embeddings,
@@ -398,9 +400,16 @@ function startSearch(
       scanQuantisation: options.scanQuantisation,
       graphThread: options.graphThread,
       hnswBuild: options.hnswBuild,
+      rebuilt: () => metrics?.indexRebuilds.inc(),
     });
     if (stopped) return keeper.close();
     engine = { embedder, keeper };
+    if (options.indexLogRetentionS > 0) {
+      stopPruning = startLogPruning(
+        { embeddings, logger, pruned: (entries) => metrics?.logPruned.inc(entries) },
+        { retentionMs: options.indexLogRetentionS * 1000 },
+      );
+    }
     indexer.start(embedder);
   });
   let failure: string | undefined;
@@ -410,6 +419,9 @@ function startSearch(
   });
 
   const currentEngine = (): SearchEngine => {
+    if (engine?.keeper.rebuilding) {
+      throw stillStarting("the search index is being rebuilt from the database (index_log was pruned past it); retry shortly");
+    }
     if (engine) return engine;
     models.embedder(); // throws the reason while the model is not ready
     if (failure !== undefined) {
@@ -430,6 +442,7 @@ function startSearch(
     },
     async close() {
       stopped = true;
+      await stopPruning?.();
       await indexer.close();
       await engine?.keeper.close();
       await models.close();

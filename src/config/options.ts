@@ -86,6 +86,7 @@ export interface Options {
   snapshotEveryChanges: number;
   /** Seconds after which changes not yet in a snapshot are written to one. */
   snapshotIntervalS: number;
+  indexLogRetentionS: number;
   /** An API key that is made sure to exist for the default admin account at start. */
   adminKey: string | undefined;
   /** Whether calls without a key may read public images (GetImage, GetImageContent, ListImages, ListComments). */
@@ -165,6 +166,18 @@ function integer(min: number, max: number) {
     const value = Number(text);
     if (value < min || value > max) throw new Error(`${env} must be between ${min} and ${max}, got ${value}`);
     return value;
+  };
+}
+
+/** 0 (off), or a value `inner` accepts; the error names both. */
+function zeroOr(inner: (raw: string | undefined, env: string) => number) {
+  return (raw: string | undefined, env: string): number => {
+    if ((raw ?? "").trim() === "0") return 0;
+    try {
+      return inner(raw, env);
+    } catch (error) {
+      throw new Error(`${(error as Error).message} (or 0)`);
+    }
   };
 }
 
@@ -640,6 +653,13 @@ export const optionSpecs = [
     doc: "Seconds after which index changes not yet in a snapshot are written to one (also written at shutdown).",
     parse: integer(1, 86_400),
   } satisfies OptionSpec<"snapshotIntervalS">,
+  {
+    key: "indexLogRetentionS",
+    env: "GLIMPSE_INDEX_LOG_RETENTION_S",
+    default: "86400",
+    doc: "Seconds index_log entries are kept for replicas to replay; 0 keeps them forever. A replica whose snapshot, or running index, is older than the pruned log rebuilds its index from the tables.",
+    parse: zeroOr(integer(60, 31_536_000)),
+  } satisfies OptionSpec<"indexLogRetentionS">,
   {
     key: "adminKey",
     env: "GLIMPSE_ADMIN_KEY",

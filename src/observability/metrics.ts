@@ -134,6 +134,16 @@ export class Metrics {
     labelNames: ["fail"] as const,
     registers: [this.registry],
   });
+  readonly logPruned = new Counter({
+    name: "glimpse_index_log_pruned_entries_total",
+    help: "index_log entries this replica deleted as older than GLIMPSE_INDEX_LOG_RETENTION_S.",
+    registers: [this.registry],
+  });
+  readonly indexRebuilds = new Counter({
+    name: "glimpse_index_rebuilds_total",
+    help: "Times this replica rebuilt its running search index from the tables because index_log was pruned past entries it had not applied.",
+    registers: [this.registry],
+  });
   readonly slowCalls = new Counter({
     name: "glimpse_slow_calls_total",
     help: "Calls slower than GLIMPSE_SLOW_CALL_MS, by method and the stage that took most of their time.",

@@ -8,7 +8,7 @@ import type { StoreState } from "./metrics.js";
  */
 export async function storeState(sql: Sql): Promise<StoreState> {
   const [row] = await sql<{ seq: bigint | null; open: bigint }[]>`
-    select (select max(seq) from index_log) as seq,
+    select coalesce((select max(seq) from index_log), (select upto from index_log_pruned)) as seq,
            (select count(*) from generations where status = 0) as open`;
   return { newestLogSeq: row.seq ?? 0n, openReservations: Number(row.open) };
 }

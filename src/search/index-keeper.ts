@@ -1,11 +1,11 @@
 import { stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../logging/logger.js";
-import type { EmbeddingsRepository, LogEntry } from "../store/embeddings-repository.js";
+import type { EmbeddingsRepository, LogEntry, SeqRange } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
 import type { GraphThread } from "../vector/graph.js";
 import type { HnswBuildChoice } from "../vector/hnsw-addon.mjs";
-import { SnapshotError, VectorIndex, type ScanQuantisation } from "../vector/vector-index.js";
+import { SnapshotError, VectorIndex, type ScanQuantisation, type VectorIndexOptions } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
 import { LogGaps } from "./log-gaps.js";
 import { detached } from "../observability/call-scope.js";
@@ -35,6 +35,8 @@ export interface IndexKeeperDeps {
   graphThread?: GraphThread;
   /** Which compiled hnswlib runs the graph (GLIMPSE_HNSW_BUILD). */
   hnswBuild?: HnswBuildChoice;
+  /** Told each time the running indexes were rebuilt from the tables (the log pruned past them). */
+  rebuilt?: () => void;
 }
 
 /** Where the indexes came from at start: a snapshot, or the tables (a rebuild). */
@@ -61,6 +63,10 @@ export type IndexSource = "snapshot" | "database";
  * Replays and snapshot writes never overlap (they run one at a time, in order), so a
  * snapshot holds every entry up to the sequence it records; searches may run during either,
  * since they only read.
+ *
+ * The log is pruned (log-pruning.ts): a snapshot older than the pruned bound is not used, and
+ * a replica that finds the log pruned past an entry it has not applied builds its indexes
+ * again from the tables, refusing searches meanwhile.
  */
 export class IndexKeeper {
   private changesSinceSnapshot = 0;
@@ -78,18 +84,40 @@ export class IndexKeeper {
   /** The highest sequence number read; the tail is read after it. */
   private highest: bigint;
   /** Sequence numbers at or below `highest` not read yet. */
-  private readonly gaps = new LogGaps();
+  private gaps = new LogGaps();
+  /** Set while the indexes are rebuilt from the tables because the log was pruned past them. */
+  private rebuildingSince: number | undefined;
+  /** An index replaced by a rebuild, kept for the searches that still hold it; disposed by the timer. */
+  private retired: { index: VectorIndex; timer: NodeJS.Timeout } | undefined;
 
   private constructor(
-    readonly index: VectorIndex,
-    /** The attributes searches filter on, keyed by the vector index's slots. */
-    readonly filters: FilterIndex,
-    /** Where the indexes were loaded from when opened. */
-    readonly source: IndexSource,
+    private current: { index: VectorIndex; filters: FilterIndex },
+    /** Where the indexes in use came from: a snapshot, or the tables. */
+    public source: IndexSource,
     private readonly deps: IndexKeeperDeps,
     private readonly dir: string,
+    private readonly options: VectorIndexOptions,
   ) {
-    this.highest = index.lastSeq;
+    this.highest = current.index.lastSeq;
+  }
+
+  /** The vector index. A rebuild replaces it: read it once per search, not once per keeper. */
+  get index(): VectorIndex {
+    return this.current.index;
+  }
+
+  /** The attributes searches filter on, keyed by the vector index's slots. */
+  get filters(): FilterIndex {
+    return this.current.filters;
+  }
+
+  /**
+   * Whether the indexes are being rebuilt from the tables because the log was pruned past
+   * what they had applied (a replica stalled for longer than the retention): they are
+   * behind by an unknown amount, so searches are refused until the rebuild ends.
+   */
+  get rebuilding(): boolean {
+    return this.rebuildingSince !== undefined;
   }
 
   /** Opens the index for a model; the returned keeper is caught up with the log. */
@@ -99,9 +127,13 @@ export class IndexKeeper {
     const started = performance.now();
     let index: VectorIndex | null = null;
     let filters: FilterIndex | null = null;
-    let source: IndexSource = "snapshot";
-    let start: { last: bigint; holes: { from: bigint; to: bigint }[] } | undefined;
-    const options = { modelId, dimension, scanQuantisation: deps.scanQuantisation, graphThread: deps.graphThread ?? "worker", hnswBuild: deps.hnswBuild };
+    const options: VectorIndexOptions = {
+      modelId,
+      dimension,
+      scanQuantisation: deps.scanQuantisation,
+      graphThread: deps.graphThread ?? "worker",
+      hnswBuild: deps.hnswBuild,
+    };
     try {
       index = await VectorIndex.loadSnapshot(dir, options);
       if (index !== null) filters = await loadFilters(index);
@@ -111,57 +143,45 @@ export class IndexKeeper {
       index = null;
       logger.warn("index snapshot unusable; rebuilding from the database", { reason: err.message, dir });
     }
-    if (index === null || filters === null) {
-      source = "database";
-      index = await VectorIndex.create(options);
-      filters = new FilterIndex();
-      // Every entry committed up to here is in the tables we are about to read; later ones
-      // replay, and so do those held by transactions still running (holes below the newest).
-      start = await embeddings.logStart();
-      index.lastSeq = start.last;
-      logger.info("rebuilding the vector index from the database", { model: modelId });
-      // Graph inserts cost up to a millisecond each: hand the event loop back every
-      // REBUILD_SLICE_MS, so health checks and catalogue calls keep answering meanwhile.
-      let sliceStart = performance.now();
-      for await (const page of embeddings.allVectors(modelId)) {
-        for (const e of page) {
-          if (e.vector.length !== dimension) continue;
-          index.upsert(e.imageId, e.vector);
-          filters.set(index.slot(e.imageId)!, e.attributes);
-          if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
-            await yieldToEventLoop();
-            sliceStart = performance.now();
-          }
-        }
-        await keepUp(index);
+    if (index !== null && filters !== null) {
+      // The entries after the snapshot are needed; pruned ones cannot be replayed.
+      const upto = await embeddings.prunedUpto();
+      if (index.lastSeq < upto) {
+        logger.warn("index snapshot is older than the pruned index_log; rebuilding from the database", {
+          snapshotSeq: index.lastSeq.toString(),
+          prunedUpto: upto.toString(),
+          dir,
+        });
+        index.dispose();
+        index = null;
       }
-      // Ready means searchable at full speed: the graph thread has built what it was sent.
-      await index.graphSettled();
     }
-    const keeper = new IndexKeeper(index, filters, source, deps, dir);
-    if (start !== undefined) {
-      for (const hole of start.holes) keeper.gaps.add(hole.from, hole.to);
-      if (keeper.gaps.unfenced) keeper.gaps.fence(await embeddings.fence());
-      index.lastSeq = keeper.safeSeq;
+    let keeper: IndexKeeper;
+    if (index === null || filters === null) {
+      logger.info("rebuilding the vector index from the database", { model: modelId });
+      const built = await buildFromTables(options, embeddings);
+      keeper = new IndexKeeper(built, "database", deps, dir, options);
+      await keeper.startFrom(built.start);
+    } else {
+      keeper = new IndexKeeper({ index, filters }, "snapshot", deps, dir, options);
+      keeper.snapshotWrittenAt = await snapshotTime(dir);
     }
-    if (source === "snapshot") keeper.snapshotWrittenAt = await snapshotTime(dir);
-    const fromSeq = index.lastSeq;
+    const fromSeq = keeper.index.lastSeq;
     // Listen before replaying, so nothing committed in between waits for the timer.
     await keeper.follow();
     const replayed = await keeper.exclusive(() => keeper.replay());
     logger.info("vector index loaded", {
       model: modelId,
-      source,
-      vectors: index.size,
-      filtered: filters.size,
+      source: keeper.source,
+      vectors: keeper.index.size,
+      filtered: keeper.filters.size,
       replayed,
-      hnswlib: index.hnswBuild,
+      hnswlib: keeper.index.hnswBuild,
       fromSeq: fromSeq.toString(),
-      seq: index.lastSeq.toString(),
+      seq: keeper.index.lastSeq.toString(),
       gaps: keeper.gaps.count.toString(),
       ms: Math.round(performance.now() - started),
     });
-    if (source === "database" && index.size > 0) keeper.changesSinceSnapshot = deps.policy.everyChanges;
     keeper.maybeSnapshot();
     return keeper;
   }
@@ -220,6 +240,11 @@ export class IndexKeeper {
     // The graph's thread finishes what it was sent before the process may exit around it.
     await this.index.graphSettled().catch(() => undefined);
     this.index.dispose();
+    if (this.retired) {
+      clearTimeout(this.retired.timer);
+      this.retired.index.dispose();
+      this.retired = undefined;
+    }
   }
 
   /** Runs `work` after everything queued before it, alone. */
@@ -239,9 +264,20 @@ export class IndexKeeper {
    * Applies what was committed to the log since the last replay: entries in the gaps it left,
    * then the tail after the highest sequence read. Every entry committed before the call is
    * applied when it resolves. New gaps get their fence (a transaction id) afterwards, so that
-   * a later replay can tell when they will stay empty.
+   * a later replay can tell when they will stay empty. When the log has been pruned past an
+   * entry not yet applied, nothing can replay it: the indexes are built again from the tables.
    */
   private async replay(): Promise<number> {
+    let applied = await this.readLog();
+    const upto = await this.deps.embeddings.prunedUpto();
+    if (this.safeSeq < upto) {
+      await this.rebuild(upto);
+      applied += await this.readLog();
+    }
+    return applied;
+  }
+
+  private async readLog(): Promise<number> {
     const { embeddings } = this.deps;
     let applied = 0;
     if (!this.gaps.isEmpty) applied += await this.rereadGaps();
@@ -260,6 +296,67 @@ export class IndexKeeper {
     if (this.gaps.unfenced) this.gaps.fence(await embeddings.fence());
     this.index.lastSeq = this.safeSeq;
     return applied;
+  }
+
+  /**
+   * Follows the log from where a build from the tables started: after its newest entry, and
+   * in the holes below it (entries whose transactions had not committed).
+   */
+  private async startFrom(start: LogStart): Promise<void> {
+    this.highest = start.last;
+    this.gaps = new LogGaps();
+    for (const hole of start.holes) this.gaps.add(hole.from, hole.to);
+    if (this.gaps.unfenced) this.gaps.fence(await this.deps.embeddings.fence());
+    this.index.lastSeq = this.safeSeq;
+    // Nothing of a build from the tables is on disk yet.
+    if (this.index.size > 0) this.changesSinceSnapshot = this.deps.policy.everyChanges;
+  }
+
+  /**
+   * Builds the indexes again from the tables and puts them in place of the current ones
+   * (runs inside a replay, so alone). Searches are refused meanwhile; the replaced index is
+   * disposed a while later, once searches that took it before have finished with it.
+   */
+  private async rebuild(upto: bigint): Promise<void> {
+    const { logger, embeddings } = this.deps;
+    const started = performance.now();
+    logger.warn("index_log was pruned past entries this replica had not applied; rebuilding the index from the database", {
+      model: this.options.modelId,
+      appliedSeq: this.safeSeq.toString(),
+      prunedUpto: upto.toString(),
+    });
+    this.rebuildingSince = Date.now();
+    try {
+      const built = await buildFromTables(this.options, embeddings);
+      const old = this.current.index;
+      this.current = { index: built.index, filters: built.filters };
+      this.source = "database";
+      await this.startFrom(built.start);
+      this.retire(old);
+      this.deps.rebuilt?.();
+    } finally {
+      this.rebuildingSince = undefined;
+    }
+    logger.info("vector index rebuilt from the database", {
+      model: this.options.modelId,
+      vectors: this.index.size,
+      seq: this.index.lastSeq.toString(),
+      ms: Math.round(performance.now() - started),
+    });
+  }
+
+  /** Disposes a replaced index after RETIRED_GRACE_MS (a search may hold it between awaits). */
+  private retire(index: VectorIndex): void {
+    if (this.retired) {
+      clearTimeout(this.retired.timer);
+      this.retired.index.dispose();
+    }
+    const timer = setTimeout(() => {
+      index.dispose();
+      if (this.retired?.index === index) this.retired = undefined;
+    }, RETIRED_GRACE_MS);
+    timer.unref();
+    this.retired = { index, timer };
   }
 
   /** Reads the gaps' entries that committed since, and drops the gaps that will stay empty. */
@@ -367,6 +464,51 @@ export class IndexKeeper {
 async function snapshotTime(dir: string): Promise<number | undefined> {
   return (await stat(path.join(dir, "snapshot.json")).catch(() => undefined))?.mtimeMs;
 }
+
+/** Where following the log starts after a build from the tables (EmbeddingsRepository.logStart). */
+type LogStart = { last: bigint; holes: SeqRange[] };
+
+/**
+ * The indexes built from the tables, and where the log is followed from afterwards: every
+ * entry committed before the build read the tables is in them; later ones replay, and so do
+ * those held by transactions still running (holes below the newest).
+ */
+async function buildFromTables(
+  options: VectorIndexOptions,
+  embeddings: EmbeddingsRepository,
+): Promise<{ index: VectorIndex; filters: FilterIndex; start: LogStart }> {
+  const { modelId, dimension } = options;
+  const index = await VectorIndex.create(options);
+  const filters = new FilterIndex();
+  try {
+    const start = await embeddings.logStart();
+    index.lastSeq = start.last;
+    // Graph inserts cost up to a millisecond each: hand the event loop back every
+    // REBUILD_SLICE_MS, so health checks and catalogue calls keep answering meanwhile.
+    let sliceStart = performance.now();
+    for await (const page of embeddings.allVectors(modelId)) {
+      for (const e of page) {
+        if (e.vector.length !== dimension) continue;
+        index.upsert(e.imageId, e.vector);
+        filters.set(index.slot(e.imageId)!, e.attributes);
+        if (performance.now() - sliceStart >= REBUILD_SLICE_MS) {
+          await yieldToEventLoop();
+          sliceStart = performance.now();
+        }
+      }
+      await keepUp(index);
+    }
+    // Ready means searchable at full speed: the graph thread has built what it was sent.
+    await index.graphSettled();
+    return { index, filters, start };
+  } catch (error) {
+    index.dispose();
+    throw error;
+  }
+}
+
+/** How long an index replaced by a rebuild is kept for searches that took it before. */
+const RETIRED_GRACE_MS = 30_000;
 
 /** The longest the rebuild from the tables runs before letting other work on the event loop. */
 export const REBUILD_SLICE_MS = 10;

@@ -246,28 +246,71 @@ export class EmbeddingsRepository {
     }
   }
 
-  /** The newest log sequence number (0 when the log is empty). */
-  async lastSeq(): Promise<bigint> {
-    const [row] = await this.sql<{ seq: bigint | null }[]>`select max(seq) as seq from index_log`;
-    return row.seq ?? 0n;
+  /** Every log entry with a sequence number at or below this may have been pruned. */
+  async prunedUpto(): Promise<bigint> {
+    const [row] = await this.sql<{ upto: bigint }[]>`select upto from index_log_pruned`;
+    return row.upto;
   }
 
   /**
    * Where a reader that builds from the tables starts following the log: the newest
    * sequence number, and the runs below it with no committed entry (rolled back, or held by
    * transactions still running), read in one snapshot. The reader re-reads those runs until
-   * they fill or are known to stay empty (see `fence`).
+   * they fill or are known to stay empty (see `fence`). Numbers at or below the pruned bound
+   * are settled (see `pruneLog`): none of them is a hole.
    */
   async logStart(): Promise<{ last: bigint; holes: SeqRange[] }> {
     return this.sql.begin("isolation level repeatable read read only", async (tx) => {
+      const [{ upto }] = await tx<{ upto: bigint }[]>`select upto from index_log_pruned`;
       const [top] = await tx<{ seq: bigint | null }[]>`select max(seq) as seq from index_log`;
       const holes = await tx<{ from: bigint; to: bigint }[]>`
         select prev + 1 as from, seq - 1 as to from (
-          select seq, lag(seq, 1, 0::bigint) over (order by seq) as prev from index_log
+          select seq, lag(seq, 1, ${upto.toString()}::bigint) over (order by seq) as prev
+          from index_log where seq > ${upto.toString()}
         ) s
         where seq > prev + 1
         order by seq`;
-      return { last: top.seq ?? 0n, holes: holes.map((h) => ({ from: h.from, to: h.to })) };
+      const last = top.seq !== null && top.seq > upto ? top.seq : upto;
+      return { last, holes: holes.map((h) => ({ from: h.from, to: h.to })) };
+    });
+  }
+
+  /**
+   * One step of pruning the log (the schema's 0009 migration explains the two steps): deletes
+   * the entries up to the bound chosen by an earlier step, once every transaction running when
+   * it was chosen has ended, then chooses the next bound: the newest of the oldest `batch`
+   * entries past the pruned ones that was written before `cutoff`. Steps on several replicas
+   * take turns on the row that records them. Returns the entries deleted and the pruned bound.
+   */
+  async pruneLog(cutoff: Date, batch = 50_000): Promise<{ deleted: number; upto: bigint }> {
+    return this.sql.begin(async (tx) => {
+      const [state] = await tx<{ upto: bigint; candidate: bigint | null; candidate_fence: bigint | null; horizon: string }[]>`
+        select upto, candidate, candidate_fence, pg_snapshot_xmin(pg_current_snapshot())::text as horizon
+        from index_log_pruned for update`;
+      let { upto } = state;
+      let deleted = 0;
+      const candidate = state.candidate;
+      if (candidate !== null && state.candidate_fence !== null) {
+        if (BigInt(state.horizon) <= state.candidate_fence) return { deleted, upto };
+        const gone = await tx`delete from index_log where seq > ${upto.toString()} and seq <= ${candidate.toString()}`;
+        deleted = gone.count;
+        if (candidate > upto) upto = candidate;
+      }
+      // The oldest `batch` entries past the bound: the candidate ends before the first one
+      // written at or after the cutoff.
+      const [next] = await tx<{ candidate: bigint | null }[]>`
+        with head as (
+          select seq, created_at from index_log where seq > ${upto.toString()} order by seq limit ${batch}
+        )
+        select coalesce((select min(seq) from head where created_at >= ${cutoff}) - 1, (select max(seq) from head)) as candidate`;
+      const chosen = next.candidate !== null && next.candidate > upto ? next.candidate : null;
+      await tx`
+        update index_log_pruned set
+          upto = ${upto.toString()},
+          candidate = ${chosen === null ? null : chosen.toString()},
+          candidate_fence = case when ${chosen !== null} then pg_current_xact_id()::text::bigint end,
+          pruned_at = case when ${deleted > 0} then now() else pruned_at end`;
+      return { deleted, upto };
     });
   }
 
