@@ -268,21 +268,25 @@ export class IndexKeeper {
    * entry not yet applied, nothing can replay it: the indexes are built again from the tables.
    */
   private async replay(): Promise<number> {
-    let applied = await this.readLog();
-    const upto = await this.deps.embeddings.prunedUpto();
-    if (this.safeSeq < upto) {
-      await this.rebuild(upto);
-      applied += await this.readLog();
+    try {
+      return await this.readLog();
+    } catch (error) {
+      if (!(error instanceof PrunedPast)) throw error;
+      await this.rebuild(error.upto);
+      return this.readLog();
     }
-    return applied;
   }
 
+  /** The replay itself; PrunedPast when the log no longer holds an entry it needs. */
   private async readLog(): Promise<number> {
     const { embeddings } = this.deps;
     let applied = 0;
     if (!this.gaps.isEmpty) applied += await this.rereadGaps();
     for (;;) {
-      const entries = await embeddings.logAfter(this.highest, LOG_PAGE);
+      const { entries, prunedUpto } = await embeddings.logAfter(this.highest, LOG_PAGE);
+      // Read in one snapshot with the entries: a bound above the highest number read means
+      // entries after it may be gone.
+      if (prunedUpto > this.highest) throw new PrunedPast(prunedUpto);
       if (entries.length === 0) break;
       let next = this.highest + 1n;
       for (const e of entries) {
@@ -364,7 +368,10 @@ export class IndexKeeper {
     let applied = 0;
     for (;;) {
       const ranges = this.gaps.ranges();
-      const { entries, horizon } = await this.deps.embeddings.logWithin(ranges, LOG_PAGE);
+      const { entries, horizon, prunedUpto } = await this.deps.embeddings.logWithin(ranges, LOG_PAGE);
+      // A gap at or below the bound may have held an entry that committed and was pruned: it
+      // cannot be told from one that stayed empty.
+      if (prunedUpto >= ranges[0].from) throw new PrunedPast(prunedUpto);
       // A full page looked for everything up to its last entry, not beyond.
       const full = entries.length === LOG_PAGE;
       const checkedTo = full ? entries[entries.length - 1].seq : ranges[ranges.length - 1].to;
@@ -463,6 +470,13 @@ export class IndexKeeper {
 /** When the snapshot in `dir` was written: its manifest's modification time. */
 async function snapshotTime(dir: string): Promise<number | undefined> {
   return (await stat(path.join(dir, "snapshot.json")).catch(() => undefined))?.mtimeMs;
+}
+
+/** The log was pruned past an entry the index has not applied: only the tables have it now. */
+class PrunedPast extends Error {
+  constructor(readonly upto: bigint) {
+    super(`index_log is pruned up to ${upto}`);
+  }
 }
 
 /** Where following the log starts after a build from the tables (EmbeddingsRepository.logStart). */

@@ -328,30 +328,48 @@ export class EmbeddingsRepository {
     return BigInt(row.xid);
   }
 
-  /** Log entries after `seq`, oldest first, with the vectors and attributes they refer to. */
-  async logAfter(seq: bigint, limit = 1000): Promise<LogEntry[]> {
+  /**
+   * Log entries after `seq`, oldest first, with the vectors and attributes they refer to, and
+   * the pruned bound in the same snapshot: when it is above `seq`, entries after `seq` may be
+   * gone, and the entries read are not all there were.
+   */
+  async logAfter(seq: bigint, limit = 1000): Promise<{ entries: LogEntry[]; prunedUpto: bigint }> {
     const sql = this.sql;
-    const rows = await sql<LogRow[]>`
-      select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
-      from index_log l
-      left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
-      left join images i on l.op <> 2 and i.id = l.image_id
-      where l.seq > ${seq.toString()}
-      order by l.seq limit ${limit}`;
-    return rows.map(toLogEntry);
+    // One statement, so one snapshot; a row comes back even when no entry does. The outer
+    // side is one row the planner knows is one (a join with the bound's table would be
+    // estimated at a thousand, and the query's cost past the point where PostgreSQL compiles
+    // it with JIT: 30-70 ms per call).
+    const rows = await sql<(LogRow & { pruned_upto: bigint })[]>`
+      select (select upto from index_log_pruned) as pruned_upto, x.*
+      from (select) one
+      left join lateral (
+        select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
+        from index_log l
+        left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
+        left join images i on l.op <> 2 and i.id = l.image_id
+        where l.seq > ${seq.toString()}
+        order by l.seq limit ${limit}
+      ) x on true
+      order by x.seq`;
+    return { entries: rows.filter((r) => r.seq !== null).map(toLogEntry), prunedUpto: rows[0].pruned_upto };
   }
 
   /**
-   * Log entries within `ranges` (gaps a reader passed), oldest first, and the horizon of the
-   * snapshot they were read in: the oldest transaction id still running then (the next one to
-   * be assigned when none was). A transaction whose id is below the horizon had ended, so
-   * whatever it committed is among the entries.
+   * Log entries within `ranges` (gaps a reader passed), oldest first, the horizon of the
+   * snapshot they were read in (the oldest transaction id still running then; the next one to
+   * be assigned when none was), and the pruned bound in that snapshot. A transaction whose id
+   * is below the horizon had ended, so whatever it committed is among the entries, unless it
+   * is at or below the pruned bound.
    */
-  async logWithin(ranges: readonly SeqRange[], limit = 1000): Promise<{ entries: LogEntry[]; horizon: bigint }> {
+  async logWithin(
+    ranges: readonly SeqRange[],
+    limit = 1000,
+  ): Promise<{ entries: LogEntry[]; horizon: bigint; prunedUpto: bigint }> {
     if (ranges.length === 0) throw new RangeError("logWithin needs at least one range");
     return this.sql.begin("isolation level repeatable read read only", async (tx) => {
       // The first statement takes the transaction's snapshot; the entries are read in it too.
-      const [h] = await tx<{ horizon: string }[]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
+      const [h] = await tx<{ horizon: string; upto: bigint }[]>`
+        select pg_snapshot_xmin(pg_current_snapshot())::text as horizon, (select upto from index_log_pruned) as upto`;
       const rows = await tx<LogRow[]>`
         select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(tx)}
         from unnest(${ranges.map((r) => r.from.toString())}::bigint[], ${ranges.map((r) => r.to.toString())}::bigint[]) as r(lo, hi)
@@ -359,7 +377,7 @@ export class EmbeddingsRepository {
         left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
         left join images i on l.op <> 2 and i.id = l.image_id
         order by l.seq limit ${limit}`;
-      return { entries: rows.map(toLogEntry), horizon: BigInt(h.horizon) };
+      return { entries: rows.map(toLogEntry), horizon: BigInt(h.horizon), prunedUpto: h.upto };
     });
   }
 

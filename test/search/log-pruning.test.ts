@@ -10,7 +10,7 @@ import { DEFAULT_ACCOUNT_ID } from "../../src/accounts/account-service.js";
 import { IndexKeeper, type IndexKeeperDeps } from "../../src/search/index-keeper.js";
 import { startLogPruning } from "../../src/search/log-pruning.js";
 import { connect, type Sql } from "../../src/store/db.js";
-import { EmbeddingsRepository, vectorToBytes, type LogEntry } from "../../src/store/embeddings-repository.js";
+import { EmbeddingsRepository, vectorToBytes, type SeqRange } from "../../src/store/embeddings-repository.js";
 import { migrate } from "../../src/store/migrate.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
 import { testLogger } from "../helpers/log.js";
@@ -51,12 +51,20 @@ class StallingEmbeddings extends EmbeddingsRepository {
     };
   }
 
-  override async logAfter(seq: bigint, limit?: number): Promise<LogEntry[]> {
+  override async logAfter(seq: bigint, limit?: number) {
     if (this.hold) {
       this.reached();
       await this.hold;
     }
     return super.logAfter(seq, limit);
+  }
+
+  override async logWithin(ranges: readonly SeqRange[], limit?: number) {
+    if (this.hold) {
+      this.reached();
+      await this.hold;
+    }
+    return super.logWithin(ranges, limit);
   }
 
   override async *allVectors(modelId: string, pageSize?: number) {
@@ -255,6 +263,42 @@ describe("pruning index_log", () => {
       await keeper.catchUp();
       expect(searchable(keeper, later)).toBe(true);
       expect(rebuilds).toBe(1);
+    } finally {
+      await keeper.close();
+    }
+  });
+
+  it("rebuilds rather than give up a gap whose entry committed and was pruned while the replica stalled", async () => {
+    const keeper = await IndexKeeper.open(MODEL, DIMENSION, deps);
+    try {
+      // T1 logs `late` and stays open; `early` commits after it: the keeper passes T1's
+      // number by and fences the gap.
+      const t1 = await sql.reserve();
+      let late: bigint;
+      try {
+        await t1`begin`;
+        late = await indexedImage(11, t1 as unknown as Sql);
+        await indexedImage(12);
+        await keeper.catchUp();
+        await keeper.catchUp();
+        expect(searchable(keeper, late)).toBe(false);
+        // The keeper stalls before it reads the gap again; T1 commits and both entries are
+        // pruned. Read after the prune, the gap is empty and every transaction that could
+        // fill it has ended: without the bound, it would look rolled back.
+        const release = embeddings.stall();
+        const caughtUp = keeper.catchUp();
+        await embeddings.waiting;
+        await t1`commit`;
+        await pruneThrough(await newestSeq());
+        release();
+        await caughtUp;
+      } finally {
+        await t1`rollback`.catch(() => undefined);
+        t1.release();
+      }
+      expect(keeper.source).toBe("database");
+      expect(searchable(keeper, late)).toBe(true);
+      expect(keeper.state.appliedSeq).toBe(await newestSeq());
     } finally {
       await keeper.close();
     }

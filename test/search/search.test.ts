@@ -366,6 +366,8 @@ describe("search index recovery", () => {
         await new Promise((r) => setTimeout(r, 25));
       }
     }
+    // Indexed in the tables; the index follows the log (NOTIFY), caught up here.
+    await third.app.searchCatchUp();
     const switched = await client.searchImages(query);
     expect(switched.embeddingModel).not.toBe(firstModel);
     expect(switched.embeddingModel).toMatch(new RegExp(`^dir:${path.basename(modelDir)}:`));
