@@ -12,7 +12,7 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { createLogger } from "../src/logging/logger.js";
 import { connect } from "../src/store/db.js";
-import { EmbeddingsRepository } from "../src/store/embeddings-repository.js";
+import { attributeColumns, EmbeddingsRepository } from "../src/store/embeddings-repository.js";
 import { migrate } from "../src/store/migrate.js";
 import {
   createTempDatabase,
@@ -47,10 +47,10 @@ await runBenchmark("log-prune", async (cleanup) => {
   const fill = startTimer();
   await sql`
     insert into index_log (image_id, op, model_id, created_at)
-    select g, 2, 'bench', now() - interval '2 days' from generate_series(1, ${OLD}) g`;
+    select g, 2, 'bench', now() - interval '2 days' from generate_series(1, ${OLD}::bigint) g`;
   await sql`
     insert into index_log (image_id, op, model_id)
-    select g, 2, 'bench' from generate_series(${OLD + 1}, ${OLD + YOUNG}) g`;
+    select g, 2, 'bench' from generate_series(${OLD + 1}::bigint, ${OLD + YOUNG}::bigint) g`;
   await sql`vacuum analyze index_log`;
   const fillS = fill() / 1000;
   const size = async () => Number((await sql<{ bytes: bigint }[]>`select pg_total_relation_size('index_log') as bytes`)[0].bytes);
@@ -60,7 +60,7 @@ await runBenchmark("log-prune", async (cleanup) => {
   // alternate, so drift on the shared machine falls on both.
   const newest = BigInt(OLD + YOUNG);
   const withoutBound = () => sql`
-    select l.seq, l.image_id, l.op, l.model_id, e.vector
+    select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
     from index_log l
     left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
     left join images i on l.op <> 2 and i.id = l.image_id

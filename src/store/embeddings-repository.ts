@@ -132,7 +132,7 @@ export function bytesToVector(bytes: Uint8Array): Float32Array {
 }
 
 /** The `images i` columns `toAttributes` reads (all null when the join found no image). */
-function attributeColumns(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
+export function attributeColumns(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
   return sql`
     i.owner_id::text as a_owner, i.visibility as a_visibility, i.index_status as a_status,
     i.tag_terms as a_terms, i.nsfw_level as a_nsfw, i.post_id as a_post, i.model_id as a_model,
