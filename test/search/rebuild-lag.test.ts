@@ -106,4 +106,53 @@ describe("rebuilding the index from the tables", () => {
       await rm(t.dataDir, { recursive: true, force: true });
     }
   }, 300_000);
+
+  it("refuses searches UNAVAILABLE while a running replica rebuilds because the log was pruned past it, then answers from the tables' state", async () => {
+    const records: Record<string, unknown>[] = [];
+    const logger = createLogger("info", (line) => records.push(JSON.parse(line) as Record<string, unknown>));
+    const t = await startTestApp({ model: modelDir }, { logger }, first.db);
+    const sql = postgres(first.db.url, { max: 1, onnotice: () => {} });
+    try {
+      await t.app.searchReady;
+      const images = t.client(ImageServiceDefinition);
+      const query = { query: { $case: "likeImageId" as const, value: "1000001" }, limit: 20 };
+      const before = await images.searchImages(query);
+      const gone = before.results[0].id;
+      // While the replica cannot read the log (the lock), an image is deleted and the log
+      // pruned past its entry: what pruning steps do, taken at once.
+      await sql.begin(async (tx) => {
+        await tx`lock table index_log in access exclusive mode`;
+        await tx`delete from images where id = ${gone}`;
+        await tx`delete from index_log`;
+        await tx`update index_log_pruned set upto = (select last_value from index_log_seq_seq)`;
+      });
+      const codes = new Map<string, number>();
+      let refusal = "";
+      for (const until = Date.now() + 120_000; Date.now() < until; ) {
+        try {
+          const after = await images.searchImages(query);
+          codes.set("OK", (codes.get("OK") ?? 0) + 1);
+          if (records.some((r) => r.msg === "vector index rebuilt from the database")) {
+            expect(after.results.map((r) => r.id)).not.toContain(gone);
+            expect(after.results).toHaveLength(20);
+            break;
+          }
+        } catch (error) {
+          const { code, details } = error as { code: number; details: string };
+          codes.set(String(code), (codes.get(String(code)) ?? 0) + 1);
+          refusal = details;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(records.some((r) => r.msg === "vector index rebuilt from the database")).toBe(true);
+      // Status 14 is UNAVAILABLE; nothing else was answered meanwhile.
+      expect([...codes.keys()].sort(), JSON.stringify([...codes])).toEqual(["14", "OK"]);
+      expect(refusal).toMatch(/being rebuilt from the database/);
+    } finally {
+      await sql.end();
+      await t.app.stop();
+      t.channel.close();
+      await rm(t.dataDir, { recursive: true, force: true });
+    }
+  }, 300_000);
 });
