@@ -20,58 +20,47 @@ const DIMENSION = 4;
 /** A cutoff after every entry's time: everything in the log is old enough to go. */
 const FUTURE = () => new Date(Date.now() + 3_600_000);
 
-/** The repository with its log reads held while `hold` is set (a replica that stalls). */
+/** A point where calls wait while it is closed; `reached` resolves when one arrives there. */
+class Gate {
+  private held: Promise<void> | undefined;
+  reached: Promise<void> = new Promise(() => undefined);
+  private arrive: () => void = () => undefined;
+
+  /** Closes the gate; the returned function opens it. */
+  close(): () => void {
+    let open!: () => void;
+    this.held = new Promise((resolve) => (open = resolve));
+    this.reached = new Promise((resolve) => (this.arrive = resolve));
+    return () => {
+      this.held = undefined;
+      open();
+    };
+  }
+
+  async pass(): Promise<void> {
+    if (!this.held) return;
+    this.arrive();
+    await this.held;
+  }
+}
+
+/** The repository with gates before its log reads (a replica that stalls) and its read of the tables. */
 class StallingEmbeddings extends EmbeddingsRepository {
-  hold: Promise<void> | undefined;
-  /** Resolved when a log read is waiting on `hold`. */
-  waiting: Promise<void> = new Promise(() => undefined);
-  private reached: () => void = () => undefined;
-  /** Held while set: the rebuild's read of the tables. */
-  holdTables: Promise<void> | undefined;
-  tablesReached: Promise<void> = new Promise(() => undefined);
-  private tablesReachedResolve: () => void = () => undefined;
-
-  stall(): () => void {
-    let release!: () => void;
-    this.hold = new Promise((resolve) => (release = resolve));
-    this.waiting = new Promise((resolve) => (this.reached = resolve));
-    return () => {
-      this.hold = undefined;
-      release();
-    };
-  }
-
-  stallTables(): () => void {
-    let release!: () => void;
-    this.holdTables = new Promise((resolve) => (release = resolve));
-    this.tablesReached = new Promise((resolve) => (this.tablesReachedResolve = resolve));
-    return () => {
-      this.holdTables = undefined;
-      release();
-    };
-  }
+  readonly log = new Gate();
+  readonly tables = new Gate();
 
   override async logAfter(seq: bigint, limit?: number) {
-    if (this.hold) {
-      this.reached();
-      await this.hold;
-    }
+    await this.log.pass();
     return super.logAfter(seq, limit);
   }
 
   override async logWithin(ranges: readonly SeqRange[], limit?: number) {
-    if (this.hold) {
-      this.reached();
-      await this.hold;
-    }
+    await this.log.pass();
     return super.logWithin(ranges, limit);
   }
 
   override async *allVectors(modelId: string, pageSize?: number) {
-    if (this.holdTables) {
-      this.tablesReachedResolve();
-      await this.holdTables;
-    }
+    await this.tables.pass();
     yield* super.allVectors(modelId, pageSize);
   }
 }
@@ -238,15 +227,15 @@ describe("pruning index_log", () => {
 
       // The replica stalls on its next log read; meanwhile an image goes, one arrives, and
       // the log is pruned past both.
-      const release = embeddings.stall();
+      const release = embeddings.log.close();
       const caughtUp = keeper.catchUp();
-      await embeddings.waiting;
+      await embeddings.log.reached;
       await sql`delete from images where id = ${doomed.toString()}`;
       const arrived = await indexedImage(8);
       await pruneThrough(await newestSeq());
-      const releaseTables = embeddings.stallTables();
+      const releaseTables = embeddings.tables.close();
       release();
-      await embeddings.tablesReached;
+      await embeddings.tables.reached;
       expect(keeper.rebuilding).toBe(true);
       releaseTables();
       await caughtUp;
@@ -285,9 +274,9 @@ describe("pruning index_log", () => {
         // The keeper stalls before it reads the gap again; T1 commits and both entries are
         // pruned. Read after the prune, the gap is empty and every transaction that could
         // fill it has ended: without the bound, it would look rolled back.
-        const release = embeddings.stall();
+        const release = embeddings.log.close();
         const caughtUp = keeper.catchUp();
-        await embeddings.waiting;
+        await embeddings.log.reached;
         await t1`commit`;
         await pruneThrough(await newestSeq());
         release();
