@@ -86,7 +86,7 @@ export class IndexKeeper {
   /** Sequence numbers at or below `highest` not read yet. */
   private gaps = new LogGaps();
   /** Set while the indexes are rebuilt from the tables because the log was pruned past them. */
-  private rebuildingSince: number | undefined;
+  private rebuildingNow = false;
   /** An index replaced by a rebuild, kept for the searches that still hold it; disposed by the timer. */
   private retired: { index: VectorIndex; timer: NodeJS.Timeout } | undefined;
 
@@ -117,7 +117,7 @@ export class IndexKeeper {
    * behind by an unknown amount, so searches are refused until the rebuild ends.
    */
   get rebuilding(): boolean {
-    return this.rebuildingSince !== undefined;
+    return this.rebuildingNow;
   }
 
   /** Opens the index for a model; the returned keeper is caught up with the log. */
@@ -329,7 +329,7 @@ export class IndexKeeper {
       appliedSeq: this.safeSeq.toString(),
       prunedUpto: upto.toString(),
     });
-    this.rebuildingSince = Date.now();
+    this.rebuildingNow = true;
     try {
       const built = await buildFromTables(this.options, embeddings);
       const old = this.current.index;
@@ -339,7 +339,7 @@ export class IndexKeeper {
       this.retire(old);
       this.deps.rebuilt?.();
     } finally {
-      this.rebuildingSince = undefined;
+      this.rebuildingNow = false;
     }
     logger.info("vector index rebuilt from the database", {
       model: this.options.modelId,
