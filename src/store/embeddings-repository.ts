@@ -296,14 +296,20 @@ export class EmbeddingsRepository {
         deleted = gone.count;
         if (candidate > upto) upto = candidate;
       }
-      // The oldest `batch` entries past the bound: the candidate ends before the first one
-      // written at or after the cutoff.
-      const [next] = await tx<{ candidate: bigint | null }[]>`
-        with head as (
-          select seq, created_at from index_log where seq > ${upto.toString()} order by seq limit ${batch}
-        )
-        select coalesce((select min(seq) from head where created_at >= ${cutoff}) - 1, (select max(seq) from head)) as candidate`;
-      const chosen = next.candidate !== null && next.candidate > upto ? next.candidate : null;
+      // Nothing to choose unless the oldest entry left is old enough (one row read, the usual
+      // case once the log is pruned). Else among the oldest `batch` entries past the bound, the
+      // candidate ends before the first one written at or after the cutoff.
+      const [oldest] = await tx<{ created_at: Date }[]>`
+        select created_at from index_log where seq > ${upto.toString()} order by seq limit 1`;
+      let chosen: bigint | null = null;
+      if (oldest !== undefined && oldest.created_at < cutoff) {
+        const [next] = await tx<{ candidate: bigint | null }[]>`
+          with head as (
+            select seq, created_at from index_log where seq > ${upto.toString()} order by seq limit ${batch}
+          )
+          select coalesce((select min(seq) from head where created_at >= ${cutoff}) - 1, (select max(seq) from head)) as candidate`;
+        if (next.candidate !== null && next.candidate > upto) chosen = next.candidate;
+      }
       await tx`
         update index_log_pruned set
           upto = ${upto.toString()},
