@@ -12,7 +12,7 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { createLogger } from "../src/logging/logger.js";
 import { connect } from "../src/store/db.js";
-import { attributeColumns, EmbeddingsRepository } from "../src/store/embeddings-repository.js";
+import { EmbeddingsRepository, logEntryRows } from "../src/store/embeddings-repository.js";
 import { migrate } from "../src/store/migrate.js";
 import {
   createTempDatabase,
@@ -60,10 +60,7 @@ await runBenchmark("log-prune", async (cleanup) => {
   // alternate, so drift on the shared machine falls on both.
   const newest = BigInt(OLD + YOUNG);
   const withoutBound = () => sql`
-    select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
-    from index_log l
-    left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
-    left join images i on l.op <> 2 and i.id = l.image_id
+    ${logEntryRows(sql)}
     where l.seq > ${newest.toString()}
     order by l.seq limit 1000`;
   const tail = async () => {

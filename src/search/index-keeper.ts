@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../logging/logger.js";
-import type { EmbeddingsRepository, LogEntry, SeqRange } from "../store/embeddings-repository.js";
+import type { EmbeddingsRepository, LogEntry, LogStart } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
 import type { GraphThread } from "../vector/graph.js";
 import type { HnswBuildChoice } from "../vector/hnsw-addon.mjs";
@@ -240,11 +240,7 @@ export class IndexKeeper {
     // The graph's thread finishes what it was sent before the process may exit around it.
     await this.index.graphSettled().catch(() => undefined);
     this.index.dispose();
-    if (this.retired) {
-      clearTimeout(this.retired.timer);
-      this.retired.index.dispose();
-      this.retired = undefined;
-    }
+    this.disposeRetired();
   }
 
   /** Runs `work` after everything queued before it, alone. */
@@ -351,16 +347,21 @@ export class IndexKeeper {
 
   /** Disposes a replaced index after RETIRED_GRACE_MS (a search may hold it between awaits). */
   private retire(index: VectorIndex): void {
-    if (this.retired) {
-      clearTimeout(this.retired.timer);
-      this.retired.index.dispose();
-    }
+    this.disposeRetired();
     const timer = setTimeout(() => {
       index.dispose();
       if (this.retired?.index === index) this.retired = undefined;
     }, RETIRED_GRACE_MS);
     timer.unref();
     this.retired = { index, timer };
+  }
+
+  /** Disposes the replaced index now, if one is kept. */
+  private disposeRetired(): void {
+    if (!this.retired) return;
+    clearTimeout(this.retired.timer);
+    this.retired.index.dispose();
+    this.retired = undefined;
   }
 
   /** Reads the gaps' entries that committed since, and drops the gaps that will stay empty. */
@@ -478,9 +479,6 @@ class PrunedPast extends Error {
     super(`index_log is pruned up to ${upto}`);
   }
 }
-
-/** Where following the log starts after a build from the tables (EmbeddingsRepository.logStart). */
-type LogStart = { last: bigint; holes: SeqRange[] };
 
 /**
  * The indexes built from the tables, and where the log is followed from afterwards: every

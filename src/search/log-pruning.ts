@@ -2,7 +2,7 @@ import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository } from "../store/embeddings-repository.js";
 
 /** How often a replica takes a pruning step. */
-export const PRUNE_INTERVAL_MS = 60_000;
+const PRUNE_INTERVAL_MS = 60_000;
 
 /** What pruning needs: the log's repository, where to report, and what it counts. */
 export interface LogPruningDeps {

@@ -92,6 +92,14 @@ export interface SeqRange {
   to: bigint;
 }
 
+/** Where a reader that builds from the tables starts following the log (`logStart`). */
+export interface LogStart {
+  /** The newest sequence number (the pruned bound when the log is empty). */
+  last: bigint;
+  /** Runs below it with no committed entry yet. */
+  holes: SeqRange[];
+}
+
 /** An `index_log` row as `logAfter` and `logWithin` select it. */
 type LogRow = { seq: bigint; image_id: bigint; op: number; model_id: string; vector: Uint8Array | null } & AttributeRow;
 
@@ -131,8 +139,20 @@ export function bytesToVector(bytes: Uint8Array): Float32Array {
   return out;
 }
 
+/**
+ * `index_log l` rows as LogRow: each entry with the current vector of its model (op 1) and its
+ * image's attributes (ops 1 and 3). Callers add the where, order and limit.
+ */
+export function logEntryRows(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
+  return sql`
+    select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
+    from index_log l
+    left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
+    left join images i on l.op <> 2 and i.id = l.image_id`;
+}
+
 /** The `images i` columns `toAttributes` reads (all null when the join found no image). */
-export function attributeColumns(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
+function attributeColumns(sql: Sql | postgres.TransactionSql<{ bigint: bigint }>) {
   return sql`
     i.owner_id::text as a_owner, i.visibility as a_visibility, i.index_status as a_status,
     i.tag_terms as a_terms, i.nsfw_level as a_nsfw, i.post_id as a_post, i.model_id as a_model,
@@ -259,7 +279,7 @@ export class EmbeddingsRepository {
    * they fill or are known to stay empty (see `fence`). Numbers at or below the pruned bound
    * are settled (see `pruneLog`): none of them is a hole.
    */
-  async logStart(): Promise<{ last: bigint; holes: SeqRange[] }> {
+  async logStart(): Promise<LogStart> {
     return this.sql.begin("isolation level repeatable read read only", async (tx) => {
       const [{ upto }] = await tx<{ upto: bigint }[]>`select upto from index_log_pruned`;
       const [top] = await tx<{ seq: bigint | null }[]>`select max(seq) as seq from index_log`;
@@ -314,8 +334,7 @@ export class EmbeddingsRepository {
         update index_log_pruned set
           upto = ${upto.toString()},
           candidate = ${chosen === null ? null : chosen.toString()},
-          candidate_fence = case when ${chosen !== null} then pg_current_xact_id()::text::bigint end,
-          pruned_at = case when ${deleted > 0} then now() else pruned_at end`;
+          candidate_fence = case when ${chosen !== null} then pg_current_xact_id()::text::bigint end`;
       return { deleted, upto };
     });
   }
@@ -349,10 +368,7 @@ export class EmbeddingsRepository {
       select (select upto from index_log_pruned) as pruned_upto, x.*
       from (select) one
       left join lateral (
-        select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(sql)}
-        from index_log l
-        left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
-        left join images i on l.op <> 2 and i.id = l.image_id
+        ${logEntryRows(sql)}
         where l.seq > ${seq.toString()}
         order by l.seq limit ${limit}
       ) x on true
@@ -377,11 +393,9 @@ export class EmbeddingsRepository {
       const [h] = await tx<{ horizon: string; upto: bigint }[]>`
         select pg_snapshot_xmin(pg_current_snapshot())::text as horizon, (select upto from index_log_pruned) as upto`;
       const rows = await tx<LogRow[]>`
-        select l.seq, l.image_id, l.op, l.model_id, e.vector, ${attributeColumns(tx)}
-        from unnest(${ranges.map((r) => r.from.toString())}::bigint[], ${ranges.map((r) => r.to.toString())}::bigint[]) as r(lo, hi)
-        join index_log l on l.seq between r.lo and r.hi
-        left join embeddings e on l.op = 1 and e.image_id = l.image_id and e.model_id = l.model_id
-        left join images i on l.op <> 2 and i.id = l.image_id
+        ${logEntryRows(tx)}
+        join unnest(${ranges.map((r) => r.from.toString())}::bigint[], ${ranges.map((r) => r.to.toString())}::bigint[]) as r(lo, hi)
+          on l.seq between r.lo and r.hi
         order by l.seq limit ${limit}`;
       return { entries: rows.map(toLogEntry), horizon: BigInt(h.horizon), prunedUpto: h.upto };
     });

@@ -17,8 +17,7 @@ create table index_log_pruned (
   -- Every entry with seq <= upto may be gone.
   upto bigint not null default 0,
   candidate bigint,
-  candidate_fence bigint,
-  pruned_at timestamptz
+  candidate_fence bigint
 );
 
 insert into index_log_pruned default values;
