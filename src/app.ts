@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import type { Options } from "./config/options.js";
 import { createLogger, type Logger } from "./logging/logger.js";
 import { startGrpcServer, type GrpcServer } from "./server/grpc-server.js";
+import type { GraphPace } from "./vector/graph.js";
 import type { BlobStore } from "./blobs/blob-store.js";
 import { openBlobStore } from "./blobs/open-blob-store.js";
 import { pooledAnalyse } from "./catalogue/analyse.js";
@@ -108,6 +109,8 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   // Authentication's view of the accounts, set once the store is ready (calls are refused before).
   let servingAccounts: AccountService | undefined;
   let grpc: GrpcServer | undefined;
+  // The search engine's hint that a search call came in (set once search starts).
+  let searchStarting: (() => void) | undefined;
   let gateway: Gateway | undefined;
   let metricsServer: MetricsServer | undefined;
   // Metrics (own registry), traces (only with an OTLP endpoint: no SDK loaded otherwise).
@@ -160,6 +163,7 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       // Room for the largest upload plus protobuf framing; the catalogue names the real limit.
       maxReceiveMessageBytes: Math.max(64 * 1024 * 1024, options.maxUploadBytes * 2),
       resolveCaller: apiKeyResolver(gatekeeper),
+      searchStarting: () => searchStarting?.(),
       gatekeeper,
       uploadBudget,
       idleTimeoutMs: options.grpcIdleTimeoutS * 1000,
@@ -221,7 +225,10 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     const ids = new SnowflakeGenerator(await takeWorkerId(sql), clock);
     // One pool for every full decode, uploads and search by image content alike.
     const analyse = pooledAnalyse(new DecodePool({ concurrency: options.decodeConcurrency, maxQueue: options.decodeQueueMax }));
-    const search = startSearch(options, sql, blobs, logger, deps.modelRegistry, metrics);
+    const search = startSearch(options, sql, blobs, logger, deps.modelRegistry, metrics, {
+      callsRunning: () => grpc?.lifecycle.inFlight ?? Number.POSITIVE_INFINITY,
+    });
+    searchStarting = search.expectWalk;
     metrics?.watch({ store: () => storeState(sql) });
     closers.push(search.close);
     const catalogue = new CatalogueService({
@@ -350,6 +357,7 @@ function startSearch(
   logger: Logger,
   registry: readonly ModelEntry[] | undefined,
   metrics: Metrics | undefined,
+  pace: GraphPace,
 ) {
   const embeddings = new EmbeddingsRepository(sql);
   const models = new ModelManager({
@@ -400,6 +408,7 @@ function startSearch(
       scanQuantisation: options.scanQuantisation,
       graphThread: options.graphThread,
       hnswBuild: options.hnswBuild,
+      pace,
       rebuilt: () => metrics?.indexRebuilds.inc(),
     });
     if (stopped) return keeper.close();
@@ -433,6 +442,8 @@ function startSearch(
     embeddings,
     engine: currentEngine,
     ready,
+    /** A search call came in: the graph's thread readies itself if the process is idle. */
+    expectWalk: () => engine?.keeper.index.expectWalk(),
     hooks: {
       ensureAvailable: () => void currentEngine(),
       // Indexing rounds serve every pending image: they run outside the call that set them off.

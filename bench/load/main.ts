@@ -189,6 +189,33 @@ export interface Summary {
   server_stage_ms?: Record<string, number>;
 }
 
+/**
+ * The search-core issue's bound for one caller, per build, where a run has what it needs (the
+ * c=1 rows of grpc-noop and of search-admin, and the server's walk time): an admin search's
+ * p50 at most 1.5x the in-process HNSW walk plus a bare gRPC round trip, both measured in the
+ * same run (the walk as the server's mean `walk` stage, timed on the thread that runs it).
+ */
+function oneCallerBound(rows: { scenario: string; concurrency: number; base: Summary; current: Summary }[]): string[] {
+  const at = (name: string) => rows.find((r) => r.scenario === name && r.concurrency === 1);
+  const noop = at("grpc-noop");
+  const lines: string[] = [];
+  for (const name of ["search-admin", "search-user"]) {
+    const search = at(name);
+    if (!noop || !search) continue;
+    for (const build of ["base", "current"] as const) {
+      const walk = search[build].server_stage_ms?.walk;
+      if (walk === undefined) continue;
+      const bound = 1.5 * (walk + noop[build].p50_ms);
+      const p50 = search[build].p50_ms;
+      lines.push(
+        `- ${build}: ${name} c=1 p50 ${p50} ms against 1.5 x (walk ${walk} + bare round trip ${noop[build].p50_ms}) = ${round(bound, 3)} ms: ` +
+          `${round(p50 / bound, 2)} of the bound (${p50 <= bound ? "holds" : "does not hold"})`,
+      );
+    }
+  }
+  return lines.length > 0 ? ["", "One caller, against 1.5 x (the server's mean HNSW walk + a bare Health/Check p50), medians:", "", ...lines] : [];
+}
+
 /** Sum (s) and count of each search stage on a server, read from its /metrics; undefined when it has none. */
 async function stageTotals(http: string): Promise<Map<string, { sum: number; count: number }> | undefined> {
   try {
@@ -901,7 +928,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
   }
   const profiles = await prof.stop("compare");
   const table = markdownTable(
-    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "server rank ms (base / current)", "errors (base / current)", "load avg 1m"],
+    ["scenario", "c", "base req/s", "base p50 ms", "base p99 ms", "current req/s", "current p50 ms", "current p99 ms", "req/s after/before", "p50 after/before", "server rank ms (base / current)", "server walk ms (base / current)", "errors (base / current)", "load avg 1m"],
     rows.map((r) => [
       r.scenario,
       r.concurrency,
@@ -914,6 +941,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
       r.ratio_rps,
       r.ratio_p50,
       `${r.base.server_stage_ms?.rank ?? "-"} / ${r.current.server_stage_ms?.rank ?? "-"}`,
+      `${r.base.server_stage_ms?.walk ?? "-"} / ${r.current.server_stage_ms?.walk ?? "-"}`,
       `${errorsText(r.base)} / ${errorsText(r.current)}`,
       r.load_average_1m,
     ]),
@@ -929,6 +957,7 @@ await runBenchmark(`bench:load ${command}`, async (cleanup) => {
     `- load average (1, 5, 15 min) before ${loadBefore.join(" ")}, after ${os.loadavg().map((x) => round(x)).join(" ")} (the machine is shared: other processes' work shows in both builds' figures alike, as the runs alternate)`,
     "",
     table,
+    ...oneCallerBound(rows),
     ...(repeat > 1
       ? [
           "",

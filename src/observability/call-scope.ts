@@ -85,6 +85,15 @@ export function searched(plan: string, startedAt: number): void {
   frame.span?.setAttribute("glimpse.search.plan", plan);
 }
 
+/**
+ * Reports the time of a graph walk of the current call's search (timed on the thread that ran
+ * it), observed as the `walk` stage. It is part of the `rank` stage, so it is not subtracted
+ * from it nor counted among the call's stages. Outside a call it does nothing.
+ */
+export function walked(ms: number): void {
+  frames.getStore()?.call.onStage?.("walk", ms / 1000);
+}
+
 /** Milliseconds per stage of the call now running (empty outside a call). */
 export function currentStages(): ReadonlyMap<string, number> {
   return frames.getStore()?.call.stages ?? new Map();

@@ -98,7 +98,7 @@ export class Metrics {
   });
   readonly searchStageSeconds = new Histogram({
     name: "glimpse_search_stage_duration_seconds",
-    help: "Time of each search stage: embed (query to vector), candidates (filter), rank (vector search), hydrate (result fields).",
+    help: "Time of each search stage: embed (query to vector), candidates (filter), rank (vector search), hydrate (result fields); walk: each HNSW graph walk itself, timed on the thread that runs it (part of rank).",
     labelNames: ["stage"] as const,
     buckets: STAGE_BUCKETS,
     registers: [this.registry],

@@ -3,12 +3,12 @@ import path from "node:path";
 import type { Logger } from "../logging/logger.js";
 import type { EmbeddingsRepository, LogEntry, LogStart } from "../store/embeddings-repository.js";
 import type { Sql } from "../store/db.js";
-import type { GraphThread } from "../vector/graph.js";
+import type { GraphPace, GraphThread } from "../vector/graph.js";
 import type { HnswBuildChoice } from "../vector/hnsw-addon.mjs";
 import { SnapshotError, VectorIndex, type ScanQuantisation, type VectorIndexOptions } from "../vector/vector-index.js";
 import { FilterIndex } from "./filter-index.js";
 import { LogGaps } from "./log-gaps.js";
-import { detached } from "../observability/call-scope.js";
+import { detached, walked } from "../observability/call-scope.js";
 
 /** When snapshots are written. */
 export interface SnapshotPolicy {
@@ -35,6 +35,8 @@ export interface IndexKeeperDeps {
   graphThread?: GraphThread;
   /** Which compiled hnswlib runs the graph (GLIMPSE_HNSW_BUILD). */
   hnswBuild?: HnswBuildChoice;
+  /** How busy the process is, for the graph's thread (GraphPace); unknown when absent. */
+  pace?: GraphPace;
   /** Told each time the running indexes were rebuilt from the tables (the log pruned past them). */
   rebuilt?: () => void;
 }
@@ -133,6 +135,8 @@ export class IndexKeeper {
       scanQuantisation: deps.scanQuantisation,
       graphThread: deps.graphThread ?? "worker",
       hnswBuild: deps.hnswBuild,
+      pace: deps.pace,
+      onWalk: walked,
     };
     try {
       index = await VectorIndex.loadSnapshot(dir, options);

@@ -1,4 +1,4 @@
-import { Worker } from "node:worker_threads";
+import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from "node:worker_threads";
 import type hnswlib from "hnswlib-node";
 import { chooseBuild, loadHnswlib, type HnswBuild, type HnswBuildChoice } from "./hnsw-addon.mjs";
 
@@ -6,6 +6,8 @@ import { chooseBuild, loadHnswlib, type HnswBuild, type HnswBuildChoice } from "
 export interface GraphHits {
   ids: BigInt64Array;
   distances: Float32Array;
+  /** How long hnswlib's walk itself took, in ms, timed on the thread that ran it. */
+  walkMs: number;
 }
 
 /** HNSW build parameters of a new graph. */
@@ -16,6 +18,18 @@ export interface GraphShape {
   capacity: number;
   m: number;
   efConstruction: number;
+}
+
+/**
+ * What a graph on its own thread knows of the process around it, to spare a lone caller the
+ * two wake-ups of sleeping threads a hand-off costs (a few tenths of a millisecond each on a
+ * virtual machine): when nothing else runs, the graph's thread polls for a walk it was told
+ * is coming, and the main thread polls for the walk's answer, instead of either sleeping.
+ * Without it (`callsRunning` unknown) the graph never polls.
+ */
+export interface GraphPace {
+  /** Calls the server is running now, the caller's own included. */
+  callsRunning(): number;
 }
 
 /**
@@ -40,10 +54,17 @@ export interface Graph {
   readonly capacity: number;
   /** Changes made but not yet known to be applied (always 0 inline). */
   readonly backlog: number;
+  /** Searches and other requests whose answer has not been taken yet (always 0 inline). */
+  readonly awaited: number;
   resize(capacity: number): void;
   /** Inserts a slot's vector, or replaces it (a deleted slot is un-deleted). */
   add(slot: number, id: bigint, vector: Float32Array): void;
   remove(slot: number): void;
+  /**
+   * A search is about to walk the graph. A graph on its own thread gets ready for it when the
+   * process is otherwise idle (see GraphPace); otherwise, and inline, nothing happens.
+   */
+  expect(): void;
   /** The k nearest (fewer when the filter passes fewer); `allowed`: one byte per slot, 1 to pass. */
   search(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<GraphHits>;
   /** Writes the graph to `file` (hnswlib's format). */
@@ -54,8 +75,8 @@ export interface Graph {
 }
 
 /** Opens a new, empty graph. */
-export async function createGraph(thread: GraphThread, shape: GraphShape): Promise<Graph> {
-  return thread === "worker" ? WorkerGraph.create(shape) : LocalGraph.create(shape);
+export async function createGraph(thread: GraphThread, shape: GraphShape, pace?: GraphPace): Promise<Graph> {
+  return thread === "worker" ? WorkerGraph.create(shape, pace) : LocalGraph.create(shape);
 }
 
 /** Reads a graph written by `Graph.write`; `slotIds` is the slot table saved beside it. */
@@ -65,13 +86,17 @@ export async function readGraph(
   file: string,
   slotIds: BigInt64Array,
   build: HnswBuildChoice,
+  pace?: GraphPace,
 ): Promise<Graph> {
-  return thread === "worker" ? WorkerGraph.read(dimension, file, slotIds, build) : LocalGraph.read(dimension, file, slotIds, build);
+  return thread === "worker"
+    ? WorkerGraph.read(dimension, file, slotIds, build, pace)
+    : LocalGraph.read(dimension, file, slotIds, build);
 }
 
 /** The graph on the calling thread. */
 class LocalGraph implements Graph {
   readonly backlog = 0;
+  readonly awaited = 0;
   private ids: BigInt64Array;
 
   private constructor(
@@ -117,14 +142,18 @@ class LocalGraph implements Graph {
     this.ids[slot] = 0n;
   }
 
+  expect(): void {}
+
   async search(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<GraphHits> {
     this.graph.setEf(ef);
     const filter = allowed ? (label: number) => allowed[label] === 1 : undefined;
+    const started = performance.now();
     const result = this.graph.searchKnn(Array.from(query), k, filter);
+    const walkMs = performance.now() - started;
     const n = result.neighbors.length;
     const ids = new BigInt64Array(n);
     for (let i = 0; i < n; i++) ids[i] = this.ids[result.neighbors[i]];
-    return { ids, distances: Float32Array.from(result.distances) };
+    return { ids, distances: Float32Array.from(result.distances), walkMs };
   }
 
   write(file: string): Promise<void> {
@@ -143,12 +172,18 @@ class LocalGraph implements Graph {
   }
 }
 
+/** How long the main thread waits for a lone walk's answer without sleeping, at most. */
+const ANSWER_SPIN_MS = 3;
+/** Event-loop idle time (ms) since the last walk's answer that marks the process as not busy. */
+const QUIET_IDLE_MS = 0.2;
+
 /** What the graph thread answers: `re` names the request (0: a change that failed). */
 interface Reply {
   re: number;
   error?: string;
   ids?: BigInt64Array;
   distances?: Float32Array;
+  walkMs?: number;
   capacity?: number;
 }
 
@@ -164,7 +199,9 @@ const WORKER_ENTRY = new URL("./graph-worker.mjs", import.meta.url);
  * (postMessage keeps their order, and a search posted after them runs after them); `settled`
  * waits for them, which is how a rebuild or a long replay keeps the queue of posted vectors
  * short. Every array sent is a copy in a buffer of its own: a view into a larger buffer (the
- * kernel's memory, say) would otherwise be cloned whole.
+ * kernel's memory, say) would otherwise be cloned whole. Answers come back on a channel of
+ * their own, with a shared counter bumped after each, so that the main thread can take one
+ * without returning to the event loop (see GraphPace).
  */
 class WorkerGraph implements Graph {
   private readonly pending = new Map<number, Pending>();
@@ -172,34 +209,59 @@ class WorkerGraph implements Graph {
   private posted = 0;
   private settledAt = 0;
   private stopped: Error | undefined;
+  /** The event loop's idle time (ms, cumulative) when the last walk's answer was taken. */
+  private idleAtAnswer = 0;
 
   private constructor(
     private readonly worker: Worker,
+    /** Where the thread's answers arrive. */
+    private readonly replies: MessagePort,
+    /** Bumped by the thread after each answer it posts. */
+    private readonly answered: Int32Array,
     public capacity: number,
     readonly build: HnswBuild,
+    private readonly pace: GraphPace | undefined,
   ) {
     worker.unref();
-    worker.on("message", (reply: Reply) => this.answer(reply));
+    replies.unref();
+    replies.on("message", (reply: Reply) => this.answer(reply));
     worker.on("error", (error) => this.stop(error));
     worker.on("exit", (code) => this.stop(new Error(`exited with code ${code}`)));
   }
 
   /** The thread loads the build chosen here. */
-  private static start(dimension: number, capacity: number, wanted: HnswBuildChoice | undefined): WorkerGraph {
+  private static start(
+    dimension: number,
+    capacity: number,
+    wanted: HnswBuildChoice | undefined,
+    pace: GraphPace | undefined,
+  ): WorkerGraph {
     const build = chooseBuild(wanted);
-    const worker = new Worker(WORKER_ENTRY, { workerData: { dimension, build }, name: "hnsw-graph" });
-    return new WorkerGraph(worker, capacity, build);
+    const channel = new MessageChannel();
+    const answered = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(WORKER_ENTRY, {
+      workerData: { dimension, build, replies: channel.port2, answered },
+      transferList: [channel.port2],
+      name: "hnsw-graph",
+    });
+    return new WorkerGraph(worker, channel.port1, answered, capacity, build, pace);
   }
 
-  static async create(shape: GraphShape): Promise<WorkerGraph> {
-    const graph = WorkerGraph.start(shape.dimension, shape.capacity, shape.build);
+  static async create(shape: GraphShape, pace?: GraphPace): Promise<WorkerGraph> {
+    const graph = WorkerGraph.start(shape.dimension, shape.capacity, shape.build, pace);
     graph.post({ op: "init", maxElements: shape.capacity, m: shape.m, efConstruction: shape.efConstruction });
     await graph.settled();
     return graph;
   }
 
-  static async read(dimension: number, file: string, slotIds: BigInt64Array, wanted: HnswBuildChoice): Promise<WorkerGraph> {
-    const graph = WorkerGraph.start(dimension, 0, wanted);
+  static async read(
+    dimension: number,
+    file: string,
+    slotIds: BigInt64Array,
+    wanted: HnswBuildChoice,
+    pace?: GraphPace,
+  ): Promise<WorkerGraph> {
+    const graph = WorkerGraph.start(dimension, 0, wanted, pace);
     try {
       const reply = await graph.request({ op: "read", file, slotIds });
       graph.capacity = reply.capacity!;
@@ -212,6 +274,10 @@ class WorkerGraph implements Graph {
 
   get backlog(): number {
     return this.posted - this.settledAt;
+  }
+
+  get awaited(): number {
+    return this.pending.size;
   }
 
   resize(capacity: number): void {
@@ -232,8 +298,42 @@ class WorkerGraph implements Graph {
     const copy = new Float32Array(query);
     const mask = allowed?.slice();
     const transfer: ArrayBuffer[] = mask ? [copy.buffer, mask.buffer as ArrayBuffer] : [copy.buffer];
-    const reply = await this.request({ op: "search", query: copy, k, ef, allowed: mask }, transfer);
-    return { ids: reply.ids!, distances: reply.distances! };
+    const quiet = this.quiet();
+    const seen = Atomics.load(this.answered, 0);
+    const reply = this.request({ op: "search", query: copy, k, ef, allowed: mask }, transfer);
+    if (quiet) this.takeAnswers(seen);
+    const { ids, distances, walkMs } = await reply;
+    return { ids: ids!, distances: distances!, walkMs: walkMs! };
+  }
+
+  expect(): void {
+    if (!this.stopped && this.quiet()) this.worker.postMessage({ op: "expect" });
+  }
+
+  /**
+   * Nothing else waits for this thread: only one call runs, no walk is out, and the event loop
+   * slept since the last walk was answered (under load it never does, though a call may for a
+   * moment be the only one admitted while others wait unread in their sockets).
+   */
+  private quiet(): boolean {
+    if (this.pace === undefined || this.pending.size > 0 || this.pace.callsRunning() > 1) return false;
+    return performance.eventLoopUtilization().idle - this.idleAtAnswer >= QUIET_IDLE_MS;
+  }
+
+  /**
+   * Takes the thread's answers as they are posted, without returning to the event loop, until
+   * none is awaited or ANSWER_SPIN_MS have passed (a long walk is then answered as usual).
+   */
+  private takeAnswers(seen: number): void {
+    const until = performance.now() + ANSWER_SPIN_MS;
+    while (this.pending.size > 0 && performance.now() < until) {
+      const now = Atomics.load(this.answered, 0);
+      if (now === seen) continue;
+      seen = now;
+      for (let got = receiveMessageOnPort(this.replies); got; got = receiveMessageOnPort(this.replies)) {
+        this.answer(got.message as Reply);
+      }
+    }
   }
 
   async write(file: string): Promise<void> {
@@ -270,7 +370,7 @@ class WorkerGraph implements Graph {
     const re = this.nextRe++;
     return new Promise<Reply>((resolve, reject) => {
       this.pending.set(re, { resolve, reject });
-      if (this.pending.size === 1) this.worker.ref(); // the process waits for an answer
+      if (this.pending.size === 1) this.replies.ref(); // the process waits for an answer
       this.worker.postMessage({ ...message, re }, transfer);
     });
   }
@@ -283,7 +383,8 @@ class WorkerGraph implements Graph {
       return;
     }
     this.pending.delete(reply.re);
-    if (this.pending.size === 0) this.worker.unref();
+    if (reply.ids) this.idleAtAnswer = performance.eventLoopUtilization().idle;
+    if (this.pending.size === 0) this.replies.unref();
     if (reply.error) pending.reject(new Error(reply.error));
     else pending.resolve(reply);
   }
@@ -291,6 +392,7 @@ class WorkerGraph implements Graph {
   private stop(cause: Error): void {
     if (this.stopped) return;
     this.stopped = cause;
+    this.replies.close();
     const waiting = [...this.pending.values()];
     this.pending.clear();
     for (const p of waiting) p.reject(this.stoppedError());

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import { createGraph, readGraph, type Graph, type GraphThread } from "./graph.js";
+import { createGraph, readGraph, type Graph, type GraphPace, type GraphThread } from "./graph.js";
 import type { HnswBuild, HnswBuildChoice } from "./hnsw-addon.mjs";
 import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix, type TopK } from "./kernel.js";
@@ -41,6 +41,10 @@ export interface VectorIndexOptions {
   graphThread?: GraphThread;
   /** Which compiled hnswlib runs the graph (default `auto`: the AVX2 build where there is one). */
   hnswBuild?: HnswBuildChoice;
+  /** How busy the process is, for a graph on its own thread (GraphPace; default: unknown). */
+  pace?: GraphPace;
+  /** Told each graph walk's own time in ms, in the searching call's async context. */
+  onWalk?: (ms: number) => void;
 }
 
 /** What a snapshot's `snapshot.json` records. */
@@ -95,6 +99,7 @@ export class VectorIndex {
   private readonly slotOf = new IdSlotMap();
   private readonly free: number[] = [];
   private used = 0;
+  private readonly onWalk: (ms: number) => void;
 
   private constructor(
     options: Required<VectorIndexOptions>,
@@ -108,17 +113,19 @@ export class VectorIndex {
     this.matrix = matrix;
     this.quantised = quantised;
     this.slotIds = new BigInt64Array(graph.capacity);
+    this.onWalk = options.onWalk;
   }
 
   static async create(options: VectorIndexOptions): Promise<VectorIndex> {
     const full = withDefaults(options);
-    const graph = await createGraph(full.graphThread, {
+    const shape = {
       dimension: full.dimension,
       capacity: full.initialCapacity,
       m: full.m,
       efConstruction: full.efConstruction,
       build: full.hnswBuild,
-    });
+    };
+    const graph = await createGraph(full.graphThread, shape, full.pace);
     const matrix = await VectorMatrix.create(full.dimension, full.initialCapacity);
     return new VectorIndex(full, graph, matrix, await quantisedFor(full, full.initialCapacity));
   }
@@ -197,6 +204,11 @@ export class VectorIndex {
     return true;
   }
 
+  /** A search is about to walk the graph (Graph.expect): a graph thread readies itself when the process is idle. */
+  expectWalk(): void {
+    this.graph.expect();
+  }
+
   /**
    * Approximate k nearest neighbours by HNSW. With `allowed`, only images whose slot is set
    * in it are considered (hnswlib checks it while walking the graph, so k results still
@@ -205,7 +217,8 @@ export class VectorIndex {
   async searchHnsw(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<Neighbour[]> {
     if (this.size === 0 || k <= 0) return [];
     const count = Math.min(k, this.size);
-    const { ids, distances } = await this.graph.search(query, count, Math.max(ef, count), allowed);
+    const { ids, distances, walkMs } = await this.graph.search(query, count, Math.max(ef, count), allowed);
+    this.onWalk(walkMs);
     const out: Neighbour[] = [];
     for (let i = 0; i < ids.length; i++) {
       // hnswlib's inner-product distance is 1 - dot.
@@ -220,6 +233,11 @@ export class VectorIndex {
   }
 
   /** Graph changes made and not yet known to be applied (a graph on its own thread). */
+  /** Graph requests (searches included) whose answer has not been taken yet (Graph.awaited). */
+  get graphAwaited(): number {
+    return this.graph.awaited;
+  }
+
   get graphBacklog(): number {
     return this.graph.backlog;
   }
@@ -405,7 +423,8 @@ export class VectorIndex {
     const ids = bigintsOf(contents.ids!);
     let graph: Graph;
     try {
-      graph = await readGraph(full.graphThread, dimension, path.join(dir, manifest.files.graph.name), ids, full.hnswBuild);
+      const file = path.join(dir, manifest.files.graph.name);
+      graph = await readGraph(full.graphThread, dimension, file, ids, full.hnswBuild, full.pace);
     } catch (err) {
       throw new SnapshotError(`snapshot graph ${manifest.files.graph.name} is unreadable: ${(err as Error).message}`);
     }
@@ -485,6 +504,8 @@ function withDefaults(options: VectorIndexOptions): Required<VectorIndexOptions>
     graphThread: "inline",
     hnswBuild: "auto",
     ...options,
+    pace: options.pace ?? { callsRunning: () => Number.POSITIVE_INFINITY },
+    onWalk: options.onWalk ?? (() => {}),
   };
 }
 

@@ -102,6 +102,9 @@ describe("GET /metrics on the HTTP port, after real calls", () => {
     expect(grew("glimpse_search_stage_duration_seconds_count", { stage: "rank" })).toBe(3);
     expect(grew("glimpse_search_stage_duration_seconds_count", { stage: "hydrate" })).toBe(3);
     expect(grew("glimpse_search_stage_duration_seconds_count", { stage: "candidates" })).toBe(1);
+    // The graph was walked by the two unfiltered searches (the filtered one scanned exactly).
+    expect(grew("glimpse_search_stage_duration_seconds_count", { stage: "walk" })).toBe(2);
+    expect(grew("glimpse_search_stage_duration_seconds_sum", { stage: "walk" })).toBeGreaterThan(0);
     expect(grew("glimpse_search_duration_seconds_count", { plan: "hnsw" })).toBe(2);
     expect(grew("glimpse_search_duration_seconds_count", { plan: "exact" })).toBe(1);
     expect(grew("glimpse_calls_total", { method: "SearchImages", transport: "http", code: "OK" })).toBe(1);

@@ -65,6 +65,51 @@ describe("the HNSW graph on a thread of its own", () => {
     expect((await worker.searchHnsw(v(0), 1, 16))[0].id).toBe(13n);
   });
 
+  it("answers a lone caller's walk without a trip through the event loop, exactly as inline", async () => {
+    const calls = { running: 1 };
+    const walks: number[] = [];
+    const inline = await VectorIndex.create({ modelId: "m", dimension: DIM, initialCapacity: 64, graphThread: "inline" });
+    const worker = await VectorIndex.create({
+      modelId: "m",
+      dimension: DIM,
+      initialCapacity: 64,
+      graphThread: "worker",
+      pace: { callsRunning: () => calls.running },
+      onWalk: (ms) => walks.push(ms),
+    });
+    open.push(inline, worker);
+    const { vectors, queries } = clusteredVectors({ count: 2000, dimension: DIM, clusters: 10, queries: 20, seed: 21 });
+    for (const index of [inline, worker]) vectors.forEach((v, i) => index.upsert(BigInt(i + 1), v));
+    await worker.graphSettled();
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    let takenAtOnce = 0;
+    for (const [i, query] of queries.entries()) {
+      await sleep(2); // the event loop sleeps between one caller's calls
+      if (i % 2 === 0) worker.expectWalk(); // as the server does when a search call comes in
+      // Inserts posted just before are applied before the walk, polled for or not.
+      for (const index of [inline, worker]) index.upsert(10_000n + BigInt(i), vectors[i * 7]);
+      const answer = worker.searchHnsw(query, K, 64);
+      // Taken before searchHnsw returned: the main thread polled for it (a loaded machine may
+      // not run the graph's thread within the poll's bound, so not every time).
+      if (worker.graphAwaited === 0) takenAtOnce++;
+      expect(await answer).toEqual(await inline.searchHnsw(query, K, 64));
+    }
+    expect(takenAtOnce).toBeGreaterThan(0);
+    // Told to expect a walk that never comes, the thread goes back to waiting and answers later ones.
+    worker.expectWalk();
+    await sleep(5);
+    expect(await worker.searchHnsw(queries[0], K, 64)).toEqual(await inline.searchHnsw(queries[0], K, 64));
+    // With another call running the answer comes through the event loop, as under load.
+    calls.running = 2;
+    await sleep(2);
+    const answer = worker.searchHnsw(queries[1], K, 64);
+    expect(worker.graphAwaited).toBe(1);
+    expect(await answer).toEqual(await inline.searchHnsw(queries[1], K, 64));
+    // Every walk's own time was reported, measured on the graph's thread.
+    expect(walks).toHaveLength(queries.length + 2);
+    for (const ms of walks) expect(ms).toBeGreaterThan(0);
+  }, 60_000);
+
   it("writes a snapshot from the thread and loads it onto either thread", async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "glimpse-graph-"));
     try {
