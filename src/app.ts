@@ -109,8 +109,6 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
   // Authentication's view of the accounts, set once the store is ready (calls are refused before).
   let servingAccounts: AccountService | undefined;
   let grpc: GrpcServer | undefined;
-  // The search engine's hint that a search call came in (set once search starts).
-  let searchStarting: (() => void) | undefined;
   let gateway: Gateway | undefined;
   let metricsServer: MetricsServer | undefined;
   // Metrics (own registry), traces (only with an OTLP endpoint: no SDK loaded otherwise).
@@ -163,7 +161,6 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
       // Room for the largest upload plus protobuf framing; the catalogue names the real limit.
       maxReceiveMessageBytes: Math.max(64 * 1024 * 1024, options.maxUploadBytes * 2),
       resolveCaller: apiKeyResolver(gatekeeper),
-      searchStarting: () => searchStarting?.(),
       gatekeeper,
       uploadBudget,
       idleTimeoutMs: options.grpcIdleTimeoutS * 1000,
@@ -228,7 +225,6 @@ export async function startApp(given: Options, deps: AppDeps = {}): Promise<App>
     const search = startSearch(options, sql, blobs, logger, deps.modelRegistry, metrics, {
       callsRunning: () => grpc?.lifecycle.inFlight ?? Number.POSITIVE_INFINITY,
     });
-    searchStarting = search.expectWalk;
     metrics?.watch({ store: () => storeState(sql) });
     closers.push(search.close);
     const catalogue = new CatalogueService({
@@ -442,8 +438,6 @@ function startSearch(
     embeddings,
     engine: currentEngine,
     ready,
-    /** A search call came in: the graph's thread readies itself if the process is idle. */
-    expectWalk: () => engine?.keeper.index.expectWalk(),
     hooks: {
       ensureAvailable: () => void currentEngine(),
       // Indexing rounds serve every pending image: they run outside the call that set them off.

@@ -36,11 +36,6 @@ export interface GrpcServerConfig {
   maxReceiveMessageBytes?: number;
   /** Decides which account each call acts as (API-key authentication, admin checks, rate limits). */
   resolveCaller: CallerResolver;
-  /**
-   * Told when a search call (SearchImages, StreamSearchImages) is let in, before its caller is
-   * resolved: the graph's thread readies itself for the walk if nothing else runs.
-   */
-  searchStarting?: () => void;
   /** Lets upload calls in or out from their headers, before their message is read. */
   gatekeeper?: Gatekeeper;
   /** Bytes of uploads held at once in the whole process (shared with the HTTP bridge). */
@@ -124,7 +119,6 @@ export async function startGrpcServer(config: GrpcServerConfig): Promise<GrpcSer
       logging,
       lifecycle,
       resolveCaller: config.resolveCaller,
-      searchStarting: config.searchStarting,
       holdUpload: config.uploadBudget && config.gatekeeper ? uploadHolder(config.uploadBudget, config.gatekeeper) : undefined,
       checkText: textInputCheck(loadContract(config.descriptorSet)),
     }),

@@ -5,7 +5,7 @@
 //
 // A snapshot write runs on libuv's pool while this thread goes on answering searches (both only
 // read the graph); changes that arrive meanwhile wait until the write is done.
-import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { loadBuild } from "./hnsw-addon.mjs";
 
 /**
@@ -14,8 +14,6 @@ import { loadBuild } from "./hnsw-addon.mjs";
  * @type {{ dimension: number, build: "avx2" | "baseline", replies: MessagePort, answered: Int32Array }}
  */
 const { dimension, build, replies, answered } = workerData;
-/** How long the thread polls for a walk it was told is coming, at most (ms). */
-const EXPECT_MS = 1;
 const hnswlib = loadBuild(build);
 const graph = new hnswlib.HierarchicalNSW("ip", dimension);
 /** slot -> image id, as of the changes applied so far; 0n marks a free slot. */
@@ -37,19 +35,6 @@ function reply(message, transfer) {
   Atomics.add(answered, 0, 1);
 }
 
-/**
- * A walk is coming while the process is otherwise idle: poll for it rather than go back to
- * sleep (waking a sleeping thread costs a few tenths of a millisecond), for at most EXPECT_MS.
- */
-function expect() {
-  const until = performance.now() + EXPECT_MS;
-  while (performance.now() < until) {
-    const got = receiveMessageOnPort(parentPort);
-    if (got === undefined) continue;
-    dispatch(got.message);
-    if (got.message.op === "search") return;
-  }
-}
 
 function fail(re, error) {
   reply({ re, error: error instanceof Error ? error.message : String(error) });
@@ -134,7 +119,6 @@ async function file(message) {
 
 function dispatch(message) {
   if (message.op === "search") return search(message);
-  if (message.op === "expect") return expect();
   if (busy) return void waiting.push(message);
   if (message.op === "write" || message.op === "read") return void file(message);
   change(message);

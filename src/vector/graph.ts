@@ -22,10 +22,9 @@ export interface GraphShape {
 
 /**
  * What a graph on its own thread knows of the process around it, to spare a lone caller the
- * two wake-ups of sleeping threads a hand-off costs (a few tenths of a millisecond each on a
- * virtual machine): when nothing else runs, the graph's thread polls for a walk it was told
- * is coming, and the main thread polls for the walk's answer, instead of either sleeping.
- * Without it (`callsRunning` unknown) the graph never polls.
+ * wake-up of the main thread a hand-off costs (a few tenths of a millisecond on a virtual
+ * machine): when nothing else runs, the main thread polls for the walk's answer instead of
+ * sleeping until it comes. Without it (`callsRunning` unknown) the graph never polls.
  */
 export interface GraphPace {
   /** Calls the server is running now, the caller's own included. */
@@ -60,11 +59,6 @@ export interface Graph {
   /** Inserts a slot's vector, or replaces it (a deleted slot is un-deleted). */
   add(slot: number, id: bigint, vector: Float32Array): void;
   remove(slot: number): void;
-  /**
-   * A search is about to walk the graph. A graph on its own thread gets ready for it when the
-   * process is otherwise idle (see GraphPace); otherwise, and inline, nothing happens.
-   */
-  expect(): void;
   /** The k nearest (fewer when the filter passes fewer); `allowed`: one byte per slot, 1 to pass. */
   search(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<GraphHits>;
   /** Writes the graph to `file` (hnswlib's format). */
@@ -141,8 +135,6 @@ class LocalGraph implements Graph {
     this.graph.markDelete(slot);
     this.ids[slot] = 0n;
   }
-
-  expect(): void {}
 
   async search(query: Float32Array, k: number, ef: number, allowed?: Uint8Array): Promise<GraphHits> {
     this.graph.setEf(ef);
@@ -304,10 +296,6 @@ class WorkerGraph implements Graph {
     if (quiet) this.takeAnswers(seen);
     const { ids, distances, walkMs } = await reply;
     return { ids: ids!, distances: distances!, walkMs: walkMs! };
-  }
-
-  expect(): void {
-    if (!this.stopped && this.quiet()) this.worker.postMessage({ op: "expect" });
   }
 
   /**

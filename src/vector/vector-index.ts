@@ -204,11 +204,6 @@ export class VectorIndex {
     return true;
   }
 
-  /** A search is about to walk the graph (Graph.expect): a graph thread readies itself when the process is idle. */
-  expectWalk(): void {
-    this.graph.expect();
-  }
-
   /**
    * Approximate k nearest neighbours by HNSW. With `allowed`, only images whose slot is set
    * in it are considered (hnswlib checks it while walking the graph, so k results still

@@ -13,8 +13,6 @@ export interface CallChainSteps {
   logging: Pick<CallLogging, "open">;
   /** Readiness, draining and abort on shutdown (Lifecycle.middleware). */
   lifecycle: Lifecycle;
-  /** Told when a search call is let in (GrpcServerConfig.searchStarting). */
-  searchStarting?: () => void;
   /** Which account the call acts as (callerMiddleware). */
   resolveCaller: CallerResolver;
   /** Holds upload bytes in the process-wide budget (uploadBudgetMiddleware); absent: no budget. */
@@ -32,7 +30,7 @@ export interface CallChainSteps {
  * whatever it is, and behaves exactly as under the chain of single middlewares.
  */
 export function callChain(steps: CallChainSteps): ServerMiddleware<Omit<AppCallContext, keyof CallContext>> {
-  const { logging, lifecycle, resolveCaller, holdUpload, checkText, searchStarting } = steps;
+  const { logging, lifecycle, resolveCaller, holdUpload, checkText } = steps;
   return async function* <Req, Res>(
     call: ServerMiddlewareCall<Req, Res, Omit<AppCallContext, keyof CallContext>>,
     context: CallContext,
@@ -43,7 +41,6 @@ export function callChain(steps: CallChainSteps): ServerMiddleware<Omit<AppCallC
     let code = Status.OK;
     try {
       const admitted = lifecycle.admit(path, context.signal);
-      if (searchStarting !== undefined && path.endsWith("SearchImages")) searchStarting(); // and StreamSearchImages
       try {
         const inner: AppCallContext = {
           ...context,
