@@ -35,7 +35,6 @@ function reply(message, transfer) {
   Atomics.add(answered, 0, 1);
 }
 
-
 function fail(re, error) {
   reply({ re, error: error instanceof Error ? error.message : String(error) });
 }

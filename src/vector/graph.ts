@@ -24,12 +24,15 @@ export interface GraphShape {
  * What a graph on its own thread knows of the process around it, to spare a lone caller the
  * wake-up of the main thread a hand-off costs (a few tenths of a millisecond on a virtual
  * machine): when nothing else runs, the main thread polls for the walk's answer instead of
- * sleeping until it comes. Without it (`callsRunning` unknown) the graph never polls.
+ * sleeping until it comes. With UNKNOWN_PACE the graph never polls.
  */
 export interface GraphPace {
   /** Calls the server is running now, the caller's own included. */
   callsRunning(): number;
 }
+
+/** A process whose load is not known (tests, benchmarks): never quiet, so never polled for. */
+export const UNKNOWN_PACE: GraphPace = { callsRunning: () => Number.POSITIVE_INFINITY };
 
 /**
  * Where the HNSW graph lives: `inline` on the calling thread; `worker` on a thread of its own,
@@ -69,7 +72,7 @@ export interface Graph {
 }
 
 /** Opens a new, empty graph. */
-export async function createGraph(thread: GraphThread, shape: GraphShape, pace?: GraphPace): Promise<Graph> {
+export async function createGraph(thread: GraphThread, shape: GraphShape, pace: GraphPace): Promise<Graph> {
   return thread === "worker" ? WorkerGraph.create(shape, pace) : LocalGraph.create(shape);
 }
 
@@ -80,7 +83,7 @@ export async function readGraph(
   file: string,
   slotIds: BigInt64Array,
   build: HnswBuildChoice,
-  pace?: GraphPace,
+  pace: GraphPace,
 ): Promise<Graph> {
   return thread === "worker"
     ? WorkerGraph.read(dimension, file, slotIds, build, pace)
@@ -212,7 +215,7 @@ class WorkerGraph implements Graph {
     private readonly answered: Int32Array,
     public capacity: number,
     readonly build: HnswBuild,
-    private readonly pace: GraphPace | undefined,
+    private readonly pace: GraphPace,
   ) {
     worker.unref();
     replies.unref();
@@ -226,7 +229,7 @@ class WorkerGraph implements Graph {
     dimension: number,
     capacity: number,
     wanted: HnswBuildChoice | undefined,
-    pace: GraphPace | undefined,
+    pace: GraphPace,
   ): WorkerGraph {
     const build = chooseBuild(wanted);
     const channel = new MessageChannel();
@@ -239,7 +242,7 @@ class WorkerGraph implements Graph {
     return new WorkerGraph(worker, channel.port1, answered, capacity, build, pace);
   }
 
-  static async create(shape: GraphShape, pace?: GraphPace): Promise<WorkerGraph> {
+  static async create(shape: GraphShape, pace: GraphPace): Promise<WorkerGraph> {
     const graph = WorkerGraph.start(shape.dimension, shape.capacity, shape.build, pace);
     graph.post({ op: "init", maxElements: shape.capacity, m: shape.m, efConstruction: shape.efConstruction });
     await graph.settled();
@@ -251,7 +254,7 @@ class WorkerGraph implements Graph {
     file: string,
     slotIds: BigInt64Array,
     wanted: HnswBuildChoice,
-    pace?: GraphPace,
+    pace: GraphPace,
   ): Promise<WorkerGraph> {
     const graph = WorkerGraph.start(dimension, 0, wanted, pace);
     try {
@@ -304,7 +307,7 @@ class WorkerGraph implements Graph {
    * moment be the only one admitted while others wait unread in their sockets).
    */
   private quiet(): boolean {
-    if (this.pace === undefined || this.pending.size > 0 || this.pace.callsRunning() > 1) return false;
+    if (this.pending.size > 0 || this.pace.callsRunning() > 1) return false;
     return performance.eventLoopUtilization().idle - this.idleAtAnswer >= QUIET_IDLE_MS;
   }
 

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import { createGraph, readGraph, type Graph, type GraphPace, type GraphThread } from "./graph.js";
+import { createGraph, readGraph, UNKNOWN_PACE, type Graph, type GraphPace, type GraphThread } from "./graph.js";
 import type { HnswBuild, HnswBuildChoice } from "./hnsw-addon.mjs";
 import { IdList, IdSlotMap } from "./id-list.js";
 import { VectorMatrix, type TopK } from "./kernel.js";
@@ -227,12 +227,12 @@ export class VectorIndex {
     return this.graph.build;
   }
 
-  /** Graph changes made and not yet known to be applied (a graph on its own thread). */
   /** Graph requests (searches included) whose answer has not been taken yet (Graph.awaited). */
   get graphAwaited(): number {
     return this.graph.awaited;
   }
 
+  /** Graph changes made and not yet known to be applied (a graph on its own thread). */
   get graphBacklog(): number {
     return this.graph.backlog;
   }
@@ -499,7 +499,7 @@ function withDefaults(options: VectorIndexOptions): Required<VectorIndexOptions>
     graphThread: "inline",
     hnswBuild: "auto",
     ...options,
-    pace: options.pace ?? { callsRunning: () => Number.POSITIVE_INFINITY },
+    pace: options.pace ?? UNKNOWN_PACE,
     onWalk: options.onWalk ?? (() => {}),
   };
 }
