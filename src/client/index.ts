@@ -83,8 +83,19 @@ const IDEMPOTENCY_KEYED = new Set([
   "/glimpse.account.v1.AccountService/GrantCredits",
 ]);
 
-/** What the client needs of a generated method definition. */
+/**
+ * What the client needs of a generated method definition. ts-proto's definitions name the
+ * method (`name`) and leave its path to the service's `fullName`; grpc-js's give the `path`.
+ */
 interface MethodDefinition {
+  name?: string;
+  path?: string;
+  requestStream: boolean;
+  responseStream: boolean;
+}
+
+/** A method with its gRPC path, such as `/glimpse.image.v1.ImageService/UploadImage`. */
+interface Method {
   path: string;
   requestStream: boolean;
   responseStream: boolean;
@@ -158,7 +169,13 @@ function wrapService<D extends CompatServiceDefinition>(definition: D, context: 
     return client;
   };
   const out: Record<string, unknown> = {};
-  for (const [name, method] of Object.entries((definition as { methods: object }).methods as Record<string, MethodDefinition>)) {
+  const { fullName, methods } = definition as { fullName?: string; methods: Record<string, MethodDefinition> };
+  for (const [name, generated] of Object.entries(methods)) {
+    const method: Method = {
+      path: generated.path ?? `/${fullName}/${generated.name}`,
+      requestStream: generated.requestStream,
+      responseStream: generated.responseStream,
+    };
     const call = (request: unknown, options: CallOptions) => clientFor(context.next())[name](request, options);
     if (method.requestStream) {
       // A request stream cannot be replayed: one attempt, and no default deadline.
@@ -248,7 +265,7 @@ function withRequestId(path: string, request: unknown): unknown {
 
 async function unary(
   context: CallContext,
-  method: MethodDefinition,
+  method: Method,
   call: (request: unknown, options: CallOptions) => Promise<unknown>,
   request: unknown,
   options: AnyCallOptions,
@@ -276,7 +293,7 @@ async function unary(
 
 async function* serverStream(
   context: CallContext,
-  method: MethodDefinition,
+  method: Method,
   call: (request: unknown, options: CallOptions) => AsyncIterable<unknown>,
   request: unknown,
   options: AnyCallOptions,

@@ -1,4 +1,4 @@
-import { createServer } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 // By package name, as another service would import it (package.json "exports").
 import { createGlimpseClient, GlimpseError, Status, type GlimpseClient, type RetryEvent } from "glimpse/client";
@@ -13,6 +13,55 @@ async function closedPort(): Promise<number> {
   const port = (server.address() as { port: number }).port;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/**
+ * A TCP proxy to `target` whose first connection loses its answers: once the client has sent
+ * `marker` (a string the request's bytes hold as they are), nothing more from the server reaches
+ * the client on that connection, and `cut()` then closes it as a network failure would. Later
+ * connections pass everything through.
+ */
+async function answerLosingProxy(target: string, marker: string) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+  const needle = Buffer.from(marker);
+  const sockets: Socket[] = [];
+  let first: { client: Socket; upstream: Socket } | undefined;
+  let losing = false;
+  const server = createServer((client) => {
+    const upstream = connect(port, host);
+    sockets.push(client, upstream);
+    const isFirst = first === undefined;
+    if (isFirst) first = { client, upstream };
+    let seen = Buffer.alloc(0);
+    client.on("data", (chunk: Buffer) => {
+      if (isFirst && !losing) {
+        seen = Buffer.concat([seen.subarray(-needle.length), chunk]);
+        if (seen.includes(needle)) losing = true;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (!(isFirst && losing)) client.write(chunk);
+    });
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    /** Whether the marker went through and answers are being swallowed. */
+    losing: () => losing,
+    cut: () => {
+      first?.client.destroy();
+      first?.upstream.destroy();
+    },
+    close: () => {
+      sockets.forEach((s) => s.destroy());
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }
 
 describe("glimpse/client", () => {
@@ -138,6 +187,40 @@ describe("glimpse/client", () => {
       expect(retries.every((r) => r.error.code === Status.UNAVAILABLE)).toBe(true);
     } finally {
       both.close();
+    }
+  });
+
+  it("retries a generation whose answer was lost under the same request id: one generation, charged once", async () => {
+    const account = await t.newAccount({ credits: 5 });
+    const proxy = await answerLosingProxy(t.address, "an answer lost on the way");
+    const retries: RetryEvent[] = [];
+    const viaProxy = createGlimpseClient({ address: proxy.address, key: account.key, onRetry: (e) => retries.push(e), retry: { initialBackoffMs: 10 } });
+    const direct = createGlimpseClient({ address: t.address, key: account.key });
+    try {
+      const { models } = await direct.generation.listModels({});
+      const cost = Number(models.find((m) => m.id === "local:gradient")!.creditCost);
+      const answer = viaProxy.generation.generateImage({ prompt: "an answer lost on the way", modelId: "local:gradient" });
+      // The first attempt runs to its end (generated, stored, charged); its answer never arrives.
+      for (let i = 0; (await direct.generation.listGenerations({})).generations.length === 0; i++) {
+        if (i > 300) throw new Error("the first attempt's generation never completed");
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      expect(proxy.losing()).toBe(true);
+      proxy.cut();
+      const { generation } = await answer;
+
+      // The retry was answered with the first attempt's generation, not a second one.
+      const { generations } = await direct.generation.listGenerations({});
+      expect(generations.map((g) => g.id)).toEqual([generation!.id]);
+      const { account: after } = await direct.accounts.getAccount({});
+      expect(Number(after!.creditBalance)).toBe(5 - cost);
+      expect(retries.map((r) => [r.path, Status[r.error.code]])).toEqual([
+        ["/glimpse.generation.v1.GenerationService/GenerateImage", "UNAVAILABLE"],
+      ]);
+    } finally {
+      viaProxy.close();
+      direct.close();
+      await proxy.close();
     }
   });
 
