@@ -81,6 +81,8 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
   let creditCost = 0;
   let granted = 0;
   let killedWhileRunning = false;
+  /** What the client saw of GenerateImage beyond successes (retries, refusals), for a failure's message. */
+  const generateEvents: string[] = [];
 
   beforeAll(async () => {
     db = await createTestDatabase();
@@ -137,7 +139,16 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
       createApiKey: true,
     });
     user = { id: created.account!.id, key: created.apiKeySecret };
-    glimpse = createGlimpseClient({ address: replicas.map((r) => r.address), key: user.key, retry });
+    glimpse = createGlimpseClient({
+      address: replicas.map((r) => r.address),
+      key: user.key,
+      retry,
+      onRetry: (e) => {
+        if (e.path.endsWith("/GenerateImage")) {
+          generateEvents.push(`${new Date().toISOString()} retry after attempt ${e.attempt}: ${Status[e.error.code]} ${e.error.message}`);
+        }
+      },
+    });
   }, 200_000);
 
   afterAll(async () => {
@@ -232,6 +243,7 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
           generated.add(generation!.id);
         } catch (err) {
           if (err instanceof GlimpseError && err.code === Status.FAILED_PRECONDITION) {
+            generateEvents.push(`${new Date().toISOString()} tile ${i} refused: ${err.message}`);
             await sleep(500); // out of credits (or all reserved); a dead replica's reservation may come back
           } else note("generate")(err);
         }
@@ -389,6 +401,27 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
     console.log(`${uploads.length} acknowledged uploads (${uploads.filter((u) => u.whileDown).length} while C was down), all readable from A, B and C`);
   }, 120_000);
 
+  /** The completed generations the client was never answered, with what the client and the replicas saw. */
+  async function unacknowledged(): Promise<string> {
+    const rows = await sql`
+      select id::text, request_id, replica_id, reserved_at, completed_at, prompt from generations
+      where account_id = ${user.id} and status = 1 order by completed_at`;
+    const lost = rows.filter((r) => !generated.has(r.id));
+    const calls: string[] = [];
+    for (const r of replicas) {
+      for (const line of await r.log()) {
+        if (String(line.method ?? "").endsWith("/GenerateImage") || /generation|reservation/.test(line.msg)) {
+          calls.push(`${r.name} ${JSON.stringify(line)}`);
+        }
+      }
+    }
+    return [
+      `completed but never acknowledged: ${JSON.stringify(lost)}`,
+      `client: ${generateEvents.join("\n  ")}`,
+      `replicas' GenerateImage calls and generation lines:\n  ${calls.join("\n  ")}`,
+    ].join("\n");
+  }
+
   it("spent the credits exactly: every credit bought one acknowledged generation, and balance and ledger agree", async () => {
     // A generation C was running when it died holds its credits until another replica's sweep returns them.
     const books = async () => {
@@ -418,9 +451,13 @@ describe.skipIf(!redisUp)("three replicas on one PostgreSQL, one S3 server and o
     expect((refusal as GlimpseError).code).toBe(Status.FAILED_PRECONDITION);
     state = await books();
     console.log(`credits: granted ${granted}, ${generated.size} generations acknowledged at ${creditCost} each`, state);
+    if (state.done !== generated.size) console.log(await unacknowledged());
     expect(state).toMatchObject({ balance: granted % creditCost, reserved: 0, running: 0, grants: granted });
     expect(state.charges).toBe(generated.size * creditCost);
     expect(state.done).toBe(generated.size);
+    // Each call carried the request id the client filled in, so no retry could run a second generation.
+    const [unkeyed] = await sql`select count(*)::int as n from generations where account_id = ${user.id} and request_id is null`;
+    expect(unkeyed.n).toBe(0);
     expect(state.net).toBe(state.balance);
     const { account } = await glimpse.accounts.getAccount({});
     expect(Number(account!.creditBalance)).toBe(state.balance);
