@@ -87,6 +87,8 @@ export class IndexKeeper {
   private highest: bigint;
   /** Sequence numbers at or below `highest` not read yet. */
   private gaps = new LogGaps();
+  /** Log entries applied since the keeper was made, by any replay (the opening one, catch-ups). */
+  private appliedEntries = 0;
   /** Set while the indexes are rebuilt from the tables because the log was pruned past them. */
   private rebuildingNow = false;
   /** An index replaced by a rebuild, kept for the searches that still hold it; disposed by the timer. */
@@ -171,9 +173,12 @@ export class IndexKeeper {
       keeper.snapshotWrittenAt = await snapshotTime(dir);
     }
     const fromSeq = keeper.index.lastSeq;
-    // Listen before replaying, so nothing committed in between waits for the timer.
+    // Listen before replaying, so nothing committed in between waits for the timer. A
+    // notification can arrive with the LISTEN's answer, and its catch-up then runs before the
+    // replay below, which finds nothing left: what was replayed is what either applied.
     await keeper.follow();
-    const replayed = await keeper.exclusive(() => keeper.replay());
+    await keeper.exclusive(() => keeper.replay());
+    const replayed = keeper.appliedEntries;
     logger.info("vector index loaded", {
       model: modelId,
       source: keeper.source,
@@ -409,6 +414,7 @@ export class IndexKeeper {
         try {
           this.apply(e);
           applied++;
+          this.appliedEntries++;
         } catch (error) {
           this.deps.logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
         }

@@ -12,7 +12,7 @@ import { connect, type Sql } from "../../src/store/db.js";
 import { EmbeddingsRepository, vectorToBytes } from "../../src/store/embeddings-repository.js";
 import { migrate } from "../../src/store/migrate.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
-import { testLogger } from "../helpers/log.js";
+import { captureLogger, testLogger } from "../helpers/log.js";
 
 const MODEL = "order-test";
 const DIMENSION = 4;
@@ -188,6 +188,36 @@ describe("the index follows log entries committed out of sequence order", () => 
       expect(searchable(rebuilt!, late)).toBe(true);
     } finally {
       await rebuilt!.close();
+    }
+  });
+  it("reports the entries it replayed on opening, when a notification's catch-up applied them first", async () => {
+    await keeper.catchUp();
+    await keeper.snapshot();
+    const fromSeq = await snapshotSeq();
+    for (const [i, id] of [await pendingImage(), await pendingImage(), await pendingImage()].entries()) {
+      await sql.begin((tx) => indexOn(tx as unknown as Sql, id, axis(i)));
+    }
+    const [{ n: after }] = await sql<{ n: number }[]>`select count(*)::int as n from index_log where seq > ${fromSeq.toString()}`;
+    expect(after).toBeGreaterThanOrEqual(3);
+    // A notification parsed in the same read as the LISTEN's answer runs its callback before
+    // the code awaiting the LISTEN goes on: its catch-up is queued ahead of the opening replay.
+    const early = new Proxy(sql, {
+      get(target, prop, receiver) {
+        if (prop !== "listen") return Reflect.get(target, prop, receiver);
+        return async (channel: string, onNotify: (payload: string) => void) => {
+          const listener = await target.listen(channel, onNotify);
+          onNotify("");
+          return listener;
+        };
+      },
+    });
+    const { logger, records } = captureLogger();
+    const restarted = await IndexKeeper.open(MODEL, DIMENSION, { ...deps, sql: early, logger });
+    try {
+      const loads = records.filter((r) => r.msg === "vector index loaded");
+      expect(loads).toMatchObject([{ source: "snapshot", fromSeq: fromSeq.toString(), replayed: after }]);
+    } finally {
+      await restarted.close();
     }
   });
 });
