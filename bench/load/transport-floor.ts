@@ -10,6 +10,16 @@
  *
  * grpc-js: its own handler API, the request and answer as bytes. nice-grpc: the framework glimpse
  * serves with (over the same grpc-js), with nice-grpc-server-health's Check and no middleware.
+ *
+ * `--call get-image --database URL` answers glimpse.image.v1.ImageService/GetImage the same way on
+ * grpc-js's handler API, with nothing between the socket and glimpse's own read of the row (the
+ * images repository, reads of one tick batched into one query) and its mapping to the contract:
+ * no authentication (every caller is the admin), no logging, metrics, traces or deadlines. It is
+ * the most GetImage can answer on this stack with one database read per call. Point it at the
+ * load harness's template database (the name `npm run bench:load -- seed` prints):
+ *
+ *   node --import tsx bench/load/transport-floor.ts --call get-image --database postgres://postgres@127.0.0.1:5432/<template>
+ *   npm run bench:load -- --scenario get-image --address 127.0.0.1:50999 --key any --concurrency 16 --duration 15s
  */
 import * as grpc from "@grpc/grpc-js";
 import { createRequire } from "node:module";
@@ -17,15 +27,63 @@ import { parseArgs } from "node:util";
 import { createServer } from "nice-grpc";
 import { HealthDefinition, HealthServiceImpl } from "nice-grpc-server-health";
 import { HealthCheckResponse, HealthCheckResponse_ServingStatus } from "nice-grpc-server-health/lib/proto/grpc/health/v1/health.js";
+import { GetImageRequest, GetImageResponse } from "../../src/gen/glimpse/image/v1/image_service.js";
+import { createLogger } from "../../src/logging/logger.js";
+import { imageOut } from "../../src/server/handlers/image-mapping.js";
+import { connect } from "../../src/store/db.js";
+import { ImagesRepository } from "../../src/store/images-repository.js";
 
 const { values } = parseArgs({
-  options: { port: { type: "string", default: "50999" }, framework: { type: "string", default: "grpc-js" } },
+  options: {
+    port: { type: "string", default: "50999" },
+    framework: { type: "string", default: "grpc-js" },
+    call: { type: "string", default: "health" },
+    database: { type: "string" },
+  },
 });
 const address = `127.0.0.1:${values.port}`;
 const version = (name: string) => (createRequire(import.meta.url)(`${name}/package.json`) as { version: string }).version;
 
+if (values.call !== "health" && values.call !== "get-image") throw new Error(`--call is health or get-image, not ${values.call}`);
 let stop: () => Promise<void>;
-if (values.framework === "grpc-js") {
+if (values.call === "get-image") {
+  if (values.framework !== "grpc-js") throw new Error("--call get-image is served on grpc-js only");
+  if (!values.database) throw new Error("--call get-image needs --database (the load harness's template database)");
+  const sql = connect({ url: values.database, max: 10, logger: createLogger("warn", (line) => process.stderr.write(line)) });
+  const images = new ImagesRepository(sql);
+  const admin = { accountId: "00000000-0000-0000-0000-000000000000", isAdmin: true };
+  const identity = (bytes: Buffer) => bytes;
+  const server = new grpc.Server();
+  server.addService(
+    {
+      getImage: {
+        path: "/glimpse.image.v1.ImageService/GetImage",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: identity,
+        requestDeserialize: identity,
+        responseSerialize: identity,
+        responseDeserialize: identity,
+      },
+    },
+    {
+      getImage: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        const id = BigInt(GetImageRequest.decode(call.request).id);
+        images.get(id, admin).then(
+          (image) =>
+            image
+              ? callback(null, Buffer.from(GetImageResponse.encode({ image: imageOut(image, "http://127.0.0.1") }).finish()))
+              : callback({ code: grpc.status.NOT_FOUND, details: `image ${id} not found` }),
+          (err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }),
+        );
+      },
+    },
+  );
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  stop = () => new Promise((resolve) => server.tryShutdown(() => void sql.end().then(() => resolve())));
+} else if (values.framework === "grpc-js") {
   const serving = Buffer.from(HealthCheckResponse.encode({ status: HealthCheckResponse_ServingStatus.SERVING }).finish());
   const identity = (bytes: Buffer) => bytes;
   const server = new grpc.Server();
@@ -56,6 +114,6 @@ if (values.framework === "grpc-js") {
   throw new Error(`--framework is grpc-js or nice-grpc, not ${values.framework}`);
 }
 console.log(
-  `transport floor: Health/Check on ${address} (${values.framework}; grpc-js ${version("@grpc/grpc-js")}, nice-grpc ${version("nice-grpc")}); Ctrl-C stops it`,
+  `transport floor: ${values.call === "get-image" ? "GetImage" : "Health/Check"} on ${address} (${values.framework}; grpc-js ${version("@grpc/grpc-js")}, nice-grpc ${version("nice-grpc")}); Ctrl-C stops it`,
 );
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => void stop().then(() => process.exit(0)));
