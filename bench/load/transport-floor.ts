@@ -44,6 +44,30 @@ const { values } = parseArgs({
 const address = `127.0.0.1:${values.port}`;
 const version = (name: string) => (createRequire(import.meta.url)(`${name}/package.json`) as { version: string }).version;
 
+/** A grpc-js server answering one unary method on its own handler API, request and answer as bytes. */
+async function serveRaw(method: string, handle: grpc.handleUnaryCall<Buffer, Buffer>): Promise<grpc.Server> {
+  const identity = (bytes: Buffer) => bytes;
+  const server = new grpc.Server();
+  server.addService(
+    {
+      call: {
+        path: method,
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: identity,
+        requestDeserialize: identity,
+        responseSerialize: identity,
+        responseDeserialize: identity,
+      },
+    },
+    { call: handle },
+  );
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  return server;
+}
+
 if (values.call !== "health" && values.call !== "get-image") throw new Error(`--call is health or get-image, not ${values.call}`);
 let stop: () => Promise<void>;
 if (values.call === "get-image") {
@@ -52,58 +76,20 @@ if (values.call === "get-image") {
   const sql = connect({ url: values.database, max: 10, logger: createLogger("warn", (line) => process.stderr.write(line)) });
   const images = new ImagesRepository(sql);
   const admin = { accountId: "00000000-0000-0000-0000-000000000000", isAdmin: true };
-  const identity = (bytes: Buffer) => bytes;
-  const server = new grpc.Server();
-  server.addService(
-    {
-      getImage: {
-        path: "/glimpse.image.v1.ImageService/GetImage",
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: identity,
-        requestDeserialize: identity,
-        responseSerialize: identity,
-        responseDeserialize: identity,
-      },
-    },
-    {
-      getImage: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-        const id = BigInt(GetImageRequest.decode(call.request).id);
-        images.get(id, admin).then(
-          (image) =>
-            image
-              ? callback(null, Buffer.from(GetImageResponse.encode({ image: imageOut(image, "http://127.0.0.1") }).finish()))
-              : callback({ code: grpc.status.NOT_FOUND, details: `image ${id} not found` }),
-          (err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }),
-        );
-      },
-    },
-  );
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
+  const server = await serveRaw("/glimpse.image.v1.ImageService/GetImage", (call, callback) => {
+    const id = BigInt(GetImageRequest.decode(call.request).id);
+    images.get(id, admin).then(
+      (image) =>
+        image
+          ? callback(null, Buffer.from(GetImageResponse.encode({ image: imageOut(image, "http://127.0.0.1") }).finish()))
+          : callback({ code: grpc.status.NOT_FOUND, details: `image ${id} not found` }),
+      (err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }),
+    );
+  });
   stop = () => new Promise((resolve) => server.tryShutdown(() => void sql.end().then(() => resolve())));
 } else if (values.framework === "grpc-js") {
   const serving = Buffer.from(HealthCheckResponse.encode({ status: HealthCheckResponse_ServingStatus.SERVING }).finish());
-  const identity = (bytes: Buffer) => bytes;
-  const server = new grpc.Server();
-  server.addService(
-    {
-      check: {
-        path: "/grpc.health.v1.Health/Check",
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: identity,
-        requestDeserialize: identity,
-        responseSerialize: identity,
-        responseDeserialize: identity,
-      },
-    },
-    { check: (_call: unknown, callback: grpc.sendUnaryData<Buffer>) => callback(null, serving) },
-  );
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
+  const server = await serveRaw("/grpc.health.v1.Health/Check", (_call, callback) => callback(null, serving));
   stop = () => new Promise((resolve) => server.tryShutdown(() => resolve()));
 } else if (values.framework === "nice-grpc") {
   const server = createServer();
