@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { closeSync, openSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
 import path from "node:path";
@@ -7,8 +7,43 @@ import path from "node:path";
 /** The repository root, where `src/cli/main.ts` lives. */
 const ROOT = path.resolve(import.meta.dirname, "../..");
 
-/** A loopback port that was free a moment ago (the replica binds it; a restart binds it again). */
+/** Lowest port the kernel hands to outbound connections and to listen(0) (Linux's ip_local_port_range). */
+function ephemeralLow(): number {
+  try {
+    return Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+const PORTS_FROM = 20_000;
+const handedOut = new Set<number>();
+
+/** Whether a listener can bind the loopback port now. */
+function bindable(port: number): Promise<boolean> {
+  const server = createServer();
+  return new Promise((resolve) => {
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A loopback port that was free a moment ago, for a replica to bind (and bind again when it
+ * restarts). Taken below the kernel's ephemeral range: a port there (what listen(0) gives) can
+ * meanwhile become the local end of any outbound connection a test running beside this one
+ * opens, and the replica then exits with its port in use. Nothing takes a port below the range
+ * unless it asks for that port.
+ */
 export async function freePort(): Promise<number> {
+  const below = ephemeralLow();
+  for (let tries = 0; below - PORTS_FROM > 1000 && tries < 100; tries++) {
+    const port = PORTS_FROM + Math.floor(Math.random() * (below - PORTS_FROM));
+    if (handedOut.has(port) || !(await bindable(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  // A range that leaves no room below it: what listen(0) gives.
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const port = (server.address() as { port: number }).port;
