@@ -14,7 +14,7 @@ export interface Options {
   databaseUrl: string | undefined;
   /** Connections in the postgres.js pool. */
   databasePoolMax: number;
-  /** Interface the gRPC server binds. */
+  /** Interface the gRPC server and the HTTP bridge bind. */
   grpcHost: string;
   /** Port the gRPC server binds; 0 picks a free one. */
   grpcPort: number;
@@ -399,7 +399,7 @@ export const optionSpecs = [
     env: "GLIMPSE_GRPC_HOST",
     flag: "--grpc-host",
     default: "127.0.0.1",
-    doc: "Interface the gRPC server listens on.",
+    doc: "Interface the gRPC server and the HTTP bridge (and `/metrics`, unless `GLIMPSE_METRICS_ADDRESS` names its own) listen on.",
     parse: host,
   } satisfies OptionSpec<"grpcHost">,
   {
@@ -615,7 +615,7 @@ export const optionSpecs = [
     key: "searchExactMax",
     env: "GLIMPSE_SEARCH_EXACT_MAX",
     default: "20000",
-    doc: "Upper bound on the images a filtered search scans exactly (recall 1) instead of walking HNSW; below it, lists of up to 2,000 images or 5% of the index are scanned.",
+    doc: "Upper bound on the images a filtered search scans exactly (recall 1) instead of walking HNSW; below it, lists of up to 2,000 images or 6% of the index are scanned.",
     parse: integer(0, 100_000_000),
   } satisfies OptionSpec<"searchExactMax">,
   {
