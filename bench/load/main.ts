@@ -306,7 +306,9 @@ function commitOf(root: string): string {
     const dirty = execFileSync("git", ["-C", root, "status", "--porcelain", "--untracked-files=no", "--", "src", "native", "package.json"], {
       encoding: "utf8",
     }).trim();
-    return dirty ? `${head}+uncommitted changes in src/native` : head;
+    if (!dirty) return head;
+    const files = dirty.split("\n").map((line) => line.slice(3));
+    return `${head}+uncommitted changes to ${files.slice(0, 3).join(", ")}${files.length > 3 ? ` and ${files.length - 3} more` : ""}`;
   } catch {
     return "unknown";
   }
