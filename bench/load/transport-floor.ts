@@ -27,6 +27,7 @@ import { parseArgs } from "node:util";
 import { createServer } from "nice-grpc";
 import { HealthDefinition, HealthServiceImpl } from "nice-grpc-server-health";
 import { HealthCheckResponse, HealthCheckResponse_ServingStatus } from "nice-grpc-server-health/lib/proto/grpc/health/v1/health.js";
+import { DEFAULT_ACCOUNT_ID } from "../../src/accounts/account-service.js";
 import { GetImageRequest, GetImageResponse } from "../../src/gen/glimpse/image/v1/image_service.js";
 import { createLogger } from "../../src/logging/logger.js";
 import { imageOut } from "../../src/server/handlers/image-mapping.js";
@@ -75,7 +76,7 @@ if (values.call === "get-image") {
   if (!values.database) throw new Error("--call get-image needs --database (the load harness's template database)");
   const sql = connect({ url: values.database, max: 10, logger: createLogger("warn", (line) => process.stderr.write(line)) });
   const images = new ImagesRepository(sql);
-  const admin = { accountId: "00000000-0000-0000-0000-000000000000", isAdmin: true };
+  const admin = { accountId: DEFAULT_ACCOUNT_ID, isAdmin: true };
   const server = await serveRaw("/glimpse.image.v1.ImageService/GetImage", (call, callback) => {
     const id = BigInt(GetImageRequest.decode(call.request).id);
     images.get(id, admin).then(

@@ -272,21 +272,20 @@ export class IndexKeeper {
    * a later replay can tell when they will stay empty. When the log has been pruned past an
    * entry not yet applied, nothing can replay it: the indexes are built again from the tables.
    */
-  private async replay(): Promise<number> {
+  private async replay(): Promise<void> {
     try {
-      return await this.readLog();
+      await this.readLog();
     } catch (error) {
       if (!(error instanceof PrunedPast)) throw error;
       await this.rebuild(error.upto);
-      return this.readLog();
+      await this.readLog();
     }
   }
 
   /** The replay itself; PrunedPast when the log no longer holds an entry it needs. */
-  private async readLog(): Promise<number> {
+  private async readLog(): Promise<void> {
     const { embeddings } = this.deps;
-    let applied = 0;
-    if (!this.gaps.isEmpty) applied += await this.rereadGaps();
+    if (!this.gaps.isEmpty) await this.rereadGaps();
     for (;;) {
       const { entries, prunedUpto } = await embeddings.logAfter(this.highest, LOG_PAGE);
       // Read in one snapshot with the entries: a bound above the highest number read means
@@ -299,12 +298,11 @@ export class IndexKeeper {
         next = e.seq + 1n;
       }
       this.highest = entries[entries.length - 1].seq;
-      applied += await this.applyAll(entries);
+      await this.applyAll(entries);
       this.index.lastSeq = this.safeSeq;
     }
     if (this.gaps.unfenced) this.gaps.fence(await embeddings.fence());
     this.index.lastSeq = this.safeSeq;
-    return applied;
   }
 
   /**
@@ -374,8 +372,7 @@ export class IndexKeeper {
   }
 
   /** Reads the gaps' entries that committed since, and drops the gaps that will stay empty. */
-  private async rereadGaps(): Promise<number> {
-    let applied = 0;
+  private async rereadGaps(): Promise<void> {
     for (;;) {
       const ranges = this.gaps.ranges();
       const { entries, horizon, prunedUpto } = await this.deps.embeddings.logWithin(ranges, LOG_PAGE);
@@ -390,8 +387,8 @@ export class IndexKeeper {
         checkedTo,
         horizon,
       );
-      applied += await this.applyAll(entries);
-      if (!full || this.gaps.isEmpty) return applied;
+      await this.applyAll(entries);
+      if (!full || this.gaps.isEmpty) return;
     }
   }
 
@@ -399,9 +396,8 @@ export class IndexKeeper {
    * Applies entries in order. An entry that cannot be applied (a vector of the wrong size,
    * say) is logged and skipped, so one bad row never stops the index from following the log.
    */
-  private async applyAll(entries: LogEntry[]): Promise<number> {
+  private async applyAll(entries: LogEntry[]): Promise<void> {
     const { index } = this;
-    let applied = 0;
     let sliceStart = performance.now();
     for (const e of entries) {
       // A long log (a replica far behind) is applied in slices too; searches in between
@@ -413,7 +409,6 @@ export class IndexKeeper {
       if (e.modelId === index.modelId || e.op === "attributes") {
         try {
           this.apply(e);
-          applied++;
           this.appliedEntries++;
         } catch (error) {
           this.deps.logger.error("index log entry skipped", { seq: e.seq.toString(), imageId: e.imageId.toString(), error });
@@ -422,7 +417,6 @@ export class IndexKeeper {
       await keepUp(index);
     }
     this.changesSinceSnapshot += entries.length;
-    return applied;
   }
 
   /**

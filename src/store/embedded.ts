@@ -183,8 +183,8 @@ export async function startEmbeddedPostgres(
   }
 
   const pgLog = logger.child({ component: "postgres" });
-  /** What the server logged during the current start, to tell a port taken meanwhile from other failures. */
-  let startLog: string[] = [];
+  /** What the server logs while a start runs, to tell a port taken meanwhile from other failures. */
+  let startLog: string[] | undefined;
   const serverOn = (port: number) =>
     new EmbeddedPostgres({
       databaseDir: clusterDir,
@@ -198,11 +198,11 @@ export async function startEmbeddedPostgres(
       initdbFlags: ["--encoding=UTF8", "--no-sync"],
       postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
       onLog: (message) => {
-        if (startLog.length < 200) startLog.push(message);
+        if (startLog && startLog.length < 200) startLog.push(message);
         pgLog.debug(message.trim());
       },
       onError: (error) => {
-        if (startLog.length < 200) startLog.push(String(error));
+        if (startLog && startLog.length < 200) startLog.push(String(error));
         pgLog.error("embedded postgres error", { error });
       },
     });
@@ -220,11 +220,12 @@ export async function startEmbeddedPostgres(
     startLog = [];
     try {
       await server.start();
+      startLog = undefined;
       break;
     } catch (err) {
       // The port was free when chosen; anything on the machine may bind it before PostgreSQL
       // does (an outbound connection takes its local port from the same range).
-      if (attempt < PORT_ATTEMPTS && startLog.some((line) => /could not bind|address already in use/i.test(line))) {
+      if (attempt < PORT_ATTEMPTS && startLog?.some((line) => /could not bind|address already in use/i.test(line))) {
         const taken = port;
         port = await choosePort();
         logger.warn("embedded PostgreSQL's port was taken before it bound it; starting on another", { taken, port });

@@ -3,6 +3,7 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
 import path from "node:path";
+import { freePort as kernelPort } from "../../src/store/embedded.js";
 
 /** The repository root, where `src/cli/main.ts` lives. */
 const ROOT = path.resolve(import.meta.dirname, "../..");
@@ -44,11 +45,7 @@ export async function freePort(): Promise<number> {
     return port;
   }
   // A range that leaves no room below it: what listen(0) gives.
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  return kernelPort();
 }
 
 /** One parsed line of a replica's JSON log. */
